@@ -1,0 +1,97 @@
+/* batch.c - validation and offset stamping of RecordBatch v2 buffers. */
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include "pb_status.h"
+#include "crc32c.h"
+#include "batch.h"
+#include "byteorder.h"
+
+/* Checks the batch at p (avail bytes readable); on success *size is its total size. */
+static int check_batch(const uint8_t *p, size_t avail, int64_t max_batch, int64_t *size)
+{
+    if (avail < PB_BATCH_LOG_OVERHEAD)
+        return PB_E_TRUNCATED;
+    int32_t batch_length = pb_get_i32(p + 8);
+    if (batch_length < PB_BATCH_HEADER_SIZE - PB_BATCH_LOG_OVERHEAD)
+        return PB_E_BAD_LENGTH;
+    int64_t total = (int64_t)batch_length + PB_BATCH_LOG_OVERHEAD;
+    if (max_batch > 0 && total > max_batch)
+        return PB_E_TOO_LARGE;
+    if ((uint64_t)total > avail)
+        return PB_E_TRUNCATED;
+    if (p[16] != 2)
+        return PB_E_BAD_MAGIC;
+    uint32_t stored = (uint32_t)pb_get_i32(p + 17);
+    if (pb_crc32c(0, p + 21, (size_t)total - 21) != stored)
+        return PB_E_BAD_CRC;
+    int32_t count = pb_get_i32(p + 57);
+    int32_t last_delta = pb_get_i32(p + 23);
+    if (count < 1 || last_delta != count - 1)
+        return PB_E_BAD_COUNT;
+    *size = total;
+    return PB_OK;
+}
+
+static void stamp_append_time(uint8_t *p, int64_t size, int64_t append_time)
+{
+    uint16_t attrs = (uint16_t)pb_get_i16(p + 21) | PB_ATTR_LOG_APPEND_TIME;
+    pb_put_i16(p + 21, (int16_t)attrs);
+    pb_put_i64(p + 35, append_time);
+    pb_put_i32(p + 17, (int32_t)pb_crc32c(0, p + 21, (size_t)size - 21));
+}
+
+static void scan_reset(pb_scan *out)
+{
+    memset(out, 0, sizeof *out);
+    out->first_offset = -1;
+    out->last_offset = -1;
+    out->max_timestamp = -1;
+    out->offset_of_max_timestamp = -1;
+}
+
+int pb_batches_scan(uint8_t *buf, size_t len, int flags, int64_t next_offset,
+                    int64_t append_time, int64_t max_batch, pb_scan *out)
+{
+    scan_reset(out);
+    if ((flags & PB_SCAN_STAMP_OFFSETS) && next_offset < 0)
+        return PB_E_INVALID_ARG;
+    size_t pos = 0;
+    while (pos < len) {
+        uint8_t *p = buf + pos;
+        int64_t size;
+        int rc = check_batch(p, len - pos, max_batch, &size);
+        if (rc != PB_OK)
+            return rc;
+        int32_t last_delta = pb_get_i32(p + 23);
+        int64_t base;
+        if (flags & PB_SCAN_STAMP_OFFSETS) {
+            base = next_offset;
+            pb_put_i64(p, base);
+        } else {
+            base = pb_get_i64(p);
+            if (next_offset >= 0 && base < next_offset)
+                return PB_E_BAD_OFFSET;
+        }
+        if (flags & PB_SCAN_STAMP_TIME)
+            stamp_append_time(p, size, append_time);
+        int64_t last = base + last_delta;
+        int64_t max_ts = pb_get_i64(p + 35);
+        if (out->batches == 0)
+            out->first_offset = base;
+        if (max_ts > out->max_timestamp) {
+            out->max_timestamp = max_ts;
+            out->offset_of_max_timestamp = last;
+        }
+        if (size > out->max_batch_bytes)
+            out->max_batch_bytes = (int32_t)size;
+        out->attributes_or |= pb_get_i16(p + 21);
+        out->batches++;
+        out->records += (int64_t)last_delta + 1;
+        out->last_offset = last;
+        next_offset = last + 1;
+        pos += (size_t)size;
+        out->valid_bytes = (int64_t)pos;
+    }
+    return PB_OK;
+}

@@ -1,0 +1,272 @@
+"""The only importer of the compiled C core (pybroker._core).
+
+Every call is validated here before it reaches C, and every status code becomes a
+Python exception right after, in `_check`. Nothing else in pybroker touches `ffi`;
+the rest of the package sees plain ints, buffers, named tuples and two opaque handles
+(`Pinned`, a buffer pinned for C, and `IndexCursor`, the cursor struct with int fields).
+"""
+from __future__ import annotations
+
+import errno as errno_mod
+from typing import NamedTuple
+
+import pybroker
+from pybroker.errors import CoreBuildError, CoreError, CoreIOError, CorruptRecordError
+
+try:
+    from pybroker import _core
+except ImportError as exc:  # pragma: no cover - exercised by a broken install only
+    raise CoreBuildError(
+        "pybroker's C core is not built: run `pip install -e .` (needs gcc and the "
+        f"Python headers): {exc}"
+    ) from exc
+
+ffi, lib = _core.ffi, _core.lib
+
+CORE_VERSION = ffi.string(lib.pb_core_version()).decode()
+if CORE_VERSION != pybroker.__version__:
+    raise CoreBuildError(
+        f"stale C core: built for pybroker {CORE_VERSION}, package is {pybroker.__version__}; "
+        "rebuild with `pip install -e .`"
+    )
+
+BATCH_HEADER_SIZE = lib.PB_BATCH_HEADER_SIZE
+OFFSET_ENTRY_SIZE = lib.PB_OFFSET_ENTRY_SIZE
+TIME_ENTRY_SIZE = lib.PB_TIME_ENTRY_SIZE
+INDEX_OFFSET = lib.PB_INDEX_OFFSET
+INDEX_TIME = lib.PB_INDEX_TIME
+ATTR_LOG_APPEND_TIME = lib.PB_ATTR_LOG_APPEND_TIME
+
+_RECORD_ERRORS = {
+    lib.PB_E_TRUNCATED,
+    lib.PB_E_BAD_LENGTH,
+    lib.PB_E_BAD_MAGIC,
+    lib.PB_E_BAD_CRC,
+    lib.PB_E_BAD_COUNT,
+    lib.PB_E_TOO_LARGE,
+    lib.PB_E_BAD_OFFSET,
+}
+
+
+def strerror(code: int) -> str:
+    return ffi.string(lib.pb_strerror(code)).decode()
+
+
+def _check(code: int, what: str, position: int = -1, scan=None) -> None:
+    """Turn a C status code into the matching exception (the one place that does)."""
+    if code == 0:
+        return
+    message = f"{what}: {strerror(code)}"
+    if code == lib.PB_E_IO:
+        err = ffi.errno
+        raise CoreIOError(code, f"{message}: {errno_mod.errorcode.get(err, err)} "
+                                f"({__import__('os').strerror(err)})") from OSError(err, what)
+    if code in _RECORD_ERRORS:
+        if position >= 0:
+            message += f" at byte {position}"
+        exc = CorruptRecordError(code, message, position)
+        exc.scan = scan
+        raise exc
+    raise CoreError(code, message)
+
+
+def is_code(exc: BaseException, name: str) -> bool:
+    """True when exc carries the C status PB_E_<name>, e.g. is_code(e, "BAD_CRC")."""
+    return isinstance(exc, CoreError) and exc.code == getattr(lib, "PB_E_" + name)
+
+
+# --- CRC-32C ---------------------------------------------------------------------------
+
+def crc32c(data, crc: int = 0) -> int:
+    """CRC-32C of a bytes-like object, continuing `crc`."""
+    return lib.pb_crc32c(crc, ffi.from_buffer(data), len(data))
+
+
+def crc32c_sw(data, crc: int = 0) -> int:
+    """CRC-32C by the portable table path (the oracle for the hardware path)."""
+    return lib.pb_crc32c_sw(crc, ffi.from_buffer(data), len(data))
+
+
+def crc32c_hardware() -> bool:
+    return bool(lib.pb_crc32c_hw_available())
+
+
+# --- record batches --------------------------------------------------------------------
+
+class Scan(NamedTuple):
+    """What pb_batches_scan found (see csrc/batch.h)."""
+
+    batches: int
+    records: int
+    valid_bytes: int
+    first_offset: int
+    last_offset: int
+    max_timestamp: int
+    offset_of_max_timestamp: int
+    max_batch_bytes: int
+    attributes_or: int
+
+
+def _scan_tuple(out) -> Scan:
+    return Scan(out.batches, out.records, out.valid_bytes, out.first_offset, out.last_offset,
+                out.max_timestamp, out.offset_of_max_timestamp, out.max_batch_bytes,
+                out.attributes_or)
+
+
+def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | None = None,
+                 max_batch: int = 0, min_offset: int = -1) -> Scan:
+    """Validate every RecordBatch v2 in buf; optionally stamp offsets and LogAppendTime.
+
+    Stamping writes into buf, which must then be writable (bytearray, mmap, or a
+    memoryview of one). Raises CorruptRecordError naming the reason and byte position of
+    the first bad batch; its `.scan` holds what was valid before it.
+    """
+    flags = 0
+    if stamp_offset is not None:
+        if stamp_offset < 0:
+            raise ValueError(f"stamp_offset must be >= 0, got {stamp_offset}")
+        flags |= lib.PB_SCAN_STAMP_OFFSETS
+    if append_time is not None:
+        flags |= lib.PB_SCAN_STAMP_TIME
+    writable = flags != 0
+    out = ffi.new("pb_scan *")
+    next_offset = stamp_offset if stamp_offset is not None else min_offset
+    # `with` releases the buffer export at once, so an mmap can be closed right after
+    with ffi.from_buffer("uint8_t[]", buf, require_writable=writable) as cbuf:
+        code = lib.pb_batches_scan(cbuf, len(cbuf), flags, next_offset,
+                                   append_time if append_time is not None else -1,
+                                   max_batch, out)
+    if code:
+        _check(code, "record batch", out.valid_bytes, _scan_tuple(out))
+    return _scan_tuple(out)
+
+
+# --- indexes and segments --------------------------------------------------------------
+
+class Pinned:
+    """A buffer (an mmap, a bytearray) pinned as a C pointer; keep it while C may use it."""
+
+    __slots__ = ("obj", "ptr", "size")
+
+    def __init__(self, obj):
+        self.obj = obj
+        self.ptr = ffi.from_buffer("uint8_t[]", obj, require_writable=True)
+        self.size = len(self.ptr)
+
+    def release(self) -> None:
+        """Drop the pointer so the underlying mmap can be closed."""
+        if self.obj is not None:
+            ffi.release(self.ptr)
+            self.obj = None
+            self.size = 0
+
+
+def new_index_cursor(capacity: int, time_capacity: int):
+    """An IndexCursor: cdata struct whose int fields are read and set like attributes."""
+    if not (0 <= capacity < 2**32 and 0 < time_capacity < 2**32):
+        raise ValueError(f"index capacities out of range: {capacity}, {time_capacity}")
+    cur = ffi.new("pb_index_cursor *")
+    cur.capacity = capacity
+    cur.time_capacity = time_capacity
+    cur.max_timestamp = -1
+    cur.offset_of_max_timestamp = -1
+    return cur
+
+
+def index_add(batches, file_pos: int, base_offset: int, interval: int,
+              offset_index: Pinned, time_index: Pinned, cursor) -> None:
+    with ffi.from_buffer(batches) as cbuf:
+        code = lib.pb_index_add(cbuf, len(cbuf), file_pos, base_offset, interval,
+                                offset_index.ptr, time_index.ptr, cursor)
+    _check(code, f"index of segment {base_offset} at position {file_pos}")
+
+
+def index_seal(time_index: Pinned, base_offset: int, cursor) -> None:
+    _check(lib.pb_index_seal(time_index.ptr, base_offset, cursor),
+           f"seal time index of segment {base_offset}")
+
+
+def segment_append(fd: int, batches, file_pos: int, base_offset: int, interval: int,
+                   offset_index: Pinned, time_index: Pinned, cursor) -> None:
+    """Write validated batches at file_pos and index them; all or nothing."""
+    code = lib.pb_segment_append(fd, ffi.from_buffer(batches), len(batches), file_pos,
+                                 base_offset, interval, offset_index.ptr, time_index.ptr,
+                                 cursor)
+    _check(code, f"append to segment {base_offset} at position {file_pos}")
+
+
+class BatchPos(NamedTuple):
+    position: int
+    size: int
+    base_offset: int
+    last_offset: int
+    max_timestamp: int
+
+
+def _entries(pinned: Pinned, count: int, entry_size: int) -> int:
+    if count * entry_size > pinned.size:
+        raise ValueError(f"{count} entries of {entry_size} bytes exceed a {pinned.size}-byte index")
+    return count
+
+
+def segment_seek(fd: int, offset_index: Pinned, offset_entries: int, time_index: Pinned,
+                 time_entries: int, base_offset: int, by_time: bool, target: int,
+                 end_pos: int) -> BatchPos | None:
+    """The first batch before end_pos holding offset `target` (or, by_time, the first with
+    maxTimestamp >= target); None when there is none."""
+    out = ffi.new("pb_batch_pos *")
+    code = lib.pb_segment_seek(
+        fd, offset_index.ptr, _entries(offset_index, offset_entries, OFFSET_ENTRY_SIZE),
+        time_index.ptr, _entries(time_index, time_entries, TIME_ENTRY_SIZE), base_offset,
+        INDEX_TIME if by_time else INDEX_OFFSET, target, end_pos, out)
+    if code == lib.PB_E_NOT_FOUND:
+        return None
+    _check(code, f"seek to {'time' if by_time else 'offset'} {target} in segment {base_offset}")
+    return BatchPos(out.position, out.size, out.base_offset, out.last_offset, out.max_timestamp)
+
+
+def index_floor(index: Pinned, entries: int, kind: int, target: int, strict: bool = False) -> int:
+    """Last slot with key <= target (< when strict), -1 if none."""
+    size = TIME_ENTRY_SIZE if kind == INDEX_TIME else OFFSET_ENTRY_SIZE
+    slot = ffi.new("int64_t *")
+    _check(lib.pb_index_floor(index.ptr, _entries(index, entries, size), kind, target,
+                              int(strict), slot), "index search")
+    return slot[0]
+
+
+def index_entry(index: Pinned, entries: int, kind: int, slot: int) -> tuple[int, int]:
+    key, value = ffi.new("int64_t *"), ffi.new("int64_t *")
+    size = TIME_ENTRY_SIZE if kind == INDEX_TIME else OFFSET_ENTRY_SIZE
+    _check(lib.pb_index_entry(index.ptr, _entries(index, entries, size), kind, slot, key, value),
+           f"index slot {slot} of {entries}")
+    return key[0], value[0]
+
+
+def index_check(index: Pinned, entries: int, kind: int, max_relative: int,
+                log_size: int) -> int:
+    """-1 when every entry keeps the index invariants, else the first bad slot."""
+    size = TIME_ENTRY_SIZE if kind == INDEX_TIME else OFFSET_ENTRY_SIZE
+    bad = ffi.new("int64_t *")
+    code = lib.pb_index_check(index.ptr, _entries(index, entries, size), kind, max_relative,
+                              log_size, bad)
+    if code == lib.PB_E_INDEX_CORRUPT:
+        return bad[0]
+    _check(code, "index check")
+    return -1
+
+
+# --- sendfile --------------------------------------------------------------------------
+
+def sendfile(out_fd: int, in_fd: int, position: int, count: int) -> tuple[int, bool]:
+    """Send up to count bytes of in_fd at position to a non-blocking socket.
+
+    Returns (bytes sent, complete). complete is False when the socket is full: wait
+    until it is writable and call again from position + sent. Raises CoreError
+    (TRUNCATED) when the file ends before count bytes.
+    """
+    sent = ffi.new("int64_t *")
+    code = lib.pb_sendfile(out_fd, in_fd, position, count, sent)
+    if code == lib.PB_E_AGAIN:
+        return sent[0], False
+    _check(code, f"sendfile of {count} bytes at {position} (sent {sent[0]})")
+    return sent[0], True

@@ -1,0 +1,50 @@
+"""The one exception hierarchy of pybroker.
+
+Every error pybroker raises derives from PyBrokerError; where a builtin type helps
+callers (a bad argument is a ValueError, an I/O failure an OSError) the subclass
+derives from that builtin too.
+"""
+
+
+class PyBrokerError(Exception):
+    """Base of every pybroker error."""
+
+
+class CoreError(PyBrokerError):
+    """A status code returned by the C core (see csrc/pb_status.h)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class CorruptRecordError(CoreError, ValueError):
+    """A record batch failed validation: bad length, magic, CRC or record count."""
+
+    def __init__(self, code: int, message: str, position: int):
+        super().__init__(code, message)
+        self.position = position
+
+
+class CoreIOError(CoreError, OSError):
+    """A system call in the C core failed; errno is kept."""
+
+
+class CoreBuildError(PyBrokerError, ImportError):
+    """The compiled core is missing or was built for another pybroker version."""
+
+
+class OffsetOutOfRange(PyBrokerError, LookupError):
+    """An offset below the log start offset or above the log end offset."""
+
+
+class LogClosedError(PyBrokerError):
+    """An operation on a partition log that has been closed."""
+
+
+class MessageTooLarge(PyBrokerError, ValueError):
+    """A batch larger than the configured maximum."""
+
+
+class CorruptLogError(PyBrokerError):
+    """Damage found before the recovery point: data that was durable is unreadable."""

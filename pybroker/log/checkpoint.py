@@ -1,0 +1,47 @@
+"""The two small metadata files of a partition directory.
+
+recovery-point-offset-checkpoint: "0\n<offset>\n" (format version, then the offset
+below which every message was flushed when it was written). A missing or unreadable
+checkpoint reads as 0, which only makes recovery scan more. Written atomically.
+.clean-shutdown: present only between a clean close and the next open; it is removed
+durably at open, so a crash after that is treated as unclean.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from pybroker.log import files
+
+log = logging.getLogger("pybroker.log")
+FORMAT_VERSION = 0
+
+
+def read_recovery_point(directory: str) -> int:
+    path = os.path.join(directory, files.RECOVERY_POINT_FILE)
+    try:
+        with open(path, encoding="ascii") as f:
+            version, offset = f.read().split()
+        if int(version) != FORMAT_VERSION or int(offset) < 0:
+            raise ValueError(f"version {version} offset {offset}")
+        return int(offset)
+    except FileNotFoundError:
+        return 0
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("dir=%s unreadable recovery point checkpoint (%s); recovering from 0",
+                    directory, exc)
+        return 0
+
+
+def write_recovery_point(directory: str, offset: int) -> None:
+    files.write_atomic(os.path.join(directory, files.RECOVERY_POINT_FILE),
+                       f"{FORMAT_VERSION}\n{offset}\n".encode("ascii"))
+
+
+def mark_clean_shutdown(directory: str) -> None:
+    files.write_atomic(os.path.join(directory, files.CLEAN_SHUTDOWN_FILE), b"")
+
+
+def take_clean_shutdown_marker(directory: str) -> bool:
+    """True if the last close was clean; the marker is gone (durably) afterwards."""
+    return files.remove_durably(os.path.join(directory, files.CLEAN_SHUTDOWN_FILE))

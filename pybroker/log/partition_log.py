@@ -1,0 +1,408 @@
+"""The log of one partition (paper P4-P12): a sorted table of segments addressed by offset.
+
+Offsets (P6): log_start_offset <= high_watermark <= log_end_offset, where
+- log_end_offset is the next offset to assign,
+- high_watermark is one past the last flushed message: reads never pass it, so a
+  message is visible only once flushed (P5), and acks=all waits for it (`when_durable`).
+Only the active (last) segment ever holds unflushed bytes: a roll flushes first.
+Segments are found by bisecting the in-memory sorted list of base offsets (P8); the
+page cache is the only cache (P9). Retention deletes whole non-active segments by age
+or total size and advances the log start offset (P11); any retained offset can be read
+again (P12). Owned by one worker; not thread-safe.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import time
+from collections import deque
+from typing import Callable, NamedTuple
+
+from pybroker import core
+from pybroker.errors import (CoreError, CorruptRecordError, LogClosedError, MessageTooLarge,
+                             OffsetOutOfRange)
+from pybroker.log import checkpoint, files
+from pybroker.log.config import LogConfig
+from pybroker.log.segment import LogSegment, SegmentFile
+
+log = logging.getLogger("pybroker.log")
+
+
+class AppendResult(NamedTuple):
+    base_offset: int  # first offset assigned
+    last_offset: int  # last offset assigned
+    records: int
+    max_timestamp: int
+
+
+class FileSlice(NamedTuple):
+    """A byte range of a segment file for a zero-copy fetch (P10). The range starts on a
+    batch boundary and may end inside a batch when max_bytes cut it, as in Kafka; it
+    holds the segment's file open until it is dropped."""
+
+    file: SegmentFile
+    position: int
+    length: int
+    base_offset: int  # base offset of the first batch in the range
+
+    @property
+    def fd(self) -> int:
+        return self.file.fd
+
+    def read_bytes(self) -> bytes:
+        return os.pread(self.file.fd, self.length, self.position)
+
+
+class PartitionLog:
+    def __init__(self, directory: str, config: LogConfig | None = None, *,
+                 name: str | None = None, clock: Callable[[], float] = time.time):
+        self.directory = directory
+        self.config = config or LogConfig()
+        self.name = name or os.path.basename(os.path.normpath(directory))
+        self.owner = f"tp={self.name}"
+        self._clock = clock
+        self._segments: list[LogSegment] = []
+        self._bases: list[int] = []          # base offsets of _segments, for bisect (P8)
+        self._next_offset = 0                # log end offset
+        self._hw = 0                         # high watermark: one past the last flushed
+        self._hw_position = 0                # bytes of the active segment that are flushed
+        self._unflushed_messages = 0
+        self._first_unflushed_ms: int | None = None
+        self._recovery_point = 0             # last checkpointed offset
+        self._last_checkpoint_ms = 0
+        self._durable_waiters: deque[tuple[int, Callable[[int], None]]] = deque()
+        self.flush_count = 0                 # fdatasyncs done (group commits)
+        self.closed = False
+        os.makedirs(directory, exist_ok=True)
+        self._open()
+
+    # --- offsets ---------------------------------------------------------------------
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._bases[0]
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        return self._hw
+
+    @property
+    def recovery_point(self) -> int:
+        return self._recovery_point
+
+    def segment_bases(self) -> list[int]:
+        return list(self._bases)
+
+    def size_bytes(self) -> int:
+        return sum(seg.size for seg in self._segments)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # --- opening and recovery (P22) --------------------------------------------------
+
+    def _open(self) -> None:
+        clean = checkpoint.take_clean_shutdown_marker(self.directory)
+        recovery_point = checkpoint.read_recovery_point(self.directory)
+        self._remove_strays()
+        bases = files.list_base_offsets(self.directory)
+        if not bases:
+            self._add_segment(LogSegment.create(self.directory, 0, self.config, self.owner))
+        else:
+            for base in bases:
+                self._add_segment(LogSegment.open_existing(self.directory, base, self.config,
+                                                           self.owner))
+            for seg, nxt in zip(self._segments, bases[1:]):
+                seg.next_offset = nxt
+            if clean:
+                self._segments[-1].load_as_active()
+            else:
+                self._recover(recovery_point)
+        active = self._segments[-1]
+        self._next_offset = self._hw = active.next_offset
+        self._hw_position = active.size
+        self._write_checkpoint()
+        log.info("%s opened %s: segments=%d log_start=%d log_end=%d", self.owner,
+                 "cleanly" if clean else "after recovery", len(self._segments),
+                 self.log_start_offset, self._next_offset)
+
+    def _remove_strays(self) -> None:
+        """Temp files of interrupted atomic writes, indexes whose log is gone."""
+        logs = set(files.list_base_offsets(self.directory))
+        for name in os.listdir(self.directory):
+            base = (files.parse_base_offset(name, files.INDEX_SUFFIX)
+                    if name.endswith(files.INDEX_SUFFIX)
+                    else files.parse_base_offset(name, files.TIME_INDEX_SUFFIX))
+            if name.endswith(files.TEMP_SUFFIX) or (base is not None and base not in logs):
+                log.warning("%s removing stray file %s", self.owner, name)
+                os.unlink(os.path.join(self.directory, name))
+
+    def _recover(self, recovery_point: int) -> None:
+        """After an unclean stop: scan every segment that may hold offsets at or above
+        the recovery point, truncate at the first bad batch, drop what follows it."""
+        first = max(0, bisect.bisect_right(self._bases, recovery_point) - 1)
+        last = len(self._segments) - 1
+        self._segments[last].active = True
+        for i in range(first, last + 1):
+            seg = self._segments[i]
+            result = seg.recover(recovery_point)
+            if result.reason is None:
+                seg.flush()  # what survived in the page cache is now made durable
+                continue
+            log.warning("%s %s file=%s position=%d: %s; truncated %d bytes", self.owner,
+                        seg, seg.log_path, result.position, result.reason,
+                        result.truncated_bytes)
+            seg.flush()
+            for later in self._segments[i + 1:]:
+                log.warning("%s %s deleted: it follows the damage in %s", self.owner,
+                            later, seg)
+                later.delete()
+            del self._segments[i + 1:]
+            del self._bases[i + 1:]
+            seg.active = True
+            break
+        for seg in self._segments[first:-1]:
+            seg.seal()
+        if self._segments[-1].cursor is None:
+            self._segments[-1].load_as_active()
+
+    def _add_segment(self, seg: LogSegment) -> None:
+        self._segments.append(seg)
+        self._bases.append(seg.base_offset)
+
+    # --- appends, rolls and flushes (P4, P5) -----------------------------------------
+
+    def append(self, batches, append_time: int | None = None) -> AppendResult:
+        """Validate (CRC included), stamp offsets into `batches` (a writable buffer of
+        RecordBatch v2) and append them to the active segment. Visible to reads once
+        flushed. Raises CorruptRecordError for a bad batch (nothing is written),
+        MessageTooLarge above max_batch_bytes."""
+        self._check_open()
+        try:
+            scan = core.scan_batches(batches, stamp_offset=self._next_offset,
+                                     append_time=append_time,
+                                     max_batch=self.config.max_batch_bytes)
+        except CoreError as exc:
+            if core.is_code(exc, "TOO_LARGE"):
+                raise MessageTooLarge(f"{self.owner}: {exc} ({self.config.max_batch_bytes} "
+                                      "bytes allowed)") from None
+            raise
+        if scan.batches == 0:
+            raise ValueError(f"{self.owner}: nothing to append (empty buffer)")
+        now = self._now_ms()
+        if self._should_roll(len(batches), now):
+            self.roll()
+        try:
+            self._segments[-1].append(batches, scan, now)
+        except CoreError as exc:
+            if not (core.is_code(exc, "INDEX_FULL") or core.is_code(exc, "OFFSET_OVERFLOW")):
+                raise
+            self.roll()  # the active segment's index or offset range is exhausted
+            self._segments[-1].append(batches, scan, now)
+        self._next_offset = scan.last_offset + 1
+        self._unflushed_messages += scan.records
+        if self._first_unflushed_ms is None:
+            self._first_unflushed_ms = now
+        if self._unflushed_messages >= self.config.flush_messages or self.config.flush_ms == 0:
+            self.flush()
+        return AppendResult(scan.first_offset, scan.last_offset, scan.records,
+                            scan.max_timestamp)
+
+    def _should_roll(self, incoming: int, now: int) -> bool:
+        active = self._segments[-1]
+        if active.size == 0:
+            return False
+        if active.size + incoming > self.config.segment_bytes:
+            return True
+        # Age counts from the first append since the segment was opened (broker clock):
+        # client timestamps may be arbitrarily old, which would roll on every append.
+        return active.opened_ms >= 0 and now - active.opened_ms >= self.config.segment_ms
+
+    def roll(self) -> None:
+        """Close the active segment for appends and start a new one at the log end."""
+        self._check_open()
+        active = self._segments[-1]
+        if active.size == 0:
+            return
+        self.flush()  # keeps the invariant: only the active segment holds unflushed data
+        active.seal()
+        self._add_segment(LogSegment.create(self.directory, self._next_offset, self.config,
+                                            self.owner))
+        self._hw_position = 0
+        self._write_checkpoint()
+        log.info("%s rolled %s at offset %d", self.owner, self._segments[-1], self._next_offset)
+
+    def flush(self) -> int:
+        """fdatasync the active segment (one group commit for every append since the last
+        flush) and advance the high watermark to the log end. Returns the high watermark."""
+        self._check_open()
+        if self._hw == self._next_offset:
+            return self._hw
+        active = self._segments[-1]
+        active.flush()
+        self._hw = self._next_offset
+        self._hw_position = active.size
+        self._unflushed_messages = 0
+        self._first_unflushed_ms = None
+        self.flush_count += 1
+        self._wake_durable_waiters()
+        return self._hw
+
+    def flush_deadline_ms(self) -> int | None:
+        """When the time-based flush policy (flush_ms) next needs maybe_flush, or None."""
+        if self._first_unflushed_ms is None:
+            return None
+        return self._first_unflushed_ms + self.config.flush_ms
+
+    def maybe_flush(self, now_ms: int | None = None) -> bool:
+        """Apply the time-based flush policy and the periodic checkpoint; True if flushed."""
+        now = self._now_ms() if now_ms is None else now_ms
+        flushed = False
+        deadline = self.flush_deadline_ms()
+        if deadline is not None and now >= deadline:
+            self.flush()
+            flushed = True
+        if (self._recovery_point < self._hw and
+                now - self._last_checkpoint_ms >= self.config.recovery_checkpoint_ms):
+            self._write_checkpoint()
+        return flushed
+
+    def when_durable(self, offset: int, callback: Callable[[int], None]) -> bool:
+        """Call callback(high_watermark) once offset is flushed (acks=all). Returns True
+        and calls it at once if it already is."""
+        if offset < self._hw:
+            callback(self._hw)
+            return True
+        self._durable_waiters.append((offset, callback))
+        return False
+
+    def _wake_durable_waiters(self) -> None:
+        waiters = self._durable_waiters
+        # offsets are registered in append order, so the deque is sorted
+        while waiters and waiters[0][0] < self._hw:
+            waiters.popleft()[1](self._hw)
+
+    def _write_checkpoint(self) -> None:
+        checkpoint.write_recovery_point(self.directory, self._hw)
+        self._recovery_point = self._hw
+        self._last_checkpoint_ms = self._now_ms()
+
+    # --- reads (P7, P8, P10, P12) ----------------------------------------------------
+
+    def _check_offset(self, offset: int) -> None:
+        if not self.log_start_offset <= offset <= self._next_offset:
+            raise OffsetOutOfRange(
+                f"{self.owner}: offset {offset} is outside [{self.log_start_offset}, "
+                f"{self._next_offset}]")
+
+    def read(self, offset: int, max_bytes: int) -> FileSlice | None:
+        """Up to max_bytes of flushed batches from the batch holding offset, as a file
+        range for sendfile; at least the whole first batch even if it is larger. None when
+        offset is at or past the high watermark. OffsetOutOfRange outside the log."""
+        self._check_open()
+        self._check_offset(offset)
+        if offset >= self._hw:
+            return None
+        i = bisect.bisect_right(self._bases, offset) - 1
+        seg = self._segments[i]
+        end = self._hw_position if seg is self._segments[-1] else seg.size
+        batch = seg.seek(offset, end)
+        if batch is None:
+            return None
+        length = min(end - batch.position, max(max_bytes, batch.size))
+        return FileSlice(seg.file, batch.position, length, batch.base_offset)
+
+    def offset_for_time(self, timestamp: int) -> int | None:
+        """Base offset of the first flushed batch with maxTimestamp >= timestamp (ListOffsets
+        by time), or None if there is none."""
+        self._check_open()
+        for seg in self._segments:
+            end = self._hw_position if seg is self._segments[-1] else seg.size
+            if end == 0 or seg.max_timestamp() < timestamp:
+                continue
+            batch = seg.seek_time(timestamp, end)
+            if batch is not None:
+                return max(batch.base_offset, self.log_start_offset)
+        return None
+
+    # --- retention (P11) -------------------------------------------------------------
+
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Delete the oldest segments past retention_ms or beyond retention_bytes; an
+        expired active segment is rolled first. Returns the number deleted."""
+        self._check_open()
+        now = self._now_ms() if now_ms is None else now_ms
+        active = self._segments[-1]
+        if active.size and self._expired(active, now):
+            self.roll()
+        deleted = 0
+        total = self.size_bytes()
+        while len(self._segments) > 1:
+            seg = self._segments[0]
+            over_size = (self.config.retention_bytes >= 0 and
+                         total - seg.size >= self.config.retention_bytes)
+            if not (over_size or self._expired(seg, now)):
+                break
+            total -= seg.size
+            seg.delete()
+            del self._segments[0]
+            del self._bases[0]
+            deleted += 1
+            log.info("%s retention deleted %s; log start offset now %d", self.owner, seg,
+                     self.log_start_offset)
+        return deleted
+
+    def _expired(self, seg: LogSegment, now: int) -> bool:
+        return self.config.retention_ms >= 0 and seg.max_timestamp() < now - self.config.retention_ms
+
+    # --- integrity -------------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Scan every batch of every segment (CRC included) without changing anything;
+        a description of each problem found, empty when the log is intact."""
+        problems = []
+        for seg in self._segments:
+            end = self._hw_position if seg is self._segments[-1] else seg.size
+            expected = seg.base_offset
+            pos = 0
+            while pos < end:
+                chunk = os.pread(seg.file.fd, min(end - pos, 16 << 20), pos)
+                try:
+                    scan = core.scan_batches(chunk, min_offset=expected)
+                except CorruptRecordError as exc:
+                    if exc.scan.batches == 0:
+                        problems.append(f"{self.owner} {seg} file={seg.log_path} "
+                                        f"position={pos + exc.position}: {exc}")
+                        break
+                    scan = exc.scan
+                pos += scan.valid_bytes
+                expected = scan.last_offset + 1
+        return problems
+
+    # --- closing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush, seal and trim, checkpoint, then mark the shutdown clean."""
+        if self.closed:
+            return
+        self.flush()
+        for seg in self._segments:
+            seg.close()
+        self._write_checkpoint()
+        checkpoint.mark_clean_shutdown(self.directory)
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LogClosedError(f"{self.owner} is closed")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
