@@ -56,7 +56,8 @@ class FileSlice(NamedTuple):
 
 class PartitionLog:
     def __init__(self, directory: str, config: LogConfig | None = None, *,
-                 name: str | None = None, clock: Callable[[], float] = time.time):
+                 name: str | None = None, clock: Callable[[], float] = time.time,
+                 on_flush: Callable[[int], None] | None = None):
         self.directory = directory
         self.config = config or LogConfig()
         self.name = name or os.path.basename(os.path.normpath(directory))
@@ -72,6 +73,7 @@ class PartitionLog:
         self._recovery_point = 0             # last checkpointed offset
         self._last_checkpoint_ms = 0
         self._durable_waiters: deque[tuple[int, Callable[[int], None]]] = deque()
+        self._on_flush = on_flush            # called with the new high watermark
         self.flush_count = 0                 # fdatasyncs done (group commits)
         self.closed = False
         os.makedirs(directory, exist_ok=True)
@@ -251,6 +253,8 @@ class PartitionLog:
         self._first_unflushed_ms = None
         self.flush_count += 1
         self._wake_durable_waiters()
+        if self._on_flush is not None:
+            self._on_flush(self._hw)
         return self._hw
 
     def flush_deadline_ms(self) -> int | None:

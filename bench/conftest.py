@@ -1,0 +1,164 @@
+"""Shared pieces of the benchmark suite: size ids, the `record` helper, and the
+throughput table printed after a run (also used by scripts/bench-report).
+
+Every benchmark belongs to a group (one operation at one size) holding one measured
+path and the baselines it stands beside, all measured in the same run:
+- role "path":      the pybroker code under test;
+- role "floor":     the raw syscall or memory operation the path cannot beat
+                    (os.write of the same bytes, a memcpy, os.sendfile, a pread);
+- role "reference": the obvious alternative the path must earn its place against
+                    (zlib.crc32, bisect on a Python list, pread + sendall).
+`extra_info` records the work one call does (bytes, messages or lookups), so the
+table reads as MB/s, msgs/s or ns/op rather than seconds. Nothing here asserts on time.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+KiB = 1 << 10
+MiB = 1 << 20
+ROLES = ("path", "floor", "reference")
+
+
+def size_id(n: int) -> str:
+    """Readable parameter id: 1024 -> '1KiB', 1048576 -> '1MiB', 200 -> '200B'."""
+    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{name}"
+    return f"{n}B"
+
+
+def record(benchmark, group: str, role: str, *, nbytes: int = 0, messages: int = 0,
+           lookups: int = 0, targets: tuple = (), **info) -> None:
+    """Name the group and role of a benchmark and the work done by ONE call of the
+    benchmarked function. targets: dicts such as {"metric": "MB/s", "min": 5000},
+    {"metric": "ns/op", "max": 2000} or {"vs": "os_write", "min": 0.5} (speed
+    relative to the group's baseline named os_write, the test name without `test_`)."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {ROLES}")
+    if not (nbytes or messages or lookups):
+        raise ValueError(f"{benchmark.name}: record bytes, messages or lookups per call")
+    benchmark.group = group
+    benchmark.extra_info.update(role=role, bytes=nbytes, messages=messages,
+                                lookups=lookups, targets=list(targets), **info)
+
+
+def new_bench_dir(tmp_path_factory, name: str) -> str:
+    """A fresh directory for benchmark files, under $PYBROKER_BENCH_DIR (to choose the
+    disk) or pytest's temporary directory. Flushes are fdatasyncs, so on a tmpfs the
+    default-policy append variants flatter the log."""
+    root = os.environ.get("PYBROKER_BENCH_DIR")
+    if root:
+        return tempfile.mkdtemp(prefix=f"pybroker-bench-{name}-", dir=root)
+    return str(tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture
+def bench_dir(tmp_path_factory, request):
+    """new_bench_dir for one test, removed afterwards (an unlinked file's dirty pages are
+    dropped, never written back, so one benchmark's writes do not slow the next)."""
+    path = new_bench_dir(tmp_path_factory, request.node.originalname)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- the throughput table ------------------------------------------------------------
+
+def _label(bench: dict) -> str:
+    return bench["name"].split("[")[0].removeprefix("test_")
+
+
+def _rate(bench: dict, unit: str) -> float:
+    """Units per second over all rounds (the mean round): sustained throughput, so the
+    periodic fdatasync of a flush policy counts, as a median would hide it."""
+    return bench["extra_info"][unit] / bench["stats"]["mean"]
+
+
+def _common_unit(a: dict, b: dict) -> str | None:
+    for unit in ("lookups", "bytes", "messages"):
+        if a["extra_info"].get(unit) and b["extra_info"].get(unit):
+            return unit
+    return None
+
+
+def _speed(bench: dict, baseline: dict) -> float | None:
+    """How many times faster bench is than baseline (> 1: faster), per unit of work."""
+    unit = _common_unit(bench, baseline)
+    return _rate(bench, unit) / _rate(baseline, unit) if unit else None
+
+
+def throughput_text(bench: dict) -> str:
+    info = bench["extra_info"]
+    if info.get("lookups"):
+        return f"{1e9 / _rate(bench, 'lookups'):,.0f} ns/op"
+    mb_s = f"{_rate(bench, 'bytes') / 1e6:,.0f} MB/s" if info.get("bytes") else ""
+    if info.get("messages"):
+        msgs = f"{_rate(bench, 'messages'):,.0f} msgs/s"
+        return f"{msgs} ({mb_s})" if mb_s else msgs
+    return mb_s
+
+
+def _metric(bench: dict, name: str) -> float:
+    if name == "MB/s":
+        return _rate(bench, "bytes") / 1e6
+    if name == "msgs/s":
+        return _rate(bench, "messages")
+    if name == "ns/op":
+        return 1e9 / _rate(bench, "lookups")
+    raise ValueError(f"unknown target metric {name!r}")
+
+
+def _target_text(bench: dict, target: dict, by_label: dict) -> str:
+    if "vs" in target:
+        other = by_label.get(target["vs"])
+        value = _speed(bench, other) if other else None
+        what = f"{target['min']:g}x {target['vs']}"
+        bound, ok = f">= {what}", value is not None and value >= target["min"]
+    elif "min" in target:
+        value = _metric(bench, target["metric"])
+        bound, ok = f">= {target['min']:,g} {target['metric']}", value >= target["min"]
+    else:
+        value = _metric(bench, target["metric"])
+        bound, ok = f"<= {target['max']:,g} {target['metric']}", value <= target["max"]
+    return f"{bound}: {'met' if ok else 'MISSED'}"
+
+
+def markdown_table(benchmarks: list[dict]) -> list[str]:
+    """One row per measured path and baseline of its group; the path's throughput,
+    each baseline's, and the speed ratio (path / baseline, per unit of work)."""
+    groups: dict[str, list[dict]] = {}
+    for bench in benchmarks:
+        if bench.get("stats") and bench["extra_info"].get("role") in ROLES:
+            groups.setdefault(bench["group"], []).append(bench)
+    lines = ["| benchmark | throughput | baseline | ratio vs baseline | target |",
+             "|---|---:|---|---:|---|"]
+    for group, members in groups.items():
+        by_label = {_label(b): b for b in members}
+        baselines = [b for b in members if b["extra_info"]["role"] != "path"]
+        baselines.sort(key=lambda b: b["extra_info"]["role"])  # floor before reference
+        for path in (b for b in members if b["extra_info"]["role"] == "path"):
+            targets = [_target_text(path, t, by_label) for t in path["extra_info"]["targets"]]
+            name = f"{_label(path)} [{group}]"
+            rows = [(b, _speed(path, b)) for b in baselines] or [(None, None)]
+            for i, (base, ratio) in enumerate(rows):
+                base_text = (f"{_label(base)} ({base['extra_info']['role']}): "
+                             f"{throughput_text(base)}" if base else "-")
+                ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
+                lines.append(f"| {name if i == 0 else ''} | "
+                             f"{throughput_text(path) if i == 0 else ''} | {base_text} | "
+                             f"{ratio_text} | {'; '.join(targets) if i == 0 else ''} |")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    benches = [b.as_dict(include_data=False) for b in session.benchmarks if b]
+    terminalreporter.write_sep("-", "throughput (mean round; ratio > 1: faster than baseline)")
+    for line in markdown_table(benches):
+        terminalreporter.write_line(line)

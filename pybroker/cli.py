@@ -1,0 +1,132 @@
+"""The `pybroker` command line: serve, stats.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (a message
+on stderr names the problem).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from pybroker.config import BrokerConfig, ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname,
+                 "logger": record.name, "pid": record.process, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_serve(args) -> int:
+    setup_logging(args.log_level, args.log_format)
+    overrides = _parse_overrides(args.set)
+    overrides.update({"log.dirs": args.data_dir, "port": args.port, "num.workers": args.workers,
+                      "broker.id": args.broker_id, "zookeeper.connect": args.zookeeper,
+                      "advertised.host": args.advertised_host})
+    config = BrokerConfig.load(args.config, overrides)
+    from pybroker.server.supervisor import serve
+    return serve(config)
+
+
+def cmd_stats(args) -> int:
+    from pybroker.server.controlblock import STATES, ControlBlock
+    try:
+        block = ControlBlock.in_dir(args.data_dir)
+    except FileNotFoundError:
+        print(f"pybroker stats: no control block in {args.data_dir} (is a broker running "
+              "with this --data-dir?)", file=sys.stderr)
+        return EXIT_FAILURE
+    now = time.time() * 1000
+    print(f"{'worker':>6} {'node':>6} {'port':>6} {'pid':>8} {'state':>9} {'heartbeat':>10} "
+          f"{'restarts':>8} {'conns':>6} {'requests':>10} {'msgs in':>12} {'bytes in':>14} "
+          f"{'bytes out':>14}")
+    for i in range(block.workers):
+        w = block.read_worker(i)
+        age = f"{(now - w['heartbeat_ms']) / 1000:.1f}s ago" if w["heartbeat_ms"] else "-"
+        print(f"{i:>6} {w['node_id']:>6} {w['port']:>6} {w['pid']:>8} "
+              f"{STATES.get(w['state'], '?'):>9} {age:>10} {w['restarts']:>8} "
+              f"{w['connections']:>6} {w['requests']:>10} {w['messages_in']:>12} "
+              f"{w['bytes_in']:>14} {w['bytes_out']:>14}")
+    rows = block.partitions()
+    if rows:
+        print()
+        print(f"{'partition':<32} {'node':>6} {'log start':>12} {'log end':>12} "
+              f"{'high wm':>12} {'msgs in':>12} {'bytes in':>14} {'flushes':>8}")
+        for r in rows:
+            print(f"{r.topic + '-' + str(r.partition):<32} {r.node_id:>6} {r.log_start:>12} "
+                  f"{r.log_end:>12} {r.high_watermark:>12} {r.messages_in:>12} "
+                  f"{r.bytes_in:>14} {r.flushes:>8}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pybroker", description="A Kafka-compatible log "
+                                     "broker built on the 2011 Kafka paper's design.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a broker: a supervisor and its workers",
+                           description="Run a broker. Worker i is Kafka node "
+                           "broker.id*100+i on port --port+i. Without --zookeeper a private "
+                           "ZooKeeper is started under the data dir.")
+    serve.add_argument("--data-dir", help="data directory (log.dirs)")
+    serve.add_argument("--port", type=int, help="base port (default 9092)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    serve.add_argument("--broker-id", type=int, help="broker id (default 0)")
+    serve.add_argument("--zookeeper", help="ZooKeeper connect string host:port[/chroot]")
+    serve.add_argument("--advertised-host", help="host name given to clients in metadata")
+    serve.add_argument("--config", help="Kafka-style properties file")
+    serve.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override one setting (repeatable)")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.set_defaults(func=cmd_serve)
+
+    stats = sub.add_parser("stats", help="print the shared-memory control block as tables",
+                           description="Read the running broker's control block (no "
+                           "request to the workers).")
+    stats.add_argument("--data-dir", default="./pybroker-data", help="the broker's data dir")
+    stats.set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"pybroker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE

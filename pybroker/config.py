@@ -1,0 +1,154 @@
+"""Broker settings: one table of definitions drives parsing, validation and the docs.
+
+A setting has Kafka's name where Kafka has one (`log.dirs`, `num.partitions`, ...).
+Values come from, in rising precedence: the defaults below, a Kafka-style properties
+file (`key=value`, `#` comments), and command-line overrides. Unknown keys and bad
+values are refused with a message naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pybroker.errors import PyBrokerError
+from pybroker.log.config import LogConfig
+
+_LOG_DEFAULTS = LogConfig()
+
+
+class ConfigError(PyBrokerError, ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    type: type
+    default: Any
+    doc: str
+    check: Callable[[Any], bool] = lambda v: True
+    allowed: str = ""        # what `check` accepts, for error messages and docs
+    log_field: str = ""      # the LogConfig field this setting supplies, if any
+
+
+def _nonneg(v) -> bool:
+    return v >= 0
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("broker.id", int, 0, "Broker id; worker i is Kafka node broker.id*100+i.",
+            lambda v: 0 <= v <= 20_000_000, "0..20000000"),
+    Setting("log.dirs", str, "./pybroker-data", "Data directory (one per broker)."),
+    Setting("port", int, 9092, "Base port; worker i listens on port+i.",
+            lambda v: 0 <= v <= 65535, "0..65535"),
+    Setting("listeners.host", str, "127.0.0.1", "Address the workers bind to."),
+    Setting("advertised.host", str, "", "Host name given to clients in metadata "
+            "(default: listeners.host)."),
+    Setting("num.workers", int, 0, "Worker processes (0: one per CPU).", _nonneg, ">= 0"),
+    Setting("zookeeper.connect", str, "", "ZooKeeper connect string host:port[,..][/chroot]; "
+            "empty: start a private ZooKeeper under the data dir."),
+    Setting("zookeeper.session.timeout.ms", int, 10_000, "ZooKeeper session timeout.",
+            lambda v: v >= 1000, ">= 1000"),
+    Setting("num.partitions", int, 1, "Partitions of an auto-created topic.",
+            lambda v: v >= 1, ">= 1"),
+    Setting("auto.create.topics.enable", bool, True, "Create unknown topics on metadata "
+            "requests."),
+    Setting("message.max.bytes", int, 1 << 20, "Largest record batch accepted.",
+            lambda v: 61 <= v <= (1 << 31) - 13, "61..2147483635"),
+    Setting("socket.request.max.bytes", int, 100 << 20, "Largest request frame; larger "
+            "frames are refused before their body is read.", lambda v: v >= 1024, ">= 1024"),
+    Setting("log.segment.bytes", int, _LOG_DEFAULTS.segment_bytes, "Segment size (P4).",
+            lambda v: 128 <= v <= (1 << 31) - 1, "128..2147483647", "segment_bytes"),
+    Setting("log.roll.ms", int, _LOG_DEFAULTS.segment_ms, "Roll a segment this long after "
+            "its first append.", lambda v: v >= 1, ">= 1", "segment_ms"),
+    Setting("log.flush.interval.messages", int, _LOG_DEFAULTS.flush_messages, "Flush after "
+            "this many messages (P5).", lambda v: v >= 1, ">= 1", "flush_messages"),
+    Setting("log.flush.interval.ms", int, _LOG_DEFAULTS.flush_ms, "Flush this long after "
+            "the first unflushed append (P5).", _nonneg, ">= 0", "flush_ms"),
+    Setting("log.index.interval.bytes", int, _LOG_DEFAULTS.index_interval_bytes, "Bytes of "
+            "log between sparse index entries (P8).", _nonneg, ">= 0", "index_interval_bytes"),
+    Setting("log.index.size.max.bytes", int, _LOG_DEFAULTS.index_max_bytes, "Preallocated "
+            "index size.", lambda v: 64 <= v <= (1 << 31) - 1, "64..2147483647",
+            "index_max_bytes"),
+    Setting("log.retention.ms", int, _LOG_DEFAULTS.retention_ms, "Delete segments older than "
+            "this (P11); -1: never.", lambda v: v >= -1, ">= -1", "retention_ms"),
+    Setting("log.retention.bytes", int, _LOG_DEFAULTS.retention_bytes, "Delete old segments "
+            "beyond this size per partition; -1: no limit.", lambda v: v >= -1, ">= -1",
+            "retention_bytes"),
+    Setting("log.retention.check.interval.ms", int, 60_000, "How often retention runs.",
+            lambda v: v >= 10, ">= 10"),
+    Setting("worker.heartbeat.timeout.ms", int, 10_000, "Restart a worker whose heartbeat "
+            "is older than this.", lambda v: v >= 500, ">= 500"),
+)
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def _parse(setting: Setting, raw: Any) -> Any:
+    if setting.type is bool and isinstance(raw, str):
+        if raw.strip().lower() not in ("true", "false"):
+            raise ConfigError(f"{setting.key}={raw!r}: expected true or false")
+        return raw.strip().lower() == "true"
+    try:
+        value = setting.type(raw.strip() if isinstance(raw, str) else raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{setting.key}={raw!r}: expected {setting.type.__name__}") from None
+    if not setting.check(value):
+        raise ConfigError(f"{setting.key}={raw!r}: allowed {setting.allowed}")
+    return value
+
+
+def read_properties(path: str) -> dict[str, str]:
+    """key=value lines of a Kafka-style properties file; # and ! start comments."""
+    props = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line[0] in "#!":
+                continue
+            if "=" not in line:
+                raise ConfigError(f"{path}:{n}: expected key=value, got {line!r}")
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+class BrokerConfig:
+    """Validated broker settings; read them as `cfg["num.partitions"]`."""
+
+    def __init__(self, values: dict[str, Any] | None = None):
+        self._values = {s.key: s.default for s in SETTINGS}
+        for key, raw in (values or {}).items():
+            setting = BY_KEY.get(key)
+            if setting is None:
+                raise ConfigError(f"unknown setting {key!r}; known settings: "
+                                  f"{', '.join(sorted(BY_KEY))}")
+            self._values[key] = _parse(setting, raw)
+
+    @classmethod
+    def load(cls, path: str | None = None, overrides: dict[str, Any] | None = None):
+        values = read_properties(path) if path else {}
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    @property
+    def advertised_host(self) -> str:
+        return self["advertised.host"] or self["listeners.host"]
+
+    @property
+    def workers(self) -> int:
+        return self["num.workers"] or os.cpu_count() or 1
+
+    def log_config(self, overrides: dict[str, Any] | None = None) -> LogConfig:
+        """The LogConfig of a partition: broker defaults, then topic-level overrides
+        (keyed by LogConfig field name)."""
+        fields = {s.log_field: self[s.key] for s in SETTINGS if s.log_field}
+        fields["max_batch_bytes"] = self["message.max.bytes"] + 12
+        fields.update(overrides or {})
+        return LogConfig(**fields)

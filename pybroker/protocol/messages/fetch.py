@@ -1,0 +1,93 @@
+"""Fetch (key 1) and ListOffsets (key 2): reading records and finding offsets."""
+
+from ..schema import Array, Field as F, Message, Struct
+
+# Spec: validVersions 4-18, flexibleVersions 12+. We implement 4-11 (none flexible).
+FETCH = Message(
+    1, "Fetch", valid_versions="4-11", flexible_versions="12+",
+    request=[
+        F("replica_id", "int32", "0-14", default=-1),
+        F("max_wait_ms", "int32", "0+"),
+        F("min_bytes", "int32", "0+"),
+        F("max_bytes", "int32", "3+", default=0x7FFFFFFF, ignorable=True),
+        F("isolation_level", "int8", "4+", default=0, ignorable=True),
+        F("session_id", "int32", "7+", default=0, ignorable=True),
+        F("session_epoch", "int32", "7+", default=-1, ignorable=True),
+        F("topics", Array(Struct(
+            "FetchTopic",
+            F("topic", "string", "0-12", ignorable=True),
+            F("partitions", Array(Struct(
+                "FetchPartition",
+                F("partition", "int32", "0+"),
+                F("current_leader_epoch", "int32", "9+", default=-1, ignorable=True),
+                F("fetch_offset", "int64", "0+"),
+                F("log_start_offset", "int64", "5+", default=-1, ignorable=True),
+                F("partition_max_bytes", "int32", "0+"),
+            )), "0+"),
+        )), "0+"),
+        F("forgotten_topics_data", Array(Struct(
+            "ForgottenTopic",
+            F("topic", "string", "7-12", ignorable=True),
+            F("partitions", Array("int32"), "7+"),
+        )), "7+", ignorable=False),
+        F("rack_id", "string", "11+", default="", ignorable=True),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "1+", ignorable=True),
+        F("error_code", "int16", "7+", ignorable=True),
+        F("session_id", "int32", "7+", default=0, ignorable=False),
+        F("responses", Array(Struct(
+            "FetchableTopicResponse",
+            F("topic", "string", "0-12", ignorable=True),
+            F("partitions", Array(Struct(
+                "PartitionData",
+                F("partition_index", "int32", "0+"),
+                F("error_code", "int16", "0+"),
+                F("high_watermark", "int64", "0+"),
+                F("last_stable_offset", "int64", "4+", default=-1, ignorable=True),
+                F("log_start_offset", "int64", "5+", default=-1, ignorable=True),
+                F("aborted_transactions", Array(Struct(
+                    "AbortedTransaction",
+                    F("producer_id", "int64", "4+"),
+                    F("first_offset", "int64", "4+"),
+                )), "4+", nullable_versions="4+", ignorable=True),
+                F("preferred_read_replica", "int32", "11+", default=-1, ignorable=False),
+                F("records", "records", "0+", nullable_versions="0+"),
+            )), "0+"),
+        )), "0+"),
+    ],
+)
+
+# Spec: validVersions 1-11, flexibleVersions 6+. We implement 1-5 (none flexible).
+LIST_OFFSETS = Message(
+    2, "ListOffsets", valid_versions="1-5", flexible_versions="6+",
+    request=[
+        F("replica_id", "int32", "0+"),
+        F("isolation_level", "int8", "2+"),
+        F("topics", Array(Struct(
+            "ListOffsetsTopic",
+            F("name", "string", "0+"),
+            F("partitions", Array(Struct(
+                "ListOffsetsPartition",
+                F("partition_index", "int32", "0+"),
+                F("current_leader_epoch", "int32", "4+", default=-1, ignorable=True),
+                F("timestamp", "int64", "0+"),
+            )), "0+"),
+        )), "0+"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "2+", ignorable=True),
+        F("topics", Array(Struct(
+            "ListOffsetsTopicResponse",
+            F("name", "string", "0+"),
+            F("partitions", Array(Struct(
+                "ListOffsetsPartitionResponse",
+                F("partition_index", "int32", "0+"),
+                F("error_code", "int16", "0+"),
+                F("timestamp", "int64", "1+", default=-1, ignorable=False),
+                F("offset", "int64", "1+", default=-1, ignorable=False),
+                F("leader_epoch", "int32", "4+", default=-1),
+            )), "0+"),
+        )), "0+"),
+    ],
+)

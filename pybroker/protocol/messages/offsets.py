@@ -1,0 +1,69 @@
+"""Committed consumer offsets: OffsetCommit (key 8) and OffsetFetch (key 9)."""
+
+from ..schema import Array, Field as F, Message, Struct
+
+# Spec: validVersions 2-10, flexibleVersions 8+. We implement 2-7 (none flexible).
+OFFSET_COMMIT = Message(
+    8, "OffsetCommit", valid_versions="2-7", flexible_versions="8+",
+    request=[
+        F("group_id", "string", "0+"),
+        # Named GenerationId before KIP-848; the classic protocol sends the generation.
+        F("generation_id_or_member_epoch", "int32", "1+", default=-1, ignorable=True),
+        F("member_id", "string", "1+", ignorable=True),
+        F("group_instance_id", "string", "7+", nullable_versions="7+", default=None),
+        F("retention_time_ms", "int64", "2-4", default=-1, ignorable=True),
+        F("topics", Array(Struct(
+            "OffsetCommitRequestTopic",
+            F("name", "string", "0-9", ignorable=True),
+            F("partitions", Array(Struct(
+                "OffsetCommitRequestPartition",
+                F("partition_index", "int32", "0+"),
+                F("committed_offset", "int64", "0+"),
+                F("committed_leader_epoch", "int32", "6+", default=-1, ignorable=True),
+                F("committed_metadata", "string", "0+", nullable_versions="0+"),
+            )), "0+"),
+        )), "0+"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "3+", ignorable=True),
+        F("topics", Array(Struct(
+            "OffsetCommitResponseTopic",
+            F("name", "string", "0-9", ignorable=True),
+            F("partitions", Array(Struct(
+                "OffsetCommitResponsePartition",
+                F("partition_index", "int32", "0+"),
+                F("error_code", "int16", "0+"),
+            )), "0+"),
+        )), "0+"),
+    ],
+)
+
+# Spec: validVersions 1-10, flexibleVersions 6+. We implement 1-5 (none flexible).
+# From v2 a null topics array means "all topics of the group".
+OFFSET_FETCH = Message(
+    9, "OffsetFetch", valid_versions="1-5", flexible_versions="6+",
+    request=[
+        F("group_id", "string", "0-7"),
+        F("topics", Array(Struct(
+            "OffsetFetchRequestTopic",
+            F("name", "string", "0-7"),
+            F("partition_indexes", Array("int32"), "0-7"),
+        )), "0-7", nullable_versions="2-7"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "3+", ignorable=True),
+        F("topics", Array(Struct(
+            "OffsetFetchResponseTopic",
+            F("name", "string", "0-7"),
+            F("partitions", Array(Struct(
+                "OffsetFetchResponsePartition",
+                F("partition_index", "int32", "0-7"),
+                F("committed_offset", "int64", "0-7"),
+                F("committed_leader_epoch", "int32", "5-7", default=-1, ignorable=True),
+                F("metadata", "string", "0-7", nullable_versions="0-7"),
+                F("error_code", "int16", "0-7"),
+            )), "0-7"),
+        )), "0-7"),
+        F("error_code", "int16", "2-7", default=0, ignorable=True),
+    ],
+)

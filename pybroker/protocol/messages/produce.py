@@ -1,0 +1,53 @@
+"""Produce (key 0) and InitProducerId (key 22): writing records, idempotent producers."""
+
+from ..schema import Array, Field as F, Message, Struct
+
+# Spec: validVersions 3-13, flexibleVersions 9+. We implement 3-7 (none flexible):
+# v3 is the first version carrying RecordBatch v2 (the only format we store).
+PRODUCE = Message(
+    0, "Produce", valid_versions="3-7", flexible_versions="9+",
+    request=[
+        F("transactional_id", "string", "3+", nullable_versions="3+", default=None),
+        F("acks", "int16", "0+"),
+        F("timeout_ms", "int32", "0+"),
+        F("topic_data", Array(Struct(
+            "TopicProduceData",
+            F("name", "string", "0-12", ignorable=True),
+            F("partition_data", Array(Struct(
+                "PartitionProduceData",
+                F("index", "int32", "0+"),
+                F("records", "records", "0+", nullable_versions="0+"),
+            )), "0+"),
+        )), "0+"),
+    ],
+    response=[
+        F("responses", Array(Struct(
+            "TopicProduceResponse",
+            F("name", "string", "0-12", ignorable=True),
+            F("partition_responses", Array(Struct(
+                "PartitionProduceResponse",
+                F("index", "int32", "0+"),
+                F("error_code", "int16", "0+"),
+                F("base_offset", "int64", "0+"),
+                F("log_append_time_ms", "int64", "2+", default=-1, ignorable=True),
+                F("log_start_offset", "int64", "5+", default=-1, ignorable=True),
+            )), "0+"),
+        )), "0+"),
+        F("throttle_time_ms", "int32", "1+", ignorable=True, default=0),
+    ],
+)
+
+# Spec: validVersions 0-6, flexibleVersions 2+. We implement 0-1 (none flexible).
+INIT_PRODUCER_ID = Message(
+    22, "InitProducerId", valid_versions="0-1", flexible_versions="2+",
+    request=[
+        F("transactional_id", "string", "0+", nullable_versions="0+"),
+        F("transaction_timeout_ms", "int32", "0+"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "0+", ignorable=True),
+        F("error_code", "int16", "0+"),
+        F("producer_id", "int64", "0+", default=-1),
+        F("producer_epoch", "int16", "0+"),
+    ],
+)

@@ -1,0 +1,1 @@
+"""The broker: supervisor, workers, connections, request handlers (ARCHITECTURE.md)."""

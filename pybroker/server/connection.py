@@ -1,0 +1,294 @@
+"""One client connection: frames in, responses out in request order.
+
+Reading: bytes are taken as they come; each complete frame is decoded and handed to
+its handler at once, so pipelined requests are processed back to back. The frame size
+is checked against socket.request.max.bytes from its 4-byte prefix, before any of the
+body is buffered. Writing: every request that expects a response gets a slot in a
+queue in request order; a handler answers at once or later (a fetch long-poll, an
+acks=all produce), and a slot is sent only when every slot before it has been, so a
+waiting fetch holds back the responses behind it (Kafka's ordering rule). Record data
+leaves through sendfile (P10) straight from the segment file. A connection that runs
+too far ahead of its responses stops being read until they drain (back-pressure), so
+one fast client cannot starve the others or grow the worker's memory.
+
+Every way a connection ends has a name (CloseReason) and exactly one log line.
+Owned by the worker's event loop; not thread-safe.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+from collections import deque
+
+from pybroker import core
+from pybroker.errors import CoreError
+from pybroker.protocol import (ApiKey, DecodeError, FrameSizeError, UnknownApiKey,
+                               UnsupportedVersion, decode_request, encode_api_versions_error,
+                               encode_response, parse_frame_size)
+
+log = logging.getLogger("pybroker.server")
+
+RECV_BYTES = 256 * 1024       # per recv(); large produce frames arrive in a few reads
+MAX_QUEUED_RESPONSES = 512    # requests read ahead of their responses before reading stops
+MAX_BUFFERED_OUT = 64 << 20   # bytes of responses waiting for the socket before reading stops
+SENDMSG_CHUNKS = 64           # bytes chunks gathered into one sendmsg()
+
+
+class CloseReason(enum.Enum):
+    PEER_CLOSED = "peer closed the connection"
+    RESET = "connection error"
+    FRAME_TOO_LARGE = "frame size out of range"
+    MALFORMED = "malformed request"
+    UNKNOWN_API = "unknown api key"
+    UNSUPPORTED_VERSION = "unsupported api version"
+    HANDLER_ERROR = "internal error in a request handler"
+    FILE_TRUNCATED = "segment file shorter than a fetch response announced"
+    SHUTDOWN = "broker shutting down"
+
+
+class _Slot:
+    """A response position in the queue; chunks is None until the handler answers."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks=None):
+        self.chunks = chunks
+
+
+class RequestContext:
+    """What a handler sees of the request besides its body."""
+
+    __slots__ = ("worker", "connection", "api_version", "client_id")
+
+    def __init__(self, worker, connection, api_version: int, client_id):
+        self.worker = worker
+        self.connection = connection
+        self.api_version = api_version
+        self.client_id = client_id
+
+
+class Connection:
+    def __init__(self, worker, sock: socket.socket, peer):
+        self.worker = worker
+        self.loop: asyncio.AbstractEventLoop = worker.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.max_frame = worker.config["socket.request.max.bytes"]
+        self._inbuf = bytearray()
+        self._slots: deque[_Slot] = deque()
+        self._out: deque = deque()      # chunks ready for the socket
+        self._out_bytes = 0
+        self._file_progress = 0         # bytes of _out[0] already sent, when it is a file
+        self._reading = False
+        self._writing = False
+        self.closed = False
+        self.requests = 0
+        self._resume_reading()
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _resume_reading(self) -> None:
+        if not self._reading and not self.closed:
+            self.loop.add_reader(self.fd, self._on_readable)
+            self._reading = True
+
+    def _pause_reading(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self.fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(CloseReason.RESET, str(exc))
+            return
+        if not data:
+            self.close(CloseReason.PEER_CLOSED)
+            return
+        self._inbuf += data
+        self._take_frames()
+
+    def _take_frames(self) -> None:
+        buf = self._inbuf
+        view = memoryview(buf)
+        pos, end = 0, len(buf)
+        try:
+            while end - pos >= 4 and not self.closed:
+                size = parse_frame_size(view[pos:pos + 4], self.max_frame)
+                if end - pos - 4 < size:
+                    break
+                body = view[pos + 4:pos + 4 + size]
+                pos += 4 + size
+                self._dispatch(body)
+            if pos:
+                # handlers may keep views of frames in buf (records being stamped or
+                # waiting for a flush): start a new buffer rather than resize this one
+                self._inbuf = bytearray(view[pos:])
+        except FrameSizeError as exc:
+            self.close(CloseReason.FRAME_TOO_LARGE, str(exc))
+            return
+        finally:
+            view.release()
+        if (len(self._slots) >= MAX_QUEUED_RESPONSES or
+                self._out_bytes >= MAX_BUFFERED_OUT):
+            self._pause_reading()
+
+    # --- dispatch --------------------------------------------------------------------
+
+    def _dispatch(self, body: memoryview) -> None:
+        self.requests += 1
+        try:
+            header, request = decode_request(body)
+        except UnsupportedVersion as exc:
+            if exc.api_key == ApiKey.API_VERSIONS:
+                self._slots.append(_Slot(encode_api_versions_error(exc.correlation_id)))
+                self._pump()
+                return
+            self.close(CloseReason.UNSUPPORTED_VERSION, str(exc))
+            return
+        except UnknownApiKey as exc:
+            self.close(CloseReason.UNKNOWN_API, str(exc))
+            return
+        except DecodeError as exc:
+            self.close(CloseReason.MALFORMED, str(exc))
+            return
+        api_key = header["request_api_key"]
+        version = header["request_api_version"]
+        correlation_id = header["correlation_id"]
+        handler = self.worker.handlers[api_key]
+        ctx = RequestContext(self.worker, self, version, header.get("client_id"))
+        self.worker.stats.request(api_key)
+        try:
+            result = handler(ctx, request)
+        except Exception as exc:  # noqa: BLE001 - one bad request must not kill the worker
+            log.exception("node=%d peer=%s api=%d v%d handler failed", self.worker.node_id,
+                          self.peer, api_key, version)
+            self.close(CloseReason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        if result is None:
+            return  # acks=0 produce: no response at all
+        if isinstance(result, asyncio.Future):
+            slot = _Slot()
+            self._slots.append(slot)
+            result.add_done_callback(
+                lambda fut: self._complete(slot, fut, correlation_id, api_key, version))
+            return
+        self._slots.append(_Slot(encode_response(correlation_id, api_key, version, result)))
+        self._pump()
+
+    def _complete(self, slot: _Slot, fut: asyncio.Future, correlation_id: int, api_key: int,
+                  version: int) -> None:
+        if self.closed or fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("node=%d peer=%s api=%d v%d deferred handler failed: %r",
+                      self.worker.node_id, self.peer, api_key, version, exc)
+            self.close(CloseReason.HANDLER_ERROR, repr(exc))
+            return
+        slot.chunks = encode_response(correlation_id, api_key, version, fut.result())
+        self._pump()
+
+    # --- writing ---------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Move answered slots, in order, to the output and send what the socket takes."""
+        slots = self._slots
+        while slots and slots[0].chunks is not None:
+            for chunk in slots.popleft().chunks:
+                self._out.append(chunk)
+                self._out_bytes += chunk.length if hasattr(chunk, "fd") else len(chunk)
+        self._send()
+
+    def _send(self) -> None:
+        out = self._out
+        try:
+            while out:
+                if hasattr(out[0], "fd"):
+                    if not self._send_file(out[0]):
+                        break
+                    out.popleft()
+                    continue
+                if not self._send_bytes():
+                    break
+        except CoreError as exc:
+            self.close(CloseReason.FILE_TRUNCATED if core.is_code(exc, "TRUNCATED")
+                       else CloseReason.RESET, str(exc))
+            return
+        except OSError as exc:
+            self.close(CloseReason.RESET, str(exc))
+            return
+        if out:
+            if not self._writing:
+                self.loop.add_writer(self.fd, self._send)
+                self._writing = True
+            return
+        if self._writing:
+            self.loop.remove_writer(self.fd)
+            self._writing = False
+        if not self._reading and len(self._slots) < MAX_QUEUED_RESPONSES // 2:
+            self._resume_reading()
+            if self._inbuf:
+                self._take_frames()
+
+    def _send_bytes(self) -> bool:
+        """sendmsg a run of bytes chunks; False if the socket is full."""
+        out = self._out
+        batch = []
+        for chunk in out:
+            if hasattr(chunk, "fd") or len(batch) == SENDMSG_CHUNKS:
+                break
+            batch.append(chunk)
+        try:
+            sent = self.sock.sendmsg(batch)
+        except (BlockingIOError, InterruptedError):
+            return False
+        self._out_bytes -= sent
+        while sent:
+            head = out[0]
+            if len(head) <= sent:
+                sent -= len(head)
+                out.popleft()
+            else:
+                out[0] = memoryview(head)[sent:]
+                return False
+        return True
+
+    def _send_file(self, piece) -> bool:
+        """sendfile a FileSlice from where it stopped; False if the socket is full."""
+        done = self._file_progress
+        sent, complete = core.sendfile(self.fd, piece.fd, piece.position + done,
+                                       piece.length - done)
+        self._file_progress = 0 if complete else done + sent
+        self._out_bytes -= sent
+        self.worker.stats.bytes_out += sent
+        return complete
+
+    # --- closing ---------------------------------------------------------------------
+
+    def close(self, reason: CloseReason, detail: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._pause_reading()
+        if self._writing:
+            self.loop.remove_writer(self.fd)
+            self._writing = False
+        level = logging.DEBUG if reason in (CloseReason.PEER_CLOSED, CloseReason.SHUTDOWN) \
+            else logging.WARNING
+        log.log(level, "node=%d peer=%s connection closed: %s%s", self.worker.node_id,
+                self.peer, reason.value, f" ({detail})" if detail else "")
+        self._slots.clear()
+        self._out.clear()
+        try:
+            self.sock.close()
+        finally:
+            self.worker.connection_closed(self)

@@ -1,0 +1,21 @@
+"""Request handlers, one module per API family.
+
+A handler is `handle(ctx, request) -> response dict | asyncio.Future | None`:
+a dict is answered at once, a Future when it completes (long-poll fetch, acks=all),
+None never (acks=0). HANDLERS is what the broker implements, so ApiVersions
+advertises exactly its keys (with the ranges in pybroker.protocol.SUPPORTED).
+"""
+from pybroker.protocol import ApiKey
+
+from . import admin, api_versions, fetch, metadata, offsets, produce
+
+HANDLERS = {
+    ApiKey.API_VERSIONS: api_versions.handle,
+    ApiKey.METADATA: metadata.handle,
+    ApiKey.PRODUCE: produce.handle,
+    ApiKey.FETCH: fetch.handle,
+    ApiKey.LIST_OFFSETS: offsets.handle_list_offsets,
+    ApiKey.CREATE_TOPICS: admin.handle_create_topics,
+    ApiKey.DELETE_TOPICS: admin.handle_delete_topics,
+    ApiKey.INIT_PRODUCER_ID: produce.handle_init_producer_id,
+}

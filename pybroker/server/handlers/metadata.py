@@ -1,0 +1,86 @@
+"""Metadata (key 3): nodes, controller, cluster id, and topic/partition leaders.
+
+Every answer lists at least the answering node. Leader epochs are -1 (no replication,
+no OffsetForLeaderEpoch). Unknown topics are auto-created when the broker allows it
+and the request does (v4+ flag; always in v0-v3); the answer then waits until the new
+topic is in this node's view of ZooKeeper, so the client gets leaders at once.
+"""
+from __future__ import annotations
+
+from pybroker.protocol import ErrorCode
+from pybroker.server.handlers.admin import create_topic, topic_name_error
+
+NO_AUTHORIZED_OPERATIONS = -2147483648
+AUTO_CREATE_WAIT_S = 5.0
+
+
+def _brokers(worker, state) -> list[dict]:
+    nodes = dict(state.nodes)
+    nodes.setdefault(worker.node_id, (worker.advertised_host, worker.port))
+    return [{"node_id": node, "host": host, "port": port, "rack": None}
+            for node, (host, port) in sorted(nodes.items())]
+
+
+def _topic(state, name: str) -> dict:
+    partitions = []
+    for index, leader in sorted(state.topics[name].items()):
+        alive = leader in state.nodes
+        partitions.append({
+            "error_code": ErrorCode.NONE if alive else ErrorCode.LEADER_NOT_AVAILABLE,
+            "partition_index": index, "leader_id": leader if alive else -1,
+            "leader_epoch": -1, "replica_nodes": [leader], "isr_nodes": [leader] if alive else [],
+            "offline_replicas": [] if alive else [leader]})
+    return {"error_code": ErrorCode.NONE, "name": name, "is_internal": False,
+            "partitions": partitions, "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS}
+
+
+def _error_topic(name: str, code: ErrorCode) -> dict:
+    return {"error_code": code, "name": name, "is_internal": False, "partitions": [],
+            "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS}
+
+
+def _response(worker, names: list[str] | None, errors: dict) -> dict:
+    state = worker.cluster
+    topics = []
+    for name in (sorted(state.topics) if names is None else names):
+        if name in errors:
+            topics.append(_error_topic(name, errors[name]))
+        elif name in state.topics:
+            topics.append(_topic(state, name))
+        else:
+            topics.append(_error_topic(name, ErrorCode.LEADER_NOT_AVAILABLE))
+    return {"throttle_time_ms": 0, "brokers": _brokers(worker, state),
+            "cluster_id": state.cluster_id or None,
+            "controller_id": state.controller_id if state.controller_id >= 0 else worker.node_id,
+            "topics": topics, "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS}
+
+
+def handle(ctx, request):
+    worker = ctx.worker
+    requested = request["topics"]
+    if requested is None or (ctx.api_version == 0 and not requested):
+        return _response(worker, None, {})
+    names = [t["name"] for t in requested]
+    auto = worker.config["auto.create.topics.enable"] and request.get(
+        "allow_auto_topic_creation", True)
+    errors, created = {}, []
+    for name in names:
+        if name in worker.cluster.topics:
+            continue
+        if topic_name_error(name):
+            errors[name] = ErrorCode.INVALID_TOPIC_EXCEPTION
+        elif not auto:
+            errors[name] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        else:
+            code, _ = create_topic(worker, name, worker.config["num.partitions"], {})
+            if code not in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
+                errors[name] = code
+            else:
+                created.append(name)
+    if not created:
+        return _response(worker, names, errors)
+    fut = worker.when_cluster(lambda st: all(t in st.topics for t in created),
+                              AUTO_CREATE_WAIT_S, None)
+    result = worker.loop.create_future()
+    fut.add_done_callback(lambda _f: result.set_result(_response(worker, names, errors)))
+    return result

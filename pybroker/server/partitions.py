@@ -1,0 +1,189 @@
+"""The partitions one worker owns: their logs, the flush timer, retention, and the
+wake-ups of fetches waiting for data.
+
+Owned by the worker's event loop; not thread-safe. A partition is owned here exactly
+when the ZooKeeper assignment names this node as its leader; its directory is
+`<data-dir>/<topic>-<partition>`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+import uuid
+
+from pybroker.config import BrokerConfig
+from pybroker.coord.registry import ClusterState
+from pybroker.log import PartitionLog
+from pybroker.server.producer_state import ProducerStates
+
+log = logging.getLogger("pybroker.server")
+
+# Topic-level config keys (Kafka's names) -> LogConfig fields.
+TOPIC_CONFIG_FIELDS = {
+    "segment.bytes": "segment_bytes",
+    "segment.ms": "segment_ms",
+    "flush.messages": "flush_messages",
+    "flush.ms": "flush_ms",
+    "index.interval.bytes": "index_interval_bytes",
+    "retention.ms": "retention_ms",
+    "retention.bytes": "retention_bytes",
+    "max.message.bytes": "max_batch_bytes",
+}
+
+
+def partition_dir(data_dir: str, topic: str, partition: int) -> str:
+    return os.path.join(data_dir, f"{topic}-{partition}")
+
+
+class PartitionSet:
+    def __init__(self, data_dir: str, config: BrokerConfig, node_id: int,
+                 loop: asyncio.AbstractEventLoop):
+        self.data_dir = data_dir
+        self.config = config
+        self.node_id = node_id
+        self.loop = loop
+        self.logs: dict[tuple[str, int], PartitionLog] = {}
+        self.producers = ProducerStates()
+        self._dirty: set[tuple[str, int]] = set()     # logs with unflushed appends
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
+        self._retention_task = None
+
+    # --- ownership -------------------------------------------------------------------
+
+    def sync(self, state: ClusterState) -> bool:
+        """Open the logs newly assigned to this node, close those no longer assigned and
+        delete those whose topic is gone. True if the owned set changed."""
+        wanted = {(t, p) for t, parts in state.topics.items()
+                  for p, node in parts.items() if node == self.node_id}
+        changed = False
+        for tp in sorted(set(self.logs) - wanted):
+            self._close(tp, delete=tp[0] not in state.topics)
+            changed = True
+        for tp in sorted(wanted - set(self.logs)):
+            overrides = topic_log_overrides(state.topic_configs.get(tp[0], {}))
+            self._open(tp, overrides)
+            changed = True
+        return changed
+
+    def _open(self, tp: tuple[str, int], overrides: dict) -> None:
+        topic, partition = tp
+        directory = partition_dir(self.data_dir, topic, partition)
+        plog = PartitionLog(directory, self.config.log_config(overrides),
+                            name=f"{topic}-{partition}", on_flush=lambda hw, tp=tp: self._wake(tp))
+        self.producers.load(tp, plog)
+        self.logs[tp] = plog
+
+    def _close(self, tp: tuple[str, int], delete: bool) -> None:
+        plog = self.logs.pop(tp)
+        self._dirty.discard(tp)
+        plog.close()
+        if not delete:
+            self.producers.save(tp, plog)
+        self.producers.forget(tp)
+        self._wake(tp)
+        if delete:
+            # rename first so a crash mid-delete never leaves a half-deleted live dir
+            doomed = f"{plog.directory}.{uuid.uuid4().hex[:8]}-delete"
+            os.rename(plog.directory, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            log.info("node=%d tp=%s deleted", self.node_id, plog.name)
+
+    def close_all(self) -> None:
+        """Flush, checkpoint and mark every log cleanly closed."""
+        if self._flush_timer:
+            self._flush_timer.cancel()
+        for tp in list(self.logs):
+            self._close(tp, delete=False)
+
+    def checkpoint(self) -> None:
+        """Periodic work: recovery-point checkpoints and producer-state snapshots."""
+        for tp, plog in self.logs.items():
+            plog.maybe_flush()
+            self.producers.save(tp, plog)
+
+    def names(self) -> list[str]:
+        return [f"{t}-{p}" for t, p in self.logs]
+
+    # --- flush policy (P5) -----------------------------------------------------------
+
+    def appended(self, tp: tuple[str, int]) -> None:
+        """Note an append: arm the flush timer if the log still holds unflushed data."""
+        plog = self.logs[tp]
+        deadline = plog.flush_deadline_ms()
+        if deadline is None:
+            return
+        self._dirty.add(tp)
+        self._arm_flush_timer(deadline)
+
+    def _arm_flush_timer(self, deadline_ms: int) -> None:
+        if self._flush_timer is not None:
+            return
+        delay = max(0.0, deadline_ms / 1000 - time.time())
+        self._flush_timer = self.loop.call_later(delay, self._on_flush_timer)
+
+    def _on_flush_timer(self) -> None:
+        self._flush_timer = None
+        now = int(time.time() * 1000)
+        next_deadline = None
+        for tp in list(self._dirty):
+            plog = self.logs.get(tp)
+            if plog is None:
+                self._dirty.discard(tp)
+                continue
+            plog.maybe_flush(now)
+            deadline = plog.flush_deadline_ms()
+            if deadline is None:
+                self._dirty.discard(tp)
+            else:
+                next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+        if next_deadline is not None:
+            self._arm_flush_timer(next_deadline)
+
+    # --- waiting for data (fetch long-poll) ------------------------------------------
+
+    def wait_for_data(self, tps: list[tuple[str, int]], timeout: float) -> asyncio.Future:
+        """A future that completes when any of tps gets newly flushed data (or its log
+        closes), or after timeout seconds."""
+        fut = self.loop.create_future()
+        for tp in tps:
+            self._waiters.setdefault(tp, set()).add(fut)
+
+        def done(_f=None):
+            for tp in tps:
+                waiters = self._waiters.get(tp)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[tp]
+            if not fut.done():
+                fut.set_result(None)
+        timer = self.loop.call_later(timeout, done)
+        fut.add_done_callback(lambda _f: (timer.cancel(), done()))
+        return fut
+
+    def _wake(self, tp: tuple[str, int]) -> None:
+        for fut in list(self._waiters.get(tp, ())):
+            if not fut.done():
+                fut.set_result(None)
+
+    # --- retention (P11) -------------------------------------------------------------
+
+    def enforce_retention(self) -> int:
+        deleted = 0
+        for plog in self.logs.values():
+            deleted += plog.enforce_retention()
+        return deleted
+
+
+def topic_log_overrides(topic_config: dict) -> dict:
+    """LogConfig fields from a topic's Kafka-named config entries."""
+    out = {}
+    for key, value in topic_config.items():
+        fld = TOPIC_CONFIG_FIELDS.get(key)
+        if fld is not None:
+            out[fld] = int(value)
+    return out

@@ -1,0 +1,221 @@
+"""The supervisor: owns the data directory, the listening sockets and (by default) a
+private ZooKeeper; forks one worker per partition group and keeps them running.
+
+- The listening sockets are bound here, before any fork, so a port in use is reported
+  at once and a restarted worker serves on the very same socket.
+- A worker that exits, or whose heartbeat in the control block is older than
+  worker.heartbeat.timeout.ms, is killed (SIGKILL) and forked again; on start it
+  recovers its logs and re-registers in ZooKeeper.
+- SIGTERM/SIGINT: every worker gets SIGTERM (each drains, flushes, marks its logs
+  clean and deregisters); after STOP_GRACE_S the rest are killed; then the private
+  ZooKeeper stops and the supervisor exits 0.
+- The data directory is locked (flock) and stamped with the broker id in
+  meta.properties; another broker id or a second supervisor is refused.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import time
+
+from pybroker.config import BrokerConfig, ConfigError
+from pybroker.errors import PyBrokerError
+from pybroker.server import controlblock
+from pybroker.server.worker import Worker, node_id_for
+
+log = logging.getLogger("pybroker.server")
+
+POLL_S = 0.1
+STOP_GRACE_S = 30.0
+META_FILE = "meta.properties"
+
+
+class StartupError(PyBrokerError):
+    """The broker cannot start; the message says what to fix."""
+
+
+class Supervisor:
+    def __init__(self, config: BrokerConfig):
+        self.config = config
+        self.data_dir = os.path.abspath(config["log.dirs"])
+        self.workers = config.workers
+        self.children: dict[int, int] = {}        # pid -> worker index
+        self.started: dict[int, float] = {}       # worker index -> fork time
+        self.sockets: list[socket.socket] = []
+        self.zookeeper = None
+        self.zk_connect = config["zookeeper.connect"]
+        self.stopping = False
+        self._lock_fd = -1
+
+    # --- start-up --------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self._claim_data_dir()
+        self._bind()
+        if not self.zk_connect:
+            from pybroker.coord.zkserver import EmbeddedZooKeeper
+            self.zookeeper = EmbeddedZooKeeper(os.path.join(self.data_dir, "zookeeper"))
+            self.zookeeper.start()
+            self.zk_connect = self.zookeeper.connect_string
+            log.info("embedded ZooKeeper on %s (pid %s)", self.zk_connect, self.zookeeper.pid)
+        self.control = controlblock.ControlBlock.in_dir(self.data_dir, create=True,
+                                                        workers=self.workers)
+
+    def _claim_data_dir(self) -> None:
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(self.data_dir, ".lock"),
+                                    os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StartupError(f"data dir {self.data_dir} is not usable: {exc.strerror}") from None
+        if not os.access(self.data_dir, os.W_OK):
+            raise StartupError(f"data dir {self.data_dir} is not writable")
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StartupError(f"data dir {self.data_dir} is in use by another pybroker "
+                               "process") from None
+        meta = os.path.join(self.data_dir, META_FILE)
+        broker_id = self.config["broker.id"]
+        if os.path.exists(meta):
+            with open(meta, encoding="utf-8") as f:
+                props = dict(line.strip().split("=", 1) for line in f if "=" in line)
+            if int(props.get("broker.id", broker_id)) != broker_id:
+                raise StartupError(f"data dir {self.data_dir} belongs to broker.id "
+                                   f"{props['broker.id']}, not {broker_id}")
+        else:
+            with open(meta, "w", encoding="utf-8") as f:
+                f.write(f"version=0\nbroker.id={broker_id}\n")
+
+    def _bind(self) -> None:
+        host, base = self.config["listeners.host"], self.config["port"]
+        for i in range(self.workers):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, base + i))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(f"port {base + i} on {host} is in use (worker {i} "
+                                       f"listens on --port + {i}); choose another --port") from None
+                raise StartupError(f"cannot listen on {host}:{base + i}: {exc.strerror}") from None
+            sock.listen(1024)
+            self.sockets.append(sock)
+
+    # --- running ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.prepare()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for i in range(self.workers):
+            self._fork(i)
+        log.info("supervisor pid=%d: %d workers, nodes %s, ports %d-%d, data %s",
+                 os.getpid(), self.workers,
+                 [node_id_for(self.config["broker.id"], i) for i in range(self.workers)],
+                 self.config["port"], self.config["port"] + self.workers - 1, self.data_dir)
+        try:
+            while not self.stopping:
+                time.sleep(POLL_S)
+                self._reap()
+                self._check_heartbeats()
+        finally:
+            self._stop_all()
+        return 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        log.info("supervisor got signal %d: stopping", signum)
+        self.stopping = True
+
+    def _fork(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                for i, sock in enumerate(self.sockets):
+                    if i != index:
+                        sock.close()
+                worker = Worker(self.config, index, self.zk_connect, self.data_dir,
+                                self.sockets[index])
+                code = worker.run()
+            except BaseException:  # noqa: BLE001 - report, then leave the child
+                log.exception("worker %d crashed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = index
+        self.started[index] = time.monotonic()
+        log.info("forked worker %d as pid %d", index, pid)
+
+    def _reap(self) -> None:
+        # per pid, never waitpid(-1): the embedded ZooKeeper is our child too
+        for pid, index in list(self.children.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                continue
+            del self.children[pid]
+            if self.stopping:
+                continue
+            log.warning("worker %d (pid %d) exited with status %d; restarting", index, pid,
+                        os.waitstatus_to_exitcode(status))
+            restarts = self.control.read_worker(index)["restarts"] + 1
+            self.control.write_worker(index, restarts=restarts, state=0)
+            self._fork(index)
+
+    def _check_heartbeats(self) -> None:
+        timeout_ms = self.config["worker.heartbeat.timeout.ms"]
+        now_ms = time.time() * 1000
+        for pid, index in list(self.children.items()):
+            row = self.control.read_worker(index)
+            since_fork_ms = (time.monotonic() - self.started[index]) * 1000
+            if row["pid"] != pid:
+                stale = since_fork_ms > max(timeout_ms, 30_000)  # never came up
+            else:
+                stale = now_ms - row["heartbeat_ms"] > timeout_ms
+            if stale and row["state"] != controlblock.STOPPING:
+                log.error("worker %d (pid %d) missed its heartbeat for %d ms; killing it",
+                          index, pid, timeout_ms)
+                os.kill(pid, signal.SIGKILL)
+
+    # --- stopping --------------------------------------------------------------------
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(POLL_S / 2)
+        for pid, index in list(self.children.items()):
+            log.error("worker %d (pid %d) did not stop in %ds; killing it", index, pid,
+                      STOP_GRACE_S)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        self.children.clear()
+        for sock in self.sockets:
+            sock.close()
+        if self.zookeeper is not None:
+            self.zookeeper.stop()
+        log.info("supervisor stopped")
+
+
+def serve(config: BrokerConfig) -> int:
+    try:
+        return Supervisor(config).run()
+    except (StartupError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 2
