@@ -56,6 +56,7 @@ int pb_batches_scan(uint8_t *buf, size_t len, int flags, int64_t next_offset,
     scan_reset(out);
     if ((flags & PB_SCAN_STAMP_OFFSETS) && next_offset < 0)
         return PB_E_INVALID_ARG;
+    int check_offsets = !(flags & PB_SCAN_STAMP_OFFSETS) && next_offset >= 0;
     size_t pos = 0;
     while (pos < len) {
         uint8_t *p = buf + pos;
@@ -70,7 +71,7 @@ int pb_batches_scan(uint8_t *buf, size_t len, int flags, int64_t next_offset,
             pb_put_i64(p, base);
         } else {
             base = pb_get_i64(p);
-            if (next_offset >= 0 && base < next_offset)
+            if (check_offsets && base < next_offset)
                 return PB_E_BAD_OFFSET;
         }
         if (flags & PB_SCAN_STAMP_TIME)

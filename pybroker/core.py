@@ -8,6 +8,7 @@ the rest of the package sees plain ints, buffers, named tuples and two opaque ha
 from __future__ import annotations
 
 import errno as errno_mod
+import os
 from typing import NamedTuple
 
 import pybroker
@@ -60,7 +61,7 @@ def _check(code: int, what: str, position: int = -1, scan=None) -> None:
     if code == lib.PB_E_IO:
         err = ffi.errno
         raise CoreIOError(code, f"{message}: {errno_mod.errorcode.get(err, err)} "
-                                f"({__import__('os').strerror(err)})") from OSError(err, what)
+                                f"({os.strerror(err)})", err) from OSError(err, os.strerror(err))
     if code in _RECORD_ERRORS:
         if position >= 0:
             message += f" at byte {position}"
@@ -77,14 +78,21 @@ def is_code(exc: BaseException, name: str) -> bool:
 
 # --- CRC-32C ---------------------------------------------------------------------------
 
+def _bytes(data):
+    """A uint8_t view of any buffer; len() of it counts bytes, not items."""
+    return ffi.from_buffer("uint8_t[]", data)
+
+
 def crc32c(data, crc: int = 0) -> int:
     """CRC-32C of a bytes-like object, continuing `crc`."""
-    return lib.pb_crc32c(crc, ffi.from_buffer(data), len(data))
+    cbuf = _bytes(data)
+    return lib.pb_crc32c(crc, cbuf, len(cbuf))
 
 
 def crc32c_sw(data, crc: int = 0) -> int:
     """CRC-32C by the portable table path (the oracle for the hardware path)."""
-    return lib.pb_crc32c_sw(crc, ffi.from_buffer(data), len(data))
+    cbuf = _bytes(data)
+    return lib.pb_crc32c_sw(crc, cbuf, len(cbuf))
 
 
 def crc32c_hardware() -> bool:
@@ -175,7 +183,7 @@ def new_index_cursor(capacity: int, time_capacity: int):
 
 def index_add(batches, file_pos: int, base_offset: int, interval: int,
               offset_index: Pinned, time_index: Pinned, cursor) -> None:
-    with ffi.from_buffer(batches) as cbuf:
+    with _bytes(batches) as cbuf:
         code = lib.pb_index_add(cbuf, len(cbuf), file_pos, base_offset, interval,
                                 offset_index.ptr, time_index.ptr, cursor)
     _check(code, f"index of segment {base_offset} at position {file_pos}")
@@ -189,9 +197,9 @@ def index_seal(time_index: Pinned, base_offset: int, cursor) -> None:
 def segment_append(fd: int, batches, file_pos: int, base_offset: int, interval: int,
                    offset_index: Pinned, time_index: Pinned, cursor) -> None:
     """Write validated batches at file_pos and index them; all or nothing."""
-    code = lib.pb_segment_append(fd, ffi.from_buffer(batches), len(batches), file_pos,
-                                 base_offset, interval, offset_index.ptr, time_index.ptr,
-                                 cursor)
+    cbuf = _bytes(batches)
+    code = lib.pb_segment_append(fd, cbuf, len(cbuf), file_pos, base_offset, interval,
+                                 offset_index.ptr, time_index.ptr, cursor)
     _check(code, f"append to segment {base_offset} at position {file_pos}")
 
 
@@ -268,5 +276,10 @@ def sendfile(out_fd: int, in_fd: int, position: int, count: int) -> tuple[int, b
     code = lib.pb_sendfile(out_fd, in_fd, position, count, sent)
     if code == lib.PB_E_AGAIN:
         return sent[0], False
+    if code == lib.PB_E_TRUNCATED:
+        exc = CoreError(code, f"sendfile of {count} bytes at {position}: the file ended "
+                              f"early (sent {sent[0]})")
+        exc.sent = sent[0]
+        raise exc
     _check(code, f"sendfile of {count} bytes at {position} (sent {sent[0]})")
     return sent[0], True

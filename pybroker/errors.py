@@ -4,6 +4,7 @@ Every error pybroker raises derives from PyBrokerError; where a builtin type hel
 callers (a bad argument is a ValueError, an I/O failure an OSError) the subclass
 derives from that builtin too.
 """
+import os
 
 
 class PyBrokerError(Exception):
@@ -27,7 +28,15 @@ class CorruptRecordError(CoreError, ValueError):
 
 
 class CoreIOError(CoreError, OSError):
-    """A system call in the C core failed; errno is kept."""
+    """A system call in the C core failed; `errno` holds its error (ENOSPC, EBADF...)."""
+
+    def __init__(self, code: int, message: str, err: int | None = None):
+        super().__init__(code, message)
+        self.errno = err
+        self.strerror = os.strerror(err) if err else None
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class CoreBuildError(PyBrokerError, ImportError):

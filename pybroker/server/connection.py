@@ -86,6 +86,7 @@ class Connection:
         self._file_progress = 0         # bytes of _out[0] already sent, when it is a file
         self._reading = False
         self._writing = False
+        self._dispatching = False       # inside a run of frames: send once, after it
         self.closed = False
         self.requests = 0
         self._resume_reading()
@@ -121,6 +122,7 @@ class Connection:
         view = memoryview(buf)
         pos, end = 0, len(buf)
         try:
+            self._dispatching = True
             while end - pos >= 4 and not self.closed:
                 size = parse_frame_size(view[pos:pos + 4], self.max_frame)
                 if end - pos - 4 < size:
@@ -136,7 +138,9 @@ class Connection:
             self.close(CloseReason.FRAME_TOO_LARGE, str(exc))
             return
         finally:
+            self._dispatching = False
             view.release()
+        self._pump()  # one send for all the responses of this run of pipelined frames
         if (len(self._slots) >= MAX_QUEUED_RESPONSES or
                 self._out_bytes >= MAX_BUFFERED_OUT):
             self._pause_reading()
@@ -206,7 +210,8 @@ class Connection:
             for chunk in slots.popleft().chunks:
                 self._out.append(chunk)
                 self._out_bytes += chunk.length if hasattr(chunk, "fd") else len(chunk)
-        self._send()
+        if not self._dispatching and not self.closed:
+            self._send()
 
     def _send(self) -> None:
         out = self._out

@@ -264,9 +264,6 @@ def test_default_min_offset_accepts_increasing_offsets_from_anywhere():
     assert core.scan_batches(bytes(buf)).last_offset == 2 ** 40 + 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG csrc/batch.c pb_batches_scan: with "
-                   "next_offset == -1 ('-1 skips that', batch.h) only the first batch skips "
-                   "the offset check; later ones are still held to increasing offsets")
 def test_min_offset_minus_one_skips_the_offset_check():
     # two batches as producers send them, each with base offset 0, validated unstamped
     buf = bytes(make_batch(1) + make_batch(1))

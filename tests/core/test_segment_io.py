@@ -109,9 +109,6 @@ def test_failed_write_raises_with_errno_and_changes_nothing(tmp_path, how):
         os.close(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG core.py _check: CoreIOError is raised as "
-                   "CoreIOError(code, message), so the OSError errno attribute is None; "
-                   "errno is only in the message and in __cause__")
 def test_io_error_carries_errno_attribute(tmp_path):
     fd = os.open(tmp_path / "seg.log", os.O_RDONLY | os.O_CREAT, 0o644)
     oi, ti, cur = _indexes(8, 8)
