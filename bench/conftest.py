@@ -1,9 +1,10 @@
-"""Shared pieces of the benchmark suite: size ids, the `record` helper, and the
-throughput table printed after a run (also used by scripts/bench-report).
+"""Shared pieces of the benchmark suite, as fixtures (`record`, `bench_dir`,
+`make_bench_dir`), and the throughput table printed after a run (scripts/bench-report
+prints the same table from a --benchmark-json file).
 
-Every benchmark belongs to a group (one operation at one size) holding one measured
-path and the baselines it stands beside, all measured in the same run:
-- role "path":      the pybroker code under test;
+Every benchmark belongs to a group, one operation at one parameter (size), holding
+the measured paths and the baselines they stand beside, all measured in the same run:
+- role "path":      pybroker code under test;
 - role "floor":     the raw syscall or memory operation the path cannot beat
                     (os.write of the same bytes, a memcpy, os.sendfile, a pread);
 - role "reference": the obvious alternative the path must earn its place against
@@ -13,55 +14,59 @@ table reads as MB/s, msgs/s or ns/op rather than seconds. Nothing here asserts o
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 
 import pytest
 
-KiB = 1 << 10
-MiB = 1 << 20
 ROLES = ("path", "floor", "reference")
 
 
-def size_id(n: int) -> str:
-    """Readable parameter id: 1024 -> '1KiB', 1048576 -> '1MiB', 200 -> '200B'."""
-    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
-        if n >= unit and n % unit == 0:
-            return f"{n // unit}{name}"
-    return f"{n}B"
-
-
-def record(benchmark, group: str, role: str, *, nbytes: int = 0, messages: int = 0,
-           lookups: int = 0, targets: tuple = (), **info) -> None:
-    """Name the group and role of a benchmark and the work done by ONE call of the
-    benchmarked function. targets: dicts such as {"metric": "MB/s", "min": 5000},
-    {"metric": "ns/op", "max": 2000} or {"vs": "os_write", "min": 0.5} (speed
-    relative to the group's baseline named os_write, the test name without `test_`)."""
+def _record(benchmark, operation: str, role: str, *, nbytes: int = 0, messages: int = 0,
+            lookups: int = 0, targets: tuple = (), **info) -> None:
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
     if not (nbytes or messages or lookups):
         raise ValueError(f"{benchmark.name}: record bytes, messages or lookups per call")
-    benchmark.group = group
+    benchmark.group = f"{operation} {benchmark.param}" if benchmark.param else operation
     benchmark.extra_info.update(role=role, bytes=nbytes, messages=messages,
                                 lookups=lookups, targets=list(targets), **info)
 
 
-def new_bench_dir(tmp_path_factory, name: str) -> str:
-    """A fresh directory for benchmark files, under $PYBROKER_BENCH_DIR (to choose the
-    disk) or pytest's temporary directory. Flushes are fdatasyncs, so on a tmpfs the
-    default-policy append variants flatter the log."""
+@pytest.fixture
+def record(benchmark):
+    """record(operation, role, nbytes=, messages=, lookups=, targets=, **extra): the
+    group (operation + the test's parameter id, so "crc 64KiB"), the role, and the work
+    done by ONE call of the benchmarked function. targets: dicts such as
+    {"metric": "MB/s", "min": 5000}, {"metric": "ns/op", "max": 2000} or
+    {"vs": "os_write", "min": 0.5} (speed relative to the group's benchmark
+    test_os_write; 0.5 = "within 2x")."""
+    return functools.partial(_record, benchmark)
+
+
+def _new_bench_dir(tmp_path_factory, name: str) -> str:
     root = os.environ.get("PYBROKER_BENCH_DIR")
     if root:
         return tempfile.mkdtemp(prefix=f"pybroker-bench-{name}-", dir=root)
     return str(tmp_path_factory.mktemp(name))
 
 
+@pytest.fixture(scope="session")
+def make_bench_dir(tmp_path_factory):
+    """make_bench_dir(name): a fresh directory for benchmark files, under
+    $PYBROKER_BENCH_DIR (to choose the disk) or pytest's temporary directory. Flushes
+    are fdatasyncs, so on a tmpfs the default-policy append variants flatter the log."""
+    return functools.partial(_new_bench_dir, tmp_path_factory)
+
+
 @pytest.fixture
-def bench_dir(tmp_path_factory, request):
-    """new_bench_dir for one test, removed afterwards (an unlinked file's dirty pages are
-    dropped, never written back, so one benchmark's writes do not slow the next)."""
-    path = new_bench_dir(tmp_path_factory, request.node.originalname)
+def bench_dir(make_bench_dir, request):
+    """A fresh directory for one test, removed afterwards (an unlinked file's dirty
+    pages are dropped, never written back, so one benchmark's writes do not slow the
+    next)."""
+    path = make_bench_dir(request.node.originalname)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -73,9 +78,11 @@ def _label(bench: dict) -> str:
 
 
 def _rate(bench: dict, unit: str) -> float:
-    """Units per second over all rounds (the mean round): sustained throughput, so the
-    periodic fdatasync of a flush policy counts, as a median would hide it."""
-    return bench["extra_info"][unit] / bench["stats"]["mean"]
+    """Units per second in the median round. The median drops the odd round slowed by
+    another process on the machine; benchmarks with periodic costs (fdatasync of a
+    flush policy, waits on a full socket) make each round long enough to hold several
+    of them, so the median round still pays for them."""
+    return bench["extra_info"][unit] / bench["stats"]["median"]
 
 
 def _common_unit(a: dict, b: dict) -> str | None:
@@ -96,6 +103,8 @@ def throughput_text(bench: dict) -> str:
     if info.get("lookups"):
         return f"{1e9 / _rate(bench, 'lookups'):,.0f} ns/op"
     mb_s = f"{_rate(bench, 'bytes') / 1e6:,.0f} MB/s" if info.get("bytes") else ""
+    if info.get("cpu_seconds"):  # CPU time of the benchmarking thread, if recorded
+        mb_s += f" ({info['cpu_bytes'] / info['cpu_seconds'] / 1e6:,.0f} MB per CPU-s)"
     if info.get("messages"):
         msgs = f"{_rate(bench, 'messages'):,.0f} msgs/s"
         return f"{msgs} ({mb_s})" if mb_s else msgs
@@ -112,18 +121,22 @@ def _metric(bench: dict, name: str) -> float:
     raise ValueError(f"unknown target metric {name!r}")
 
 
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value == int(value) else f"{value:g}"
+
+
 def _target_text(bench: dict, target: dict, by_label: dict) -> str:
     if "vs" in target:
         other = by_label.get(target["vs"])
         value = _speed(bench, other) if other else None
-        what = f"{target['min']:g}x {target['vs']}"
+        what = f"{_num(target['min'])}x {target['vs']}"
         bound, ok = f">= {what}", value is not None and value >= target["min"]
     elif "min" in target:
         value = _metric(bench, target["metric"])
-        bound, ok = f">= {target['min']:,g} {target['metric']}", value >= target["min"]
+        bound, ok = f">= {_num(target['min'])} {target['metric']}", value >= target["min"]
     else:
         value = _metric(bench, target["metric"])
-        bound, ok = f"<= {target['max']:,g} {target['metric']}", value <= target["max"]
+        bound, ok = f"<= {_num(target['max'])} {target['metric']}", value <= target["max"]
     return f"{bound}: {'met' if ok else 'MISSED'}"
 
 
@@ -159,6 +172,6 @@ def pytest_terminal_summary(terminalreporter, config):
     if session is None or not session.benchmarks:
         return
     benches = [b.as_dict(include_data=False) for b in session.benchmarks if b]
-    terminalreporter.write_sep("-", "throughput (mean round; ratio > 1: faster than baseline)")
+    terminalreporter.write_sep("-", "throughput (median round; ratio > 1: faster than baseline)")
     for line in markdown_table(benches):
         terminalreporter.write_line(line)

@@ -1,8 +1,8 @@
 """CRC-32C of a buffer: pybroker.core.crc32c beside a plain copy and zlib.crc32.
 
-Target (2-core bench machine): core.crc32c >= 5 GB/s at 64 KiB, i.e. in the range of a
-memory copy of the same buffer. Every batch an append accepts is checked once, so this
-is the per-byte cost of validation.
+Target (2-core bench machine): core.crc32c >= 5 GB/s at 64 KiB. Every batch an append
+accepts is checked once, so this is the per-byte cost of validation; at 5 GB/s it stays
+a small share of the page-cache write of the same bytes (1-4 GB/s, test_bench_append).
 
 - path:      core.crc32c (hardware crc32 instructions, three lanes; see csrc/crc32c.c)
 - floor:     a copy of the buffer into a preallocated one (memcpy: reads and writes
@@ -16,31 +16,28 @@ import zlib
 
 import pytest
 
-from conftest import KiB, MiB, record, size_id
 from pybroker import core
 
-SIZES = [1 * KiB, 64 * KiB, 1 * MiB]
+KiB = 1 << 10
+SIZES = [pytest.param(KiB, id="1KiB"), pytest.param(64 * KiB, id="64KiB"),
+         pytest.param(1024 * KiB, id="1MiB")]
 TARGET_64K = ({"metric": "MB/s", "min": 5000},)
 
 
-@pytest.fixture(params=SIZES, ids=size_id)
+@pytest.fixture(params=SIZES)
 def data(request):
     return bytearray(os.urandom(request.param))
 
 
-def _group(data) -> str:
-    return f"crc {size_id(len(data))}"
-
-
-def test_crc32c(benchmark, data):
-    record(benchmark, _group(data), "path", nbytes=len(data),
+def test_crc32c(benchmark, record, data):
+    record("crc", "path", nbytes=len(data),
            targets=TARGET_64K if len(data) == 64 * KiB else (),
            hardware=core.crc32c_hardware())
     assert benchmark(core.crc32c, data) == core.crc32c_sw(data)
 
 
-def test_copy(benchmark, data):
-    record(benchmark, _group(data), "floor", nbytes=len(data))
+def test_copy(benchmark, record, data):
+    record("crc", "floor", nbytes=len(data))
     src, dst = memoryview(data), memoryview(bytearray(len(data)))
 
     def copy():
@@ -50,11 +47,11 @@ def test_copy(benchmark, data):
     assert dst == src
 
 
-def test_zlib_crc32(benchmark, data):
-    record(benchmark, _group(data), "reference", nbytes=len(data))
+def test_zlib_crc32(benchmark, record, data):
+    record("crc", "reference", nbytes=len(data))
     benchmark(zlib.crc32, data)
 
 
-def test_crc32c_sw(benchmark, data):
-    record(benchmark, _group(data), "reference", nbytes=len(data))
+def test_crc32c_sw(benchmark, record, data):
+    record("crc", "reference", nbytes=len(data))
     assert benchmark(core.crc32c_sw, data) == core.crc32c(data)

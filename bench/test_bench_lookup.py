@@ -9,8 +9,9 @@ a binary search of 20 steps. It is built in one append of a repeated batch (the 
 does not cover the base offset, so identical batches are valid; the append stamps
 their offsets), about 0.2 s. Each benchmark call does LOOKUPS lookups of the same
 random offsets; the table reports ns per lookup. The file is in the page cache.
-- path:      log_read      PartitionLog.read(offset, 1 MiB): offset checks, bisect of
-                           segment bases, LogSegment.seek, a FileSlice
+- path:      log_read      PartitionLog.read(offset, 1 MiB) on its active segment:
+                           offset checks, bisect of segment bases, LogSegment.seek,
+                           a FileSlice
              segment_seek  LogSegment.seek on a sealed segment (index trimmed, as after
                            a roll): C binary search of the mmapped index + one pread of
                            the batch header
@@ -22,17 +23,18 @@ random offsets; the table reports ns per lookup. The file is in the page cache.
 import bisect
 import os
 import random
+import shutil
 from array import array
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import MiB, new_bench_dir, record
 from pybroker import core
 from pybroker.log import LogConfig, PartitionLog
 from pybroker.log.segment import LogSegment
 from pybroker.records import build_batch
 
+MiB = 1 << 20
 ENTRIES = 1_000_000
 LOOKUPS = 1000      # per benchmark call
 SEEK_HEADER = 43    # bytes of batch header pb_segment_seek reads (csrc/segment.c)
@@ -40,11 +42,11 @@ CONFIG = LogConfig(index_interval_bytes=0)  # an index entry for every batch
 TARGET = ({"metric": "ns/op", "max": 2000},)
 
 
-@pytest.fixture(scope="module", params=[ENTRIES], ids=lambda n: f"{n // 1_000_000}M-entries")
-def segment(request, tmp_path_factory):
+@pytest.fixture(scope="module", params=[pytest.param(ENTRIES, id="1M-entries")])
+def segment(request, make_bench_dir):
     """A PartitionLog and a sealed LogSegment, each of `entries` one-record batches."""
     entries = request.param
-    directory = new_bench_dir(tmp_path_factory, "lookup")
+    directory = make_bench_dir("lookup")
     one = build_batch([b""], timestamps=[1_700_000_000_000])
     batches = bytearray(bytes(one) * entries)
     log = PartitionLog(os.path.join(directory, "bench-0"), CONFIG)
@@ -59,14 +61,14 @@ def segment(request, tmp_path_factory):
     rng = random.Random(1)
     targets = [rng.randrange(entries) for _ in range(LOOKUPS)]
     yield SimpleNamespace(log=log, seg=seg, entries=entries, targets=targets,
-                          keys=raw[0::2].tolist(), positions=raw[1::2].tolist(),
-                          name=f"lookup {entries // 1_000_000}M entries")
+                          keys=raw[0::2].tolist(), positions=raw[1::2].tolist())
     log.close()
     seg.close()
+    shutil.rmtree(directory)
 
 
-def test_log_read(benchmark, segment):
-    record(benchmark, segment.name, "path", lookups=LOOKUPS, targets=TARGET,
+def test_log_read(benchmark, record, segment):
+    record("lookup", "path", lookups=LOOKUPS, targets=TARGET,
            index_entries=segment.entries)
     read, targets = segment.log.read, segment.targets
 
@@ -78,8 +80,8 @@ def test_log_read(benchmark, segment):
     assert read(targets[0], MiB).base_offset == targets[0]
 
 
-def test_segment_seek(benchmark, segment):
-    record(benchmark, segment.name, "path", lookups=LOOKUPS, index_entries=segment.entries)
+def test_segment_seek(benchmark, record, segment):
+    record("lookup", "path", lookups=LOOKUPS, index_entries=segment.entries)
     seek, targets, end = segment.seg.seek, segment.targets, segment.seg.size
 
     def lookups():
@@ -90,8 +92,8 @@ def test_segment_seek(benchmark, segment):
     assert seek(targets[0], end).base_offset == targets[0]
 
 
-def test_index_floor(benchmark, segment):
-    record(benchmark, segment.name, "path", lookups=LOOKUPS, index_entries=segment.entries)
+def test_index_floor(benchmark, record, segment):
+    record("lookup", "path", lookups=LOOKUPS, index_entries=segment.entries)
     seg, targets = segment.seg, segment.targets
     pinned, entries = seg.offset_index.pinned, seg.cursor.entries
 
@@ -103,8 +105,8 @@ def test_index_floor(benchmark, segment):
     assert core.index_floor(pinned, entries, core.INDEX_OFFSET, targets[0]) == targets[0]
 
 
-def test_pread_header(benchmark, segment):
-    record(benchmark, segment.name, "floor", lookups=LOOKUPS)
+def test_pread_header(benchmark, record, segment):
+    record("lookup", "floor", lookups=LOOKUPS)
     fd = segment.seg.file.fd
     positions = [segment.positions[t] for t in segment.targets]
 
@@ -115,8 +117,8 @@ def test_pread_header(benchmark, segment):
     benchmark(lookups)
 
 
-def test_bisect(benchmark, segment):
-    record(benchmark, segment.name, "reference", lookups=LOOKUPS)
+def test_bisect(benchmark, record, segment):
+    record("lookup", "reference", lookups=LOOKUPS)
     keys, positions, targets = segment.keys, segment.positions, segment.targets
     bisect_right = bisect.bisect_right
 

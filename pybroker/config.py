@@ -152,3 +152,11 @@ class BrokerConfig:
         fields["max_batch_bytes"] = self["message.max.bytes"] + 12
         fields.update(overrides or {})
         return LogConfig(**fields)
+
+
+def reference_table() -> str:
+    """The settings as a Markdown table (the README's configuration reference)."""
+    lines = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        lines.append(f"| `{s.key}` | `{s.default!r}` | {s.allowed or 'any'} | {s.doc} |")
+    return "\n".join(lines)

@@ -36,6 +36,7 @@ OFFSET_ENTRY_SIZE = lib.PB_OFFSET_ENTRY_SIZE
 TIME_ENTRY_SIZE = lib.PB_TIME_ENTRY_SIZE
 INDEX_OFFSET = lib.PB_INDEX_OFFSET
 INDEX_TIME = lib.PB_INDEX_TIME
+assert (INDEX_OFFSET, INDEX_TIME) == (0, 1)  # segment_seek passes by_time as the kind
 ATTR_LOG_APPEND_TIME = lib.PB_ATTR_LOG_APPEND_TIME
 
 _RECORD_ERRORS = {
@@ -137,7 +138,7 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
     if append_time is not None:
         flags |= lib.PB_SCAN_STAMP_TIME
     writable = flags != 0
-    out = ffi.new("pb_scan *")
+    out = _SCAN_OUT
     next_offset = stamp_offset if stamp_offset is not None else min_offset
     # `with` releases the buffer export at once, so an mmap can be closed right after
     with ffi.from_buffer("uint8_t[]", buf, require_writable=writable) as cbuf:
@@ -200,7 +201,17 @@ def segment_append(fd: int, batches, file_pos: int, base_offset: int, interval: 
     cbuf = _bytes(batches)
     code = lib.pb_segment_append(fd, cbuf, len(cbuf), file_pos, base_offset, interval,
                                  offset_index.ptr, time_index.ptr, cursor)
-    _check(code, f"append to segment {base_offset} at position {file_pos}")
+    if code:
+        _check(code, f"append to segment {base_offset} at position {file_pos}")
+
+
+# Output structs reused by the hot calls (scan, seek): a worker is one thread, and each
+# call copies the fields out before returning.
+_SCAN_OUT = ffi.new("pb_scan *")
+_SEEK_OUT = ffi.new("pb_batch_pos *")
+
+
+_tuple_new = tuple.__new__
 
 
 class BatchPos(NamedTuple):
@@ -222,15 +233,21 @@ def segment_seek(fd: int, offset_index: Pinned, offset_entries: int, time_index:
                  end_pos: int) -> BatchPos | None:
     """The first batch before end_pos holding offset `target` (or, by_time, the first with
     maxTimestamp >= target); None when there is none."""
-    out = ffi.new("pb_batch_pos *")
-    code = lib.pb_segment_seek(
-        fd, offset_index.ptr, _entries(offset_index, offset_entries, OFFSET_ENTRY_SIZE),
-        time_index.ptr, _entries(time_index, time_entries, TIME_ENTRY_SIZE), base_offset,
-        INDEX_TIME if by_time else INDEX_OFFSET, target, end_pos, out)
-    if code == lib.PB_E_NOT_FOUND:
-        return None
-    _check(code, f"seek to {'time' if by_time else 'offset'} {target} in segment {base_offset}")
-    return BatchPos(out.position, out.size, out.base_offset, out.last_offset, out.max_timestamp)
+    out = _SEEK_OUT
+    if (offset_entries * OFFSET_ENTRY_SIZE > offset_index.size or
+            time_entries * TIME_ENTRY_SIZE > time_index.size):
+        raise ValueError(f"index entries ({offset_entries}, {time_entries}) exceed the "
+                         f"index buffers ({offset_index.size}, {time_index.size} bytes)")
+    code = lib.pb_segment_seek(fd, offset_index.ptr, offset_entries, time_index.ptr,
+                               time_entries, base_offset, by_time, target, end_pos, out)
+    if code:
+        if code == lib.PB_E_NOT_FOUND:
+            return None
+        _check(code, f"seek to {'time' if by_time else 'offset'} {target} in segment "
+                     f"{base_offset}")
+    # tuple.__new__ skips the NamedTuple's Python-level __new__ (a third of a lookup)
+    return _tuple_new(BatchPos, (out.position, out.size, out.base_offset, out.last_offset,
+                                 out.max_timestamp))
 
 
 def index_floor(index: Pinned, entries: int, kind: int, target: int, strict: bool = False) -> int:
@@ -274,6 +291,8 @@ def sendfile(out_fd: int, in_fd: int, position: int, count: int) -> tuple[int, b
     """
     sent = ffi.new("int64_t *")
     code = lib.pb_sendfile(out_fd, in_fd, position, count, sent)
+    if not code:
+        return sent[0], True
     if code == lib.PB_E_AGAIN:
         return sent[0], False
     if code == lib.PB_E_TRUNCATED:

@@ -42,6 +42,21 @@ class TopicExists(Exception):
     pass
 
 
+def ensure_chroot(connect: str, timeout: float = 30.0) -> None:
+    """Create the chroot of a connect string ("h:p,h:p/chroot") if it is missing, as
+    Kafka does; kazoo itself fails every call under a missing chroot."""
+    hosts, slash, chroot = connect.partition("/")
+    if not slash or not chroot.strip("/"):
+        return
+    client = KazooClient(hosts=hosts, timeout=timeout)
+    client.start(timeout=timeout)
+    try:
+        client.ensure_path("/" + chroot.strip("/"))
+    finally:
+        client.stop()
+        client.close()
+
+
 @dataclass(frozen=True)
 class ClusterState:
     """One consistent read of the registries."""
@@ -66,6 +81,7 @@ class Registry:
         self.node_id = node_id
         self.host, self.port = host, port
         self._on_change = on_change
+        self._connect = connect
         self._zk = KazooClient(hosts=connect, timeout=session_timeout_ms / 1000)
         self._dirty = threading.Event()
         self._session_lost = False
@@ -79,6 +95,7 @@ class Registry:
     # --- life cycle ------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
+        ensure_chroot(self._connect, timeout)
         self._zk.start(timeout=timeout)
         self._zk.add_listener(self._on_state)
         for path in (IDS, TOPICS, TOPIC_CONFIGS, "/pybroker"):

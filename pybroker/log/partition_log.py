@@ -9,24 +9,29 @@ Segments are found by bisecting the in-memory sorted list of base offsets (P8); 
 page cache is the only cache (P9). Retention deletes whole non-active segments by age
 or total size and advances the log start offset (P11); any retained offset can be read
 again (P12). Owned by one worker; not thread-safe.
+Opening after a crash scans the segments from the recovery point on (P22); damage to
+offsets below the recovery point, or a log that ends below it, raises CorruptLogError
+and changes nothing: those offsets were acknowledged as durable.
 """
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
 import os
 import time
-from collections import deque
 from typing import Callable, NamedTuple
 
 from pybroker import core
-from pybroker.errors import (CoreError, CorruptRecordError, LogClosedError, MessageTooLarge,
-                             OffsetOutOfRange)
+from pybroker.errors import (CoreError, CorruptLogError, CorruptRecordError, LogClosedError,
+                             MessageTooLarge, OffsetOutOfRange)
 from pybroker.log import checkpoint, files
 from pybroker.log.config import LogConfig
-from pybroker.log.segment import LogSegment, SegmentFile
+from pybroker.log.segment import (LogSegment, SegmentFile, first_offset_gap,
+                                   offsets_contiguous)
 
 log = logging.getLogger("pybroker.log")
+_tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
 
 
 class AppendResult(NamedTuple):
@@ -72,7 +77,8 @@ class PartitionLog:
         self._first_unflushed_ms: int | None = None
         self._recovery_point = 0             # last checkpointed offset
         self._last_checkpoint_ms = 0
-        self._durable_waiters: deque[tuple[int, Callable[[int], None]]] = deque()
+        self._durable_waiters: list[tuple[int, int, Callable[[int], None]]] = []  # heap
+        self._waiter_seq = 0                 # tie-break: equal offsets wake in call order
         self._on_flush = on_flush            # called with the new high watermark
         self.flush_count = 0                 # fdatasyncs done (group commits)
         self.closed = False
@@ -126,6 +132,14 @@ class PartitionLog:
             else:
                 self._recover(recovery_point)
         active = self._segments[-1]
+        if active.next_offset < recovery_point:
+            # every offset below the recovery point was flushed before it was written, so
+            # a shorter log lost durable data (a file cut at a batch boundary, a lost fsync)
+            raise CorruptLogError(
+                f"{self.owner} {active} file={active.log_path} size={active.size}: the log "
+                f"ends at offset {active.next_offset}, below the recovery point "
+                f"{recovery_point}, so durable data is missing. Nothing was truncated. To "
+                "accept the loss, remove the partition's recovery-point checkpoint and reopen")
         self._next_offset = self._hw = active.next_offset
         self._hw_position = active.size
         self._write_checkpoint()
@@ -282,14 +296,14 @@ class PartitionLog:
         if offset < self._hw:
             callback(self._hw)
             return True
-        self._durable_waiters.append((offset, callback))
+        self._waiter_seq += 1
+        heapq.heappush(self._durable_waiters, (offset, self._waiter_seq, callback))
         return False
 
     def _wake_durable_waiters(self) -> None:
-        waiters = self._durable_waiters
-        # offsets are registered in append order, so the deque is sorted
+        waiters = self._durable_waiters  # a heap by offset: any registration order works
         while waiters and waiters[0][0] < self._hw:
-            waiters.popleft()[1](self._hw)
+            heapq.heappop(waiters)[2](self._hw)
 
     def _write_checkpoint(self) -> None:
         checkpoint.write_recovery_point(self.directory, self._hw)
@@ -308,18 +322,23 @@ class PartitionLog:
         """Up to max_bytes of flushed batches from the batch holding offset, as a file
         range for sendfile; at least the whole first batch even if it is larger. None when
         offset is at or past the high watermark. OffsetOutOfRange outside the log."""
-        self._check_open()
-        self._check_offset(offset)
-        if offset >= self._hw:
+        if self.closed:
+            self._check_open()
+        bases = self._bases
+        if offset >= self._hw or offset < bases[0]:
+            self._check_offset(offset)
             return None
-        i = bisect.bisect_right(self._bases, offset) - 1
-        seg = self._segments[i]
-        end = self._hw_position if seg is self._segments[-1] else seg.size
+        if offset >= bases[-1]:  # the common case: a consumer near the end of the log
+            seg, end = self._segments[-1], self._hw_position
+        else:
+            seg = self._segments[bisect.bisect_right(bases, offset) - 1]
+            end = seg.size
         batch = seg.seek(offset, end)
         if batch is None:
             return None
-        length = min(end - batch.position, max(max_bytes, batch.size))
-        return FileSlice(seg.file, batch.position, length, batch.base_offset)
+        position = batch[0]
+        length = min(end - position, max(max_bytes, batch[1]))
+        return _tuple_new(FileSlice, (seg.file, position, length, batch[2]))
 
     def offset_for_time(self, timestamp: int) -> int | None:
         """Base offset of the first flushed batch with maxTimestamp >= timestamp (ListOffsets
@@ -376,6 +395,10 @@ class PartitionLog:
             pos = 0
             while pos < end:
                 chunk = os.pread(seg.file.fd, min(end - pos, 16 << 20), pos)
+                if not chunk:
+                    problems.append(f"{self.owner} {seg} file={seg.log_path} position={pos}: "
+                                    f"the file ends {end - pos} bytes early")
+                    break
                 try:
                     scan = core.scan_batches(chunk, min_offset=expected)
                 except CorruptRecordError as exc:
@@ -384,8 +407,14 @@ class PartitionLog:
                                         f"position={pos + exc.position}: {exc}")
                         break
                     scan = exc.scan
+                if not offsets_contiguous(scan, expected):
+                    gap, why = first_offset_gap(chunk, scan.valid_bytes, expected)
+                    problems.append(f"{self.owner} {seg} file={seg.log_path} "
+                                    f"position={pos + gap}: {why}")
+                    break
                 pos += scan.valid_bytes
-                expected = scan.last_offset + 1
+                if scan.batches:
+                    expected = scan.last_offset + 1
         return problems
 
     # --- closing ---------------------------------------------------------------------

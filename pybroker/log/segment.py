@@ -10,7 +10,9 @@ Contract:
   invariants are checked; a damaged index is rebuilt from the log.
 - Owned by one partition log, i.e. one worker; not thread-safe.
 - Crash: the file may end in a torn batch and the indexes may be stale; `recover`
-  truncates at the first bad batch and rebuilds both indexes.
+  truncates at the first bad batch and rebuilds both indexes. Offsets have no gaps, so
+  a batch whose base offset (outside the CRC) is not one past the previous batch's last
+  offset is a bad batch too.
 """
 from __future__ import annotations
 
@@ -27,6 +29,28 @@ from pybroker.log.index import MappedIndex
 
 log = logging.getLogger("pybroker.log")
 U32_MAX = 2**32 - 1
+DURABLE = 2**63 - 1  # a recovery point above every offset: all of the segment is durable
+
+
+def offsets_contiguous(scan: core.Scan, expected: int) -> bool:
+    """True when the batches of a scan hold offsets expected, expected + 1, ... without a
+    gap. The base offset lies outside the CRC, and the scan only demands increasing base
+    offsets, so a damaged one that went up passes it; offsets here never have gaps."""
+    return scan.batches == 0 or (scan.first_offset == expected and
+                                 scan.last_offset - expected + 1 == scan.records)
+
+
+def first_offset_gap(buf, end: int, expected: int) -> tuple[int, str]:
+    """Position and description of the first batch in buf[0:end) (whole batches, already
+    validated) whose base offset is not `expected`, one past the previous batch."""
+    pos = 0
+    while pos < end:
+        base = int.from_bytes(buf[pos:pos + 8], "big", signed=True)
+        if base != expected:
+            return pos, f"batch base offset {base} is not {expected}, one past the previous batch"
+        expected = base + int.from_bytes(buf[pos + 23:pos + 27], "big", signed=True) + 1
+        pos += int.from_bytes(buf[pos + 8:pos + 12], "big", signed=True) + 12
+    raise ValueError(f"no offset gap in the {end} bytes scanned")
 
 
 class SegmentFile:
@@ -147,7 +171,31 @@ class LogSegment:
 
     def seek(self, offset: int, end_pos: int) -> core.BatchPos | None:
         """The batch holding offset among the whole batches before end_pos, or None."""
-        self.ensure_indexes()
+        if self.cursor is None:
+            self.ensure_indexes()
+        cur = self.cursor
+        found = core.segment_seek(self.file.fd, self.offset_index.pinned, cur.entries,
+                                  self.time_index.pinned, cur.time_entries, self.base_offset,
+                                  False, offset, end_pos)
+        if found is not None and found.base_offset > offset >= self.base_offset:
+            # Offsets here have no gaps, so the scan started past the target: index entries
+            # that keep the invariants `check` tests but point at the wrong batches.
+            log.warning("%s %s %s sends offset %d to the batch at position %d holding "
+                        "offset %d; rebuilding it from the log", self.owner, self,
+                        self.offset_index.path, offset, found.position, found.base_offset)
+            self.cursor = None
+            self.recover(self.next_offset if not self.active else DURABLE)
+            if not self.active:
+                self.seal()
+            found = self._seek_offset(offset, end_pos)
+            if found is not None and found.base_offset > offset:
+                raise CorruptLogError(
+                    f"{self.owner} {self} file={self.log_path} position={found.position}: "
+                    f"offset {offset} is missing, the batch there starts at offset "
+                    f"{found.base_offset}")
+        return found
+
+    def _seek_offset(self, offset: int, end_pos: int) -> core.BatchPos | None:
         return core.segment_seek(self.file.fd, self.offset_index.pinned, self.cursor.entries,
                                  self.time_index.pinned, self.cursor.time_entries,
                                  self.base_offset, False, offset, end_pos)
@@ -179,7 +227,7 @@ class LogSegment:
         find its end by scanning the batches after the last index entry."""
         self.active = True
         self.next_offset = self.base_offset  # until the tail scan says otherwise
-        self.ensure_indexes(recovery_point=2**63 - 1)  # a clean close made it all durable
+        self.ensure_indexes(recovery_point=DURABLE)  # a clean close made it all durable
         if self.cursor.entries:
             start = self.offset_index.entry(self.cursor.entries, self.cursor.entries - 1)[1]
         else:
@@ -192,8 +240,29 @@ class LogSegment:
                 f"{self.owner} {self} file={self.log_path} position={start + exc.position}: "
                 f"{exc} after a clean shutdown; this data was durable. To cut the log here, "
                 "remove the partition's recovery-point checkpoint and reopen") from None
+        expected = self.base_offset
+        if self.cursor.entries:
+            expected += self.offset_index.entry(self.cursor.entries, self.cursor.entries - 1)[0]
+        if not offsets_contiguous(scan, expected):
+            # a wrong last index entry, or a damaged base offset: the full scan tells which
+            log.warning("%s %s offsets after position %d do not follow on from offset %d; "
+                        "rebuilding the indexes from the log", self.owner, self, start, expected)
+            self.recover(DURABLE)
+            return
         if scan.batches:
             self.next_offset = scan.last_offset + 1
+        # Checked at load against any relative offset (the end was not known yet): now
+        # bound the entries by the offsets this segment really holds.
+        max_relative = max(self.next_offset - 1 - self.base_offset, 0)
+        for index, n in ((self.offset_index, self.cursor.entries),
+                         (self.time_index, self.cursor.time_entries)):
+            bad = index.check(n, max_relative, self.size)
+            if bad >= 0:
+                log.warning("%s %s %s entry %d of %d is beyond offset %d; rebuilding it from "
+                            "the log", self.owner, self, index.path, bad, n,
+                            self.next_offset - 1)
+                self.recover(DURABLE)
+                return
 
     def _load_stored_indexes(self, preallocate: bool) -> str | None:
         """Map the index files as stored; a description of the damage, or None."""
@@ -251,12 +320,13 @@ class LogSegment:
         if reason is not None:
             damaged_from = scan.last_offset + 1 if scan.batches else self.base_offset
             if damaged_from < recovery_point:
+                point = ("all durable" if recovery_point == DURABLE else
+                         f"below the recovery point {recovery_point}")
                 raise CorruptLogError(
                     f"{self.owner} {self} file={self.log_path} position={valid}: {reason}; "
-                    f"offsets from {damaged_from} are below the recovery point "
-                    f"{recovery_point}, so durable data is damaged. Nothing was truncated. "
-                    "To cut the log here, remove the partition's recovery-point "
-                    "checkpoint and reopen")
+                    f"offsets from {damaged_from} are {point}, so durable data is damaged. "
+                    "Nothing was truncated. To cut the log here, remove the partition's "
+                    "recovery-point checkpoint and reopen")
         self._rebuild_indexes(valid)
         truncated = self.size - valid
         if truncated:
@@ -271,9 +341,13 @@ class LogSegment:
         with mmap.mmap(self.file.fd, self.size, access=mmap.ACCESS_READ) as view:
             try:
                 scan = core.scan_batches(view, min_offset=self.base_offset)
-                return scan.valid_bytes, scan, None
+                valid, reason = scan.valid_bytes, None
             except CorruptRecordError as exc:
-                return exc.position, exc.scan, str(exc)
+                scan, valid, reason = exc.scan, exc.position, str(exc)
+            if not offsets_contiguous(scan, self.base_offset):
+                valid, reason = first_offset_gap(view, valid, self.base_offset)
+                scan = core.scan_batches(view[:valid], min_offset=self.base_offset)
+            return valid, scan, reason
 
     def _rebuild_indexes(self, valid: int) -> None:
         self._map_indexes(0, 0, preallocate=True)

@@ -20,11 +20,12 @@ Values are plain dicts keyed by the snake_case field names:
 they accept bytes-like values or a file-range reference (any non-bytes-like object
 with an integer `length`), emitted as a chunk of its own by `encode_chunks`.
 
-Measured on this machine (Python 3.11, one core; bench: tests/protocol/test_codec.py
-`test_speed_figures` prints them):
-  decode ProduceRequest v7, 1 topic x 1 partition, 1 KiB records   ~6 us
-  encode FetchResponse v11, 1 topic x 1 partition, file reference  ~6 us
-  decode/encode with 1 topic x 10 partitions                        ~25 / ~25 us
+Measured on this machine (CPython 3.11, one core, whole request/response including
+header and framing; tests/protocol/test_codec.py::test_speed_figures prints the
+first two; noisy neighbours add up to ~50%):
+  decode ProduceRequest v7, 1 topic x 1 partition, 1 KiB records    ~6 us
+  encode FetchResponse v11, 1 topic x 1 partition, file reference   ~7 us
+  the same with 1 topic x 10 partitions                             ~12 us / ~25 us
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Server side:  decode_request(frame_body) -> (header, body)
               encode_api_versions_error(correlation_id) -> chunks
 Client side:  encode_request(...) -> chunks,  decode_response(...) -> (header, body)
 
-"Chunks" are what goes on the socket, in order: bytes, and file-range references (the
-records of a fetch response, to be sent with sendfile). By default they include the
-4-byte size prefix (framed=True).
+"Chunks" are what goes on the socket, in order: `bytes` objects, and file-range
+references (the records of a fetch response, to be sent with sendfile). Bytes between
+references are merged into one chunk, except that the 4-byte size prefix (included
+by default, framed=True) stays a chunk of its own before a first chunk over 4 KiB.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import struct as _struct
 from . import codec
 from .apis import APIS, SUPPORTED, ApiKey, api_versions_array
 from .errors import DecodeError, EncodeError, ErrorCode, UnknownApiKey, UnsupportedVersion
+from .frame import frame_chunks
 from .headers import (REQUEST_HEADER, REQUEST_HEADER_FLEXIBLE, RESPONSE_HEADER,
                       RESPONSE_HEADER_FLEXIBLE, peek_request_prefix, request_header_version,
                       response_header_version)
-from .frame import frame_chunks
 from .schema import Message
 
 _INT16 = _struct.Struct(">h")
@@ -82,7 +83,7 @@ class _Route:
                                           resp_hv in RESPONSE_HEADER_FLEXIBLE)
         self.request = codec.plan(message.request, version, flexible)
         self.response = codec.plan(message.response, version, flexible)
-        self.request_name = f"{message.name}Request"
+        self.request_name = f"{message.name}Request v{version}"
         self.response_name = f"{message.name}Response v{version}"
 
 
@@ -101,7 +102,7 @@ def _route(api_key: int, api_version: int) -> _Route | None:
 def _tag_request(e: DecodeError, api_key, api_version, correlation_id, name) -> None:
     e.api_key, e.api_version, e.correlation_id = api_key, api_version, correlation_id
     if not e.context:
-        e.context = f"{name} v{api_version} correlation_id={correlation_id}"
+        e.context = f"{name} correlation_id={correlation_id}"
 
 
 def encode_response(correlation_id: int, api_key: int, api_version: int, body: dict, *,
@@ -146,7 +147,7 @@ def encode_request(api_key: int, api_version: int, correlation_id: int,
     header = {"request_api_key": api_key, "request_api_version": api_version,
               "correlation_id": correlation_id, "client_id": client_id}
     _write_body(route.request_header, header, parts, "RequestHeader")
-    _write_body(route.request, body, parts, f"{route.request_name} v{api_version}")
+    _write_body(route.request, body, parts, route.request_name)
     return _finish(parts, framed)
 
 

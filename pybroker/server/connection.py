@@ -87,6 +87,7 @@ class Connection:
         self._reading = False
         self._writing = False
         self._dispatching = False       # inside a run of frames: send once, after it
+        self._draining = False          # shutting down: read no more requests
         self.closed = False
         self.requests = 0
         self._resume_reading()
@@ -239,7 +240,8 @@ class Connection:
         if self._writing:
             self.loop.remove_writer(self.fd)
             self._writing = False
-        if not self._reading and len(self._slots) < MAX_QUEUED_RESPONSES // 2:
+        if (not self._reading and not self._draining and
+                len(self._slots) < MAX_QUEUED_RESPONSES // 2):
             self._resume_reading()
             if self._inbuf:
                 self._take_frames()
@@ -278,6 +280,15 @@ class Connection:
         return complete
 
     # --- closing ---------------------------------------------------------------------
+
+    def stop_reading(self) -> None:
+        """Take no new requests (shutdown); what was read is still answered."""
+        self._pause_reading()
+        self._draining = True
+
+    def busy(self) -> bool:
+        """Responses still owed or unsent."""
+        return bool(self._slots or self._out)
 
     def close(self, reason: CloseReason, detail: str = "") -> None:
         if self.closed:

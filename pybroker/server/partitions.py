@@ -99,6 +99,13 @@ class PartitionSet:
         for tp in list(self.logs):
             self._close(tp, delete=False)
 
+    def flush_all(self) -> None:
+        """Flush every log now and wake every waiting fetch (shutdown)."""
+        for plog in self.logs.values():
+            plog.flush()
+        for tp in list(self._waiters):
+            self._wake(tp)
+
     def checkpoint(self) -> None:
         """Periodic work: recovery-point checkpoints and producer-state snapshots."""
         for tp, plog in self.logs.items():

@@ -23,6 +23,7 @@ import socket
 import time
 
 from pybroker.config import BrokerConfig, ConfigError
+from pybroker.coord.zkserver import ZooKeeperError
 from pybroker.errors import PyBrokerError
 from pybroker.server import controlblock
 from pybroker.server.worker import Worker, node_id_for
@@ -216,6 +217,6 @@ class Supervisor:
 def serve(config: BrokerConfig) -> int:
     try:
         return Supervisor(config).run()
-    except (StartupError, ConfigError) as exc:
+    except (StartupError, ConfigError, ZooKeeperError) as exc:
         log.error("%s", exc)
         return 2

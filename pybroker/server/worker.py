@@ -109,12 +109,15 @@ class Worker:
         self.control.write_worker(self.index, state=controlblock.STOPPING)
         self.loop.remove_reader(self._listen.fileno())
         self._listen.close()
-        self.partitions.close_all()  # flushes: wakes acks=all and long-polling fetches
+        for conn in self.connections:
+            conn.stop_reading()
+        self.partitions.flush_all()  # answers acks=all and wakes long-polling fetches
         deadline = time.monotonic() + DRAIN_S
-        while any(c._slots or c._out for c in self.connections) and time.monotonic() < deadline:
+        while any(c.busy() for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.close(CloseReason.SHUTDOWN)
+        self.partitions.close_all()
         await self.loop.run_in_executor(None, self.registry.stop)
         self._publish()
         self.control.write_worker(self.index, state=controlblock.STOPPED)

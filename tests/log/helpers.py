@@ -174,17 +174,20 @@ def assert_log_matches_disk(log, directory: str) -> list[OnDisk]:
             f"{d.path} position {d.position}: batch at offset {d.batch.base_offset}, "
             f"expected {expected}")
         expected = d.batch.last_offset + 1
-    assert expected == log.log_end_offset
-    assert [b for b in files.list_base_offsets(directory)] == log.segment_bases()
+    assert expected == log.log_end_offset, (
+        f"the files hold offsets up to {expected}, the log ends at {log.log_end_offset}")
+    on_disk = files.list_base_offsets(directory)
+    assert on_disk == log.segment_bases(), f"segments {on_disk} != {log.segment_bases()}"
     for d in disk:
         for offset in range(d.batch.base_offset, d.batch.last_offset + 1):
             if offset >= log.high_watermark:
                 return disk
             got = log.read(offset, 1)
             assert got is not None, f"read({offset}) returned None below the high watermark"
-            assert (got.file.path, got.position, got.base_offset, got.length) == \
-                (d.path, d.position, d.batch.base_offset, d.batch.size), f"read({offset})"
-            assert got.read_bytes() == d.raw
+            found = (got.file.path, got.position, got.base_offset, got.length)
+            assert found == (d.path, d.position, d.batch.base_offset, d.batch.size), \
+                f"read({offset}) returned {found}, the batch is {d[:3]} of {d.batch.size} bytes"
+            assert got.read_bytes() == d.raw, f"read({offset}): bytes differ"
     return disk
 
 
@@ -192,7 +195,8 @@ def assert_values(disk: list[OnDisk]) -> None:
     """Every record holds value_for(its offset)."""
     for d in disk:
         for rec in parse_records(d.batch):
-            assert rec.value == value_for(rec.offset), f"{d.path} offset {rec.offset}"
+            assert rec.value == value_for(rec.offset), \
+                f"{d.path} offset {rec.offset}: value {rec.value!r}"
 
 
 def parse_slice(slice_) -> list[Batch]:
@@ -204,7 +208,8 @@ def parse_slice(slice_) -> list[Batch]:
 class ModelSegment:
     def __init__(self, base: int):
         self.base = base
-        self.batches: list[tuple[int, int, bytes, int]] = []  # (base offset, records, bytes, max ts)
+        # (base offset, records, stamped bytes, max timestamp) per batch
+        self.batches: list[tuple[int, int, bytes, int]] = []
         self.opened_ms: int | None = None  # clock at the first append since open
 
     @property
@@ -240,17 +245,22 @@ class LogModel:
     def bases(self) -> list[int]:
         return [s.base for s in self.segments]
 
-    def append(self, stamped: bytes, records: int, max_ts: int, now: int) -> None:
+    def append(self, batches: list[tuple[bytes, int, int]], now: int) -> None:
+        """One append of (stamped bytes, records, max timestamp) batches: the roll and
+        flush rules see it as one unit, reads see its batches."""
+        size = sum(len(b[0]) for b in batches)
+        records = sum(b[1] for b in batches)
         active = self.segments[-1]
-        if active.size and (active.size + len(stamped) > self.config.segment_bytes or
+        if active.size and (active.size + size > self.config.segment_bytes or
                             (active.opened_ms is not None and
                              now - active.opened_ms >= self.config.segment_ms)):
             self.roll()
         active = self.segments[-1]
         if active.opened_ms is None:
             active.opened_ms = now
-        active.batches.append((self.end, records, bytes(stamped), max_ts))
-        self.end += records
+        for stamped, count, max_ts in batches:
+            active.batches.append((self.end, count, bytes(stamped), max_ts))
+            self.end += count
         self.unflushed += records
         if self.first_unflushed_ms is None:
             self.first_unflushed_ms = now
@@ -268,7 +278,8 @@ class LogModel:
             self.segments.append(ModelSegment(self.end))
 
     def maybe_flush(self, now: int) -> bool:
-        if self.first_unflushed_ms is not None and now >= self.first_unflushed_ms + self.config.flush_ms:
+        due = self.first_unflushed_ms
+        if due is not None and now >= due + self.config.flush_ms:
             self.flush()
             return True
         return False

@@ -17,7 +17,7 @@ from pybroker import core
 from pybroker.errors import (CorruptRecordError, LogClosedError, MessageTooLarge,
                              OffsetOutOfRange, PyBrokerError)
 from pybroker.log import LogConfig, PartitionLog, checkpoint, files
-from pybroker.records import build_batch, parse_records
+from pybroker.records import parse_records
 
 NO_AUTO_FLUSH = dict(flush_messages=10**9, flush_ms=10**9)
 
@@ -398,6 +398,14 @@ def test_when_durable_partial_flush_wakes_only_the_flushed(log_dir):
     assert fired == [1]
     log.roll()  # a roll flushes too
     assert fired == [1, 2]
+    # an offset not yet written waits for its own flush, not for the next one
+    log.append(batch_for(2))
+    log.when_durable(3, fired.append)
+    log.flush()  # high watermark 3: offset 3 does not exist yet
+    assert fired == [1, 2]
+    log.append(batch_for(3))
+    log.flush()
+    assert fired == [1, 2, 4]
     log.close()
 
 
@@ -498,7 +506,8 @@ def test_offset_for_time(log_dir):
     log = open_log(log_dir, segment_bytes=3 * BATCH_BYTES, index_interval_bytes=0)
     for i, ts in enumerate([100, 300, 200, 400, 500, 500, 700]):
         log.append(batch_for(i, timestamp=ts))
-    assert log.offset_for_time(0) is None  # nothing flushed yet
+    # rolls flushed offsets 0..5; batch 6 (ts 700) is not flushed, so not found yet
+    assert log.offset_for_time(600) is None
     log.flush()
     expected = {0: 0, 100: 0, 101: 1, 250: 1, 300: 1, 301: 3, 450: 4, 500: 4, 501: 6,
                 700: 6, 701: None}
