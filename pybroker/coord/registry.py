@@ -238,6 +238,8 @@ class Registry:
 
     def delete_topic(self, name: str) -> bool:
         """Remove a topic's registry entries; False if it did not exist."""
+        if not self._zk.exists(f"{TOPICS}/{name}"):
+            return False  # kazoo's recursive delete hides NoNodeError, so ask first
         try:
             self._zk.delete(f"{TOPICS}/{name}", recursive=True)
         except NoNodeError:

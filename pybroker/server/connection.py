@@ -168,7 +168,11 @@ class Connection:
         api_key = header["request_api_key"]
         version = header["request_api_version"]
         correlation_id = header["correlation_id"]
-        handler = self.worker.handlers[api_key]
+        handler = self.worker.handlers.get(api_key)
+        if handler is None:  # declared in the codec but not served (not advertised)
+            self.close(CloseReason.UNKNOWN_API, f"api {api_key} v{version} is not implemented "
+                       "by this broker (see ApiVersions)")
+            return
         ctx = RequestContext(self.worker, self, version, header.get("client_id"))
         self.worker.stats.request(api_key)
         try:

@@ -292,9 +292,6 @@ def test_acks_all_acknowledged_means_fetchable_at_once(broker):
     del producer
 
 
-@pytest.mark.xfail(strict=True, reason="bug: DeleteTopics of a topic that does not exist "
-                   "answers error 0: Registry.delete_topic relies on kazoo's recursive "
-                   "delete raising NoNodeError, which it never does")
 def test_deleting_an_unknown_topic_is_an_error(broker):
     admin = admin_client(broker)
     future = admin.delete_topics(["never-created"], operation_timeout=CLIENT_TIMEOUT_S)

@@ -135,9 +135,6 @@ def test_admin_create_and_delete_topics(broker, admin):
     assert not set(names) & topic_names(broker)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: DeleteTopics of a topic that does not exist "
-                   "answers error 0: Registry.delete_topic relies on kazoo's recursive "
-                   "delete raising NoNodeError, which it never does")
 def test_deleting_an_unknown_topic_is_an_error(broker, admin):
     with pytest.raises(UnknownTopicOrPartitionError):
         admin.delete_topics(["kp-never-created"], timeout_ms=30_000)
