@@ -1,4 +1,4 @@
-"""The `pybroker` command line: serve, stats.
+"""The `pybroker` command line: serve, stats, zk.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (a message
 on stderr names the problem).
@@ -91,6 +91,65 @@ def cmd_stats(args) -> int:
     return EXIT_OK
 
 
+def _zk_connect(args) -> str:
+    if args.zookeeper:
+        return args.zookeeper
+    from pybroker.server.supervisor import ZK_CONNECT_FILE
+    path = os.path.join(args.data_dir, ZK_CONNECT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"no --zookeeper given and no {path} (is a broker running with "
+                          f"--data-dir {args.data_dir}?)") from None
+
+
+def cmd_zk(args) -> int:
+    """Print the registries: brokers, controller, topics, consumers, owners, offsets."""
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import NoNodeError
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
+    client = KazooClient(hosts=_zk_connect(args), timeout=10)
+    client.start(timeout=10)
+
+    def children(path):
+        try:
+            return sorted(client.get_children(path))
+        except NoNodeError:
+            return []
+
+    def value(path):
+        try:
+            return client.get(path)[0].decode()
+        except NoNodeError:
+            return None
+
+    try:
+        print("brokers:")
+        for node in sorted(children("/brokers/ids"), key=int):
+            print(f"  {node}: {value('/brokers/ids/' + node)}")
+        print(f"controller: {value('/controller')}")
+        print(f"cluster id: {value('/cluster/id')}")
+        print("topics:")
+        for topic in children("/brokers/topics"):
+            print(f"  {topic}: {value('/brokers/topics/' + topic)}  "
+                  f"config={value('/config/topics/' + topic)}")
+        print("consumers:")
+        for group in children("/consumers"):
+            print(f"  group {group}:")
+            for cid in children(f"/consumers/{group}/ids"):
+                print(f"    consumer {cid}: {value(f'/consumers/{group}/ids/{cid}')}")
+            for kind in ("owners", "offsets"):
+                for topic in children(f"/consumers/{group}/{kind}"):
+                    for part in sorted(children(f"/consumers/{group}/{kind}/{topic}"), key=int):
+                        print(f"    {kind[:-1]} {topic}-{part}: "
+                              f"{value(f'/consumers/{group}/{kind}/{topic}/{part}')}")
+    finally:
+        client.stop()
+        client.close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pybroker", description="A Kafka-compatible log "
                                      "broker built on the 2011 Kafka paper's design.")
@@ -118,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "request to the workers).")
     stats.add_argument("--data-dir", default="./pybroker-data", help="the broker's data dir")
     stats.set_defaults(func=cmd_stats)
+
+    zk = sub.add_parser("zk", help="show the ZooKeeper registries (brokers, topics, "
+                        "consumers, owners, offsets)")
+    zk.add_argument("--zookeeper", help="connect string (default: the broker's, from "
+                    "--data-dir)")
+    zk.add_argument("--data-dir", default="./pybroker-data", help="the broker's data dir")
+    zk.set_defaults(func=cmd_zk)
     return parser
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct as _struct
 
-from . import codec
+from . import codec, fastpath
 from .apis import APIS, SUPPORTED, ApiKey, api_versions_array
 from .errors import DecodeError, EncodeError, ErrorCode, UnknownApiKey, UnsupportedVersion
 from .frame import frame_chunks
@@ -43,6 +43,10 @@ def decode_request(buf) -> tuple[dict, dict]:
     All carry the correlation id, read from the fixed 8-byte prefix.
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
+    if len(mv) > 1 and mv[0] == 0 and mv[1] == ApiKey.PRODUCE:
+        fast = fastpath.decode_produce_request(mv)
+        if fast is not None:
+            return fast
     api_key, api_version, correlation_id = peek_request_prefix(mv)
     route = _ROUTES.get((api_key, api_version)) or _route(api_key, api_version)
     if route is None:
@@ -115,6 +119,10 @@ def encode_response(correlation_id: int, api_key: int, api_version: int, body: d
     Raises EncodeError for an unsupported (api_key, api_version) or for values that
     do not fit the schema.
     """
+    if api_key == ApiKey.PRODUCE and framed:
+        fast = fastpath.encode_produce_response(correlation_id, api_version, body)
+        if fast is not None:
+            return fast
     route = _checked_route(api_key, api_version)
     body_plan = route.response
     if api_key == ApiKey.API_VERSIONS and body.get("error_code", 0) != 0:

@@ -33,6 +33,7 @@ log = logging.getLogger("pybroker.server")
 POLL_S = 0.1
 STOP_GRACE_S = 30.0
 META_FILE = "meta.properties"
+ZK_CONNECT_FILE = "zookeeper.connect"
 
 
 class StartupError(PyBrokerError):
@@ -65,6 +66,9 @@ class Supervisor:
             log.info("embedded ZooKeeper on %s (pid %s)", self.zk_connect, self.zookeeper.pid)
         self.control = controlblock.ControlBlock.in_dir(self.data_dir, create=True,
                                                         workers=self.workers)
+        # lets `pybroker zk --data-dir` find the (possibly private) ZooKeeper
+        with open(os.path.join(self.data_dir, ZK_CONNECT_FILE), "w", encoding="utf-8") as f:
+            f.write(self.zk_connect + "\n")
 
     def _claim_data_dir(self) -> None:
         try:
