@@ -52,9 +52,10 @@ def _parse_overrides(pairs: list[str]) -> dict[str, str]:
 def cmd_serve(args) -> int:
     setup_logging(args.log_level, args.log_format)
     overrides = _parse_overrides(args.set)
-    overrides.update({"log.dirs": args.data_dir, "port": args.port, "num.workers": args.workers,
-                      "broker.id": args.broker_id, "zookeeper.connect": args.zookeeper,
-                      "advertised.host": args.advertised_host})
+    flags = {"log.dirs": args.data_dir, "port": args.port, "num.workers": args.workers,
+             "broker.id": args.broker_id, "zookeeper.connect": args.zookeeper,
+             "advertised.host": args.advertised_host, "metrics.port": args.metrics_port}
+    overrides.update({k: v for k, v in flags.items() if v is not None})  # flags win over --set
     config = BrokerConfig.load(args.config, overrides)
     from pybroker.server.supervisor import serve
     return serve(config)
@@ -165,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--broker-id", type=int, help="broker id (default 0)")
     serve.add_argument("--zookeeper", help="ZooKeeper connect string host:port[/chroot]")
     serve.add_argument("--advertised-host", help="host name given to clients in metadata")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on "
+                       "this port (GET /metrics); 0: any free port")
     serve.add_argument("--config", help="Kafka-style properties file")
     serve.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override one setting (repeatable)")

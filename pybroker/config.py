@@ -78,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
             "retention_bytes"),
     Setting("log.retention.check.interval.ms", int, 60_000, "How often retention runs.",
             lambda v: v >= 10, ">= 10"),
+    Setting("metrics.port", int, -1, "Port of the Prometheus endpoint served by the "
+            "supervisor (GET /metrics); -1: off, 0: any free port.",
+            lambda v: -1 <= v <= 65535, "-1..65535"),
     Setting("worker.heartbeat.timeout.ms", int, 10_000, "Restart a worker whose heartbeat "
             "is older than this.", lambda v: v >= 500, ">= 500"),
 )

@@ -81,6 +81,7 @@ class PartitionLog:
         self._waiter_seq = 0                 # tie-break: equal offsets wake in call order
         self._on_flush = on_flush            # called with the new high watermark
         self.flush_count = 0                 # fdatasyncs done (group commits)
+        self.last_flush_seconds = 0.0        # how long the last fdatasync took
         self.closed = False
         os.makedirs(directory, exist_ok=True)
         self._open()
@@ -260,7 +261,9 @@ class PartitionLog:
         if self._hw == self._next_offset:
             return self._hw
         active = self._segments[-1]
+        started = time.perf_counter()
         active.flush()
+        self.last_flush_seconds = time.perf_counter() - started
         self._hw = self._next_offset
         self._hw_position = active.size
         self._unflushed_messages = 0

@@ -21,6 +21,7 @@ import enum
 import logging
 import socket
 from collections import deque
+from time import perf_counter
 
 from pybroker import core
 from pybroker.errors import CoreError
@@ -150,6 +151,7 @@ class Connection:
 
     def _dispatch(self, body: memoryview) -> None:
         self.requests += 1
+        started = perf_counter()
         try:
             header, request = decode_request(body)
         except UnsupportedVersion as exc:
@@ -188,13 +190,14 @@ class Connection:
             slot = _Slot()
             self._slots.append(slot)
             result.add_done_callback(
-                lambda fut: self._complete(slot, fut, correlation_id, api_key, version))
+                lambda fut: self._complete(slot, fut, correlation_id, api_key, version, started))
             return
         self._slots.append(_Slot(encode_response(correlation_id, api_key, version, result)))
+        self.worker.stats.answered(api_key, perf_counter() - started)
         self._pump()
 
     def _complete(self, slot: _Slot, fut: asyncio.Future, correlation_id: int, api_key: int,
-                  version: int) -> None:
+                  version: int, started: float) -> None:
         if self.closed or fut.cancelled():
             return
         exc = fut.exception()
@@ -204,6 +207,7 @@ class Connection:
             self.close(CloseReason.HANDLER_ERROR, repr(exc))
             return
         slot.chunks = encode_response(correlation_id, api_key, version, fut.result())
+        self.worker.stats.answered(api_key, perf_counter() - started)
         self._pump()
 
     # --- writing ---------------------------------------------------------------------

@@ -7,6 +7,9 @@ Layout (little-endian):
   worker slot   128 bytes  x MAX_WORKERS: the WORKER_FIELDS below, int64 each
   partition     128 bytes  x MAX_WORKERS x PARTITIONS_PER_WORKER: topic (64 bytes,
                            UTF-8, NUL-padded), then the PARTITION_FIELDS, int64 each
+  histograms    HIST_ROW x (API_ROWS + 1) x MAX_WORKERS: per worker one latency row per
+                api key 0..63, then its fsync row; a row is count, sum (us), then one
+                count per bucket of stats.LATENCY_BUCKETS and +Inf, int64 each
 Ownership: worker i writes only worker slot i and its own run of partition slots, so
 there are no cross-process write races; the supervisor writes `restarts` and reads
 `heartbeat_ms` to find hung workers; `pybroker stats` and the metrics endpoint only
@@ -21,8 +24,10 @@ import struct
 import time
 from dataclasses import dataclass
 
+from pybroker.server.stats import LATENCY_BUCKETS, MAX_API_KEY
+
 MAGIC = b"PBCTRL01"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 MAX_WORKERS = 64
 PARTITIONS_PER_WORKER = 256
 HEADER = struct.Struct("<8sIIIIq")
@@ -42,7 +47,12 @@ _PARTITION = struct.Struct(f"<{TOPIC_BYTES}s" + "q" * len(PARTITION_FIELDS))
 STATES = {0: "starting", 1: "serving", 2: "stopping", 3: "stopped"}
 SERVING, STOPPING, STOPPED = 1, 2, 3
 
-SIZE = HEADER_SIZE + MAX_WORKERS * WORKER_SLOT + MAX_WORKERS * PARTITIONS_PER_WORKER * PARTITION_SLOT
+API_ROWS = MAX_API_KEY + 1
+HIST_FIELDS = 2 + len(LATENCY_BUCKETS) + 1
+_HIST = struct.Struct("<" + "q" * HIST_FIELDS)
+HIST_ROW = _HIST.size
+HIST_BASE = HEADER_SIZE + MAX_WORKERS * WORKER_SLOT + MAX_WORKERS * PARTITIONS_PER_WORKER * PARTITION_SLOT
+SIZE = HIST_BASE + MAX_WORKERS * (API_ROWS + 1) * HIST_ROW
 
 
 @dataclass
@@ -123,6 +133,27 @@ class ControlBlock:
                 _PARTITION.pack_into(self._map, offset, b"", *([0] * len(PARTITION_FIELDS)))
             else:
                 break
+
+    # --- histograms ------------------------------------------------------------------
+
+    def _hist_offset(self, worker: int, row: int) -> int:
+        return HIST_BASE + (worker * (API_ROWS + 1) + row) * HIST_ROW
+
+    def write_histograms(self, worker: int, by_api: dict, fsync) -> None:
+        """by_api: api key -> stats.Histogram; fsync: a stats.Histogram."""
+        for api_key, hist in by_api.items():
+            if 0 <= api_key <= MAX_API_KEY:
+                _HIST.pack_into(self._map, self._hist_offset(worker, api_key), *hist.row())
+        _HIST.pack_into(self._map, self._hist_offset(worker, API_ROWS), *fsync.row())
+
+    def read_histograms(self, worker: int) -> tuple[dict[int, tuple], tuple]:
+        """({api key: (count, sum_us, buckets...)} for keys seen, fsync row)."""
+        rows = {}
+        for api_key in range(API_ROWS):
+            row = _HIST.unpack_from(self._map, self._hist_offset(worker, api_key))
+            if row[0]:
+                rows[api_key] = row
+        return rows, _HIST.unpack_from(self._map, self._hist_offset(worker, API_ROWS))
 
     def partitions(self) -> list[PartitionRow]:
         rows = []

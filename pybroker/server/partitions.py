@@ -40,12 +40,13 @@ def partition_dir(data_dir: str, topic: str, partition: int) -> str:
 
 class PartitionSet:
     def __init__(self, data_dir: str, config: BrokerConfig, node_id: int,
-                 loop: asyncio.AbstractEventLoop):
+                 loop: asyncio.AbstractEventLoop, stats=None):
         self.data_dir = data_dir
         self.config = config
         self.node_id = node_id
         self.loop = loop
         self.logs: dict[tuple[str, int], PartitionLog] = {}
+        self.stats = stats                    # WorkerStats: fsync latencies go there
         self.producers = ProducerStates()
         self._dirty: set[tuple[str, int]] = set()     # logs with unflushed appends
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -73,7 +74,7 @@ class PartitionSet:
         topic, partition = tp
         directory = partition_dir(self.data_dir, topic, partition)
         plog = PartitionLog(directory, self.config.log_config(overrides),
-                            name=f"{topic}-{partition}", on_flush=lambda hw, tp=tp: self._wake(tp))
+                            name=f"{topic}-{partition}", on_flush=lambda hw, tp=tp: self._flushed(tp))
         self.producers.load(tp, plog)
         self.logs[tp] = plog
 
@@ -171,6 +172,12 @@ class PartitionSet:
         timer = self.loop.call_later(timeout, done)
         fut.add_done_callback(lambda _f: (timer.cancel(), done()))
         return fut
+
+    def _flushed(self, tp: tuple[str, int]) -> None:
+        plog = self.logs.get(tp)
+        if plog is not None and self.stats is not None:
+            self.stats.fsync.observe(plog.last_flush_seconds)
+        self._wake(tp)
 
     def _wake(self, tp: tuple[str, int]) -> None:
         for fut in list(self._waiters.get(tp, ())):

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -42,6 +43,7 @@ class StartupError(PyBrokerError):
 
 class Supervisor:
     def __init__(self, config: BrokerConfig):
+        self.metrics = None
         self.config = config
         self.data_dir = os.path.abspath(config["log.dirs"])
         self.workers = config.workers
@@ -66,6 +68,17 @@ class Supervisor:
             log.info("embedded ZooKeeper on %s (pid %s)", self.zk_connect, self.zookeeper.pid)
         self.control = controlblock.ControlBlock.in_dir(self.data_dir, create=True,
                                                         workers=self.workers)
+        self.metrics = None
+        if self.config["metrics.port"] >= 0:
+            from pybroker.server.metrics import MetricsServer
+            try:
+                self.metrics = MetricsServer(self.config["listeners.host"],
+                                             self.config["metrics.port"], self.control)
+            except OSError as exc:
+                raise StartupError(f"metrics port {self.config['metrics.port']}: "
+                                   f"{exc.strerror}") from None
+            log.info("metrics on http://%s:%d/metrics", self.config["listeners.host"],
+                     self.metrics.port)
         # lets `pybroker zk --data-dir` find the (possibly private) ZooKeeper
         with open(os.path.join(self.data_dir, ZK_CONNECT_FILE), "w", encoding="utf-8") as f:
             f.write(self.zk_connect + "\n")
@@ -126,12 +139,26 @@ class Supervisor:
                  self.config["port"], self.config["port"] + self.workers - 1, self.data_dir)
         try:
             while not self.stopping:
-                time.sleep(POLL_S)
+                self._wait(POLL_S)
                 self._reap()
                 self._check_heartbeats()
         finally:
             self._stop_all()
         return 0
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, answering metrics scrapes meanwhile."""
+        if self.metrics is None:
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                ready, _, _ = select.select([self.metrics], [], [], left)
+            except InterruptedError:
+                return
+            if ready:
+                self.metrics.handle_one()
 
     def _on_signal(self, signum, _frame) -> None:
         log.info("supervisor got signal %d: stopping", signum)
@@ -213,6 +240,8 @@ class Supervisor:
         self.children.clear()
         for sock in self.sockets:
             sock.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.zookeeper is not None:
             self.zookeeper.stop()
         log.info("supervisor stopped")

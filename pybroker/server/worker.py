@@ -80,7 +80,8 @@ class Worker:
         self.control = controlblock.ControlBlock.in_dir(self.data_dir)
         self.control.write_worker(self.index, pid=os.getpid(), node_id=self.node_id,
                                   port=self.port, state=0, heartbeat_ms=_now_ms())
-        self.partitions = PartitionSet(self.data_dir, self.config, self.node_id, self.loop)
+        self.partitions = PartitionSet(self.data_dir, self.config, self.node_id, self.loop,
+                                       self.stats)
         sock = self._listen or _listen_socket(self.config["listeners.host"], self.port)
         sock.setblocking(False)
         self._listen = sock
@@ -189,7 +190,8 @@ class Worker:
         for tp, plog in sorted(self.partitions.logs.items()):
             msgs, size = stats.partition_in.get(tp, (0, 0))
             rows.append((tp[0], tp[1], plog.log_start_offset, plog.log_end_offset,
-                         plog.high_watermark, msgs, size, 0, plog.flush_count))
+                         plog.high_watermark, msgs, size, stats.partition_out.get(tp, 0),
+                         plog.flush_count))
         self.control.write_worker(
             self.index, heartbeat_ms=_now_ms(), state=controlblock.STOPPING if self.stopping
             else controlblock.SERVING, connections=len(self.connections),
@@ -197,6 +199,7 @@ class Worker:
             messages_in=stats.messages_in, partitions=len(rows),
             flushes=sum(r[-1] for r in rows))
         self.control.write_partitions(self.index, rows)
+        self.control.write_histograms(self.index, stats.latency_by_api, stats.fsync)
 
     def log_bad_input(self, tp, exc) -> None:
         log.warning("node=%d tp=%s-%d rejected batch: %s", self.node_id, tp[0], tp[1], exc)

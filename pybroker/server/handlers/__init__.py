@@ -7,7 +7,7 @@ advertises exactly its keys (with the ranges in pybroker.protocol.SUPPORTED).
 """
 from pybroker.protocol import ApiKey
 
-from . import admin, api_versions, fetch, metadata, offsets, produce
+from . import admin, api_versions, fetch, groups, metadata, offsets, produce
 
 HANDLERS = {
     ApiKey.API_VERSIONS: api_versions.handle,
@@ -18,4 +18,13 @@ HANDLERS = {
     ApiKey.CREATE_TOPICS: admin.handle_create_topics,
     ApiKey.DELETE_TOPICS: admin.handle_delete_topics,
     ApiKey.INIT_PRODUCER_ID: produce.handle_init_producer_id,
+    ApiKey.FIND_COORDINATOR: groups.handle_find_coordinator,
+    ApiKey.JOIN_GROUP: groups.handle_join_group,
+    ApiKey.SYNC_GROUP: groups.handle_sync_group,
+    ApiKey.HEARTBEAT: groups.handle_heartbeat,
+    ApiKey.LEAVE_GROUP: groups.handle_leave_group,
+    ApiKey.OFFSET_COMMIT: groups.handle_offset_commit,
+    ApiKey.OFFSET_FETCH: groups.handle_offset_fetch,
+    ApiKey.LIST_GROUPS: groups.handle_list_groups,
+    ApiKey.DESCRIBE_GROUPS: groups.handle_describe_groups,
 }

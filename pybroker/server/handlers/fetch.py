@@ -42,6 +42,7 @@ def _partition(worker, topic: str, p: dict, budget: int) -> tuple[dict, int]:
     if piece is None:
         return answer, 0
     answer["records"] = piece
+    worker.stats.fetched(tp, piece.length)
     return answer, piece.length
 
 
@@ -59,7 +60,6 @@ def _build(worker, request) -> tuple[dict, int]:
             budget -= size
             parts.append(answer)
         responses.append({"topic": topic["topic"], "partitions": parts})
-    worker.stats.bytes_fetched += total
     return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "session_id": 0,
             "responses": responses}, total
 

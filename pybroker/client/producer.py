@@ -1,0 +1,559 @@
+"""pybroker's Producer: partitioning (P13), batching by size and linger, acks 0/1/all,
+retries without reordering, a delivery result per message.
+
+    producer = Producer("127.0.0.1:9092", acks="all")
+    result = producer.send("events", b"payload", key=b"user-1")
+    producer.flush()
+    result.result()   # -> offset, or raises the delivery error
+
+Threads and ownership
+    send() (any thread) encodes the record straight into the open RecordBatch v2 of its
+    partition, under one lock. One background sender thread owns every broker
+    connection: each round it takes the ready batches (full, older than linger_ms, or
+    being flushed), groups them by the partition's leader, writes one Produce request
+    per node, then reads the answers (pipelined across nodes).
+
+Ordering (P21): at most one request per partition is in flight (a round ends before
+the next starts), and a batch that fails with a retriable error goes back to the head
+of its partition's queue, so a retry never lets a later batch overtake it. The
+producer is not idempotent: a retry after a lost answer may store a batch twice
+(at-least-once, like Kafka's producer without enable.idempotence).
+
+acks: 0 = no answer (offsets unknown: -1), 1 = after the leader's append, "all"/-1 =
+after the broker's flush (pybroker's high watermark = last flushed offset, P5).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import struct
+import threading
+import time
+import zlib
+
+from pybroker import core
+from pybroker.protocol import ApiKey, ErrorCode
+
+from .connection import (PRODUCE_VERSION, Cluster, ConnectionFailed, KafkaError,
+                         UnknownTopicError)
+from .partitioner import Partitioner
+
+log = logging.getLogger("pybroker.client.producer")
+
+__all__ = ["Producer", "DeliveryResult", "ProducerClosed"]
+
+_HEADER = struct.Struct(">qiiBIhiqqqhii")   # RecordBatch v2 header, 61 bytes
+_CRC = struct.Struct(">I")
+_CRC_FROM = 21            # CRC-32C covers attributes .. end of batch
+_GZIP = 1                 # attributes & 7
+MAX_BATCHES_PER_REQUEST = 8  # batches of one partition in one request (one records blob)
+_ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
+
+
+def _varint(n: int) -> bytes:
+    v = ((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+# zigzag varints of 0..VARINT_CACHE-1, the lengths and deltas of nearly every record
+VARINT_CACHE = 1 << 16
+_V = [_varint(n) for n in range(VARINT_CACHE)]
+_NULL = _varint(-1)
+
+
+class ProducerClosed(KafkaError):
+    def __init__(self, message: str = "producer is closed"):
+        super().__init__(-1, message)
+
+
+class _Batch:
+    """An open (then sealed, then sent) batch of one partition. Owned by the producer's
+    lock while open; by the sender thread once sealed."""
+
+    __slots__ = ("topic", "partition", "buf", "count", "base_ts", "max_ts", "created",
+                 "attempts", "retry_at", "base_offset", "error", "done", "callbacks",
+                 "event")
+
+    def __init__(self, topic: str, partition: int, now: float, ts: int):
+        self.topic, self.partition = topic, partition
+        self.buf = bytearray()       # encoded records
+        self.count = 0
+        self.base_ts = self.max_ts = ts
+        self.created = now           # monotonic seconds
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.base_offset = -1
+        self.error: BaseException | None = None
+        self.done = False
+        self.callbacks: list | None = None
+        self.event: threading.Event | None = None
+
+    def encode(self, compression: int) -> bytes:
+        payload = self.buf
+        if compression == _GZIP:
+            co = zlib.compressobj(6, zlib.DEFLATED, 31)   # wbits 31: gzip container
+            payload = co.compress(payload) + co.flush()
+        out = bytearray(_HEADER.size)
+        out += payload
+        _HEADER.pack_into(out, 0, 0, len(out) - 12, -1, 2, 0, compression, self.count - 1,
+                          self.base_ts, self.max_ts, -1, -1, -1, self.count)
+        _CRC.pack_into(out, 17, core.crc32c(memoryview(out)[_CRC_FROM:]))
+        return out
+
+
+class DeliveryResult:
+    """The future-like outcome of one send(): `done()`, `result(timeout)` -> offset (or
+    raises the error), `exception(timeout)`, `add_done_callback(fn)` (fn(result) runs
+    on the sender thread, or at once if already done), and `topic`, `partition`,
+    `offset` (-1 until acknowledged, and always -1 with acks=0), `error`."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: _Batch, index: int):
+        self._batch, self._index = batch, index
+
+    @property
+    def topic(self) -> str:
+        return self._batch.topic
+
+    @property
+    def partition(self) -> int:
+        return self._batch.partition
+
+    @property
+    def offset(self) -> int:
+        b = self._batch
+        return b.base_offset + self._index if b.base_offset >= 0 else -1
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._batch.error
+
+    def done(self) -> bool:
+        return self._batch.done
+
+    def _wait(self, timeout: float | None) -> None:
+        b = self._batch
+        if b.done:
+            return
+        event = b.event
+        if event is None:
+            with _EVENT_LOCK:
+                if b.event is None:
+                    b.event = threading.Event()
+                event = b.event
+            if b.done:        # completed while we were creating the event
+                return
+        if not event.wait(timeout):
+            raise TimeoutError(f"delivery to {b.topic}-{b.partition} not done after "
+                               f"{timeout}s")
+
+    def result(self, timeout: float | None = None) -> int:
+        self._wait(timeout)
+        if self._batch.error is not None:
+            raise self._batch.error
+        return self.offset
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._batch.error
+
+    def add_done_callback(self, fn) -> None:
+        b = self._batch
+        with _EVENT_LOCK:
+            if not b.done:
+                if b.callbacks is None:
+                    b.callbacks = []
+                b.callbacks.append((fn, self))
+                return
+        fn(self)
+
+    def __repr__(self) -> str:
+        state = ("pending" if not self.done() else
+                 f"error={self.error}" if self.error else f"offset={self.offset}")
+        return f"DeliveryResult({self.topic}-{self.partition}, {state})"
+
+
+_EVENT_LOCK = threading.Lock()
+
+
+def _complete(batch: _Batch, base_offset: int, error: BaseException | None) -> None:
+    with _EVENT_LOCK:
+        batch.base_offset = base_offset
+        batch.error = error
+        batch.done = True
+        callbacks, batch.callbacks = batch.callbacks, None
+        event = batch.event
+    if event is not None:
+        event.set()
+    for fn, result in callbacks or ():
+        try:
+            fn(result)
+        except Exception:  # noqa: BLE001 - a user callback must not kill the sender
+            log.exception("delivery callback failed for %s-%d", batch.topic, batch.partition)
+
+
+class Producer:
+    """See the module docstring.
+
+    bootstrap           "host:port[,host:port]" of any broker worker(s)
+    acks                0, 1 or "all" (-1)
+    linger_ms           how long a batch that is not full waits for more records
+    batch_size          bytes of records per batch (a larger single record gets its own)
+    retries             attempts after the first for a retriable error
+    retry_backoff_ms    wait before a retry
+    request_timeout_ms  socket timeout per request, and the broker's produce timeout
+    buffer_memory       bytes of unsent records before send() blocks
+    max_block_ms        how long send() blocks for buffer space or metadata
+    keyless             "round_robin" or "random" for messages without key and partition
+    compression         None or "gzip"
+    """
+
+    def __init__(self, bootstrap: str, acks=1, linger_ms: float = 5,
+                 batch_size: int = 16384, retries: int = 5, *, retry_backoff_ms: int = 100,
+                 request_timeout_ms: int = 30_000, buffer_memory: int = 32 * 1024 * 1024,
+                 max_block_ms: int = 60_000, keyless: str = "round_robin",
+                 compression: str | None = None, client_id: str = "pybroker-producer",
+                 allow_auto_create: bool = True):
+        if acks not in _ACKS:
+            raise ValueError(f"acks {acks!r} is not 0, 1 or 'all'")
+        if compression not in (None, "none", "gzip"):
+            raise ValueError(f"compression {compression!r}: only None and 'gzip' exist here")
+        if batch_size < 1 or retries < 0 or linger_ms < 0:
+            raise ValueError(f"batch_size {batch_size}, retries {retries}, linger_ms "
+                             f"{linger_ms}: need batch_size >= 1, retries >= 0, "
+                             f"linger_ms >= 0")
+        self.acks = _ACKS[acks]
+        self.linger = linger_ms / 1000             # seconds
+        self.batch_size = batch_size                # bytes of encoded records
+        self.retries = retries
+        self.retry_backoff = retry_backoff_ms / 1000  # seconds
+        self.request_timeout_ms = request_timeout_ms
+        self.buffer_memory = buffer_memory          # bytes
+        self.max_block = max_block_ms / 1000        # seconds
+        self.compression = _GZIP if compression == "gzip" else 0
+        self.partitioner = Partitioner(keyless)
+        self.cluster = Cluster(bootstrap, client_id, request_timeout_ms / 1000 + 5,
+                               allow_auto_create)
+        self.cluster.refresh()
+
+        # --- guarded by _lock ---
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)   # buffer space freed / all sent
+        self._open: dict[tuple[str, int], _Batch] = {}  # open batch per partition
+        self._queues: dict[tuple[str, int], collections.deque] = {}  # sealed, unsent
+        self._buffered = 0          # bytes of records not yet acknowledged
+        self._pending = 0           # batches not yet completed
+        self._flushing = 0          # flush() calls waiting
+        self._closed = False
+        # --- sender thread only ---
+        self._conns: dict = {}
+        self._wakeup = threading.Event()
+        self._sender = threading.Thread(target=self._run, name="pybroker-producer-sender",
+                                        daemon=True)
+        self._sender.start()
+
+    # --- the caller's side -----------------------------------------------------------
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             partition: int | None = None, timestamp_ms: int | None = None) -> DeliveryResult:
+        """Queue one message; returns its DeliveryResult. Raises UnknownTopicError if the
+        topic does not exist and is not auto-created, ValueError for a partition that
+        does not exist, ProducerClosed after close(), BufferError when the buffer stays
+        full for max_block_ms."""
+        if self._closed:
+            raise ProducerClosed()
+        leaders = self.cluster.leaders.get(topic)
+        if leaders is None:
+            leaders = self.cluster.ensure_topic(topic, self.max_block)
+        count = len(leaders)
+        if partition is None:
+            partition = self.partitioner.partition(topic, key, count)
+        elif not 0 <= partition < count:
+            raise ValueError(f"partition {partition} of topic {topic!r} does not exist "
+                             f"(it has {count})")
+        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        # the record after its length prefix, offset delta and timestamp delta filled in
+        # below: attributes | tsDelta | offsetDelta | key | value | headers
+        if key is None:
+            kv = _NULL
+        else:
+            n = len(key)
+            kv = (_V[n] if n < VARINT_CACHE else _varint(n)) + key
+        if value is None:
+            kv += _NULL
+        else:
+            n = len(value)
+            kv += (_V[n] if n < VARINT_CACHE else _varint(n)) + value
+        tp = (topic, partition)
+        with self._lock:
+            if self._buffered + len(kv) > self.buffer_memory:
+                self._wait_for_space(len(kv))
+            batch = self._open.get(tp)
+            if batch is None:
+                batch = self._new_batch(tp, ts)
+            delta = ts - batch.base_ts
+            index = batch.count
+            head = b"\x00" + (_V[delta] if 0 <= delta < VARINT_CACHE else _varint(delta)) \
+                + (_V[index] if index < VARINT_CACHE else _varint(index))
+            size = len(head) + len(kv) + 1
+            record_len = _V[size] if size < VARINT_CACHE else _varint(size)
+            if index and len(batch.buf) + size + len(record_len) > self.batch_size:
+                self._seal(tp, batch)
+                batch = self._new_batch(tp, ts)
+                index = 0
+                head = b"\x00\x00\x00"
+                size = len(kv) + 4
+                record_len = _V[size] if size < VARINT_CACHE else _varint(size)
+            buf = batch.buf
+            buf += record_len
+            buf += head
+            buf += kv
+            buf.append(0)           # header count
+            batch.count = index + 1
+            if ts > batch.max_ts:
+                batch.max_ts = ts
+            self._buffered += size + len(record_len)
+            if len(buf) >= self.batch_size:
+                self._seal(tp, batch)
+        return DeliveryResult(batch, index)
+
+    produce = send
+
+    def _new_batch(self, tp, ts: int) -> _Batch:
+        batch = _Batch(tp[0], tp[1], time.monotonic(), ts)
+        self._open[tp] = batch
+        self._pending += 1
+        self._wakeup.set()     # the sender must learn when this batch's linger ends
+        return batch
+
+    def _seal(self, tp, batch: _Batch) -> None:
+        del self._open[tp]
+        queue = self._queues.get(tp)
+        if queue is None:
+            queue = self._queues[tp] = collections.deque()
+        queue.append(batch)
+        self._wakeup.set()
+
+    def _wait_for_space(self, need: int) -> None:
+        deadline = time.monotonic() + self.max_block
+        self._wakeup.set()
+        while self._buffered + need > self.buffer_memory and self._buffered > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BufferError(f"{self._buffered} bytes buffered (buffer_memory "
+                                  f"{self.buffer_memory}) for {self.max_block}s")
+            self._space.wait(left)
+            if self._closed:
+                raise ProducerClosed()
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Send everything buffered and wait for its delivery results; returns how many
+        batches are still pending (0 unless the timeout passed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._flushing += 1
+            try:
+                self._wakeup.set()
+                while self._pending:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._space.wait(left if left is not None else 1.0)
+                return self._pending
+            finally:
+                self._flushing -= 1
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop the sender and close connections. Messages still pending
+        when the timeout passes fail with ProducerClosed."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            self._space.notify_all()
+        self._wakeup.set()
+        self._sender.join(30)
+        self.cluster.close()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- the sender thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wakeup.clear()
+            now = time.monotonic()
+            with self._lock:
+                ready, wait = self._take_ready(now)
+                closed = self._closed
+            if ready:
+                try:
+                    self._send_round(ready)
+                except Exception as exc:  # noqa: BLE001 - never lose track of batches
+                    log.exception("producer send round failed")
+                    for batches in ready.values():
+                        for b in batches:
+                            self._finish(b, -1, KafkaError(-1, f"send round failed: {exc}"))
+                continue
+            if closed:
+                break
+            self._wakeup.wait(wait)
+        self._fail_leftovers()
+        for conn in self._conns.values():
+            conn.close()
+
+    def _take_ready(self, now: float) -> tuple[dict, float]:
+        """Pop ready batches (under _lock): {(topic, partition): [batch, ...]}, and how
+        long to sleep if none is ready."""
+        flushing = self._flushing or self._closed
+        wait = 0.1
+        for tp, batch in list(self._open.items()):
+            age = now - batch.created
+            if flushing or age >= self.linger:
+                self._seal(tp, batch)
+            else:
+                wait = min(wait, self.linger - age)
+        ready = {}
+        for tp, queue in self._queues.items():
+            if not queue:
+                continue
+            if queue[0].retry_at > now:
+                wait = min(wait, queue[0].retry_at - now)
+                continue
+            take = [queue.popleft()]
+            while queue and len(take) < MAX_BATCHES_PER_REQUEST and not queue[0].attempts:
+                take.append(queue.popleft())
+            ready[tp] = take
+        return ready, max(wait, 0.0005)
+
+    def _connection(self, node: int):
+        conn = self._conns.get(node)
+        if conn is None:
+            conn = self._conns[node] = self.cluster.connection(node)
+        return conn
+
+    def _send_round(self, ready: dict) -> None:
+        by_node: dict[int, dict] = {}
+        for tp, batches in ready.items():
+            for b in batches:
+                b.attempts += 1
+            node = self.cluster.leader(*tp)
+            if node is None or node < 0 or node not in self.cluster.nodes:
+                self._retry_or_fail(batches, KafkaError(ErrorCode.LEADER_NOT_AVAILABLE,
+                                                        f"no leader for {tp[0]}-{tp[1]}"))
+                continue
+            by_node.setdefault(node, {})[tp] = batches
+        sent = []
+        for node, tps in by_node.items():
+            topics: dict[str, list] = {}
+            for (topic, partition), batches in tps.items():
+                records = b"".join(b.encode(self.compression) for b in batches)
+                topics.setdefault(topic, []).append({"index": partition, "records": records})
+            body = {"transactional_id": None, "acks": self.acks,
+                    "timeout_ms": self.request_timeout_ms,
+                    "topic_data": [{"name": t, "partition_data": parts}
+                                   for t, parts in topics.items()]}
+            try:
+                conn = self._connection(node)
+                cid = conn.send(ApiKey.PRODUCE, PRODUCE_VERSION, body)
+            except KafkaError as exc:
+                self._node_failed(node, tps, exc)
+                continue
+            if self.acks == 0:
+                for batches in tps.values():
+                    for b in batches:
+                        self._finish(b, -1, None)
+            else:
+                sent.append((node, conn, cid, tps))
+        for node, conn, cid, tps in sent:
+            try:
+                response = conn.receive(ApiKey.PRODUCE, PRODUCE_VERSION, cid)
+            except KafkaError as exc:
+                self._node_failed(node, tps, exc)
+                continue
+            self._handle_response(tps, response)
+
+    def _handle_response(self, tps: dict, response: dict) -> None:
+        answered = set()
+        for topic in response["responses"]:
+            for p in topic["partition_responses"]:
+                tp = (topic["name"], p["index"])
+                batches = tps.get(tp)
+                if batches is None:
+                    continue
+                answered.add(tp)
+                code = p["error_code"]
+                if code == 0:
+                    offset = p["base_offset"]
+                    for b in batches:
+                        self._finish(b, offset, None)
+                        offset += b.count
+                else:
+                    exc = KafkaError(code, f"produce to {tp[0]}-{tp[1]}")
+                    if exc.retriable:
+                        self._retry_or_fail(batches, exc)
+                    else:
+                        for b in batches:
+                            self._finish(b, -1, exc)
+        for tp, batches in tps.items():
+            if tp not in answered:
+                self._retry_or_fail(batches, KafkaError(ErrorCode.UNKNOWN_SERVER_ERROR,
+                                                        f"no answer for {tp[0]}-{tp[1]}"))
+
+    def _node_failed(self, node: int, tps: dict, exc: KafkaError) -> None:
+        conn = self._conns.pop(node, None)
+        if conn is not None:
+            conn.close()
+        log.warning("producer: node %d failed (%s); retrying %d partitions", node, exc,
+                    len(tps))
+        for batches in tps.values():
+            self._retry_or_fail(batches, exc)
+
+    def _retry_or_fail(self, batches: list, exc: KafkaError) -> None:
+        """Put batches back at the head of their queue (in order), or fail them once
+        out of attempts. Refreshes metadata so the retry finds the current leader."""
+        retry = [b for b in batches if b.attempts <= self.retries]
+        for b in batches:
+            if b.attempts > self.retries:
+                self._finish(b, -1, exc)
+        if not retry:
+            return
+        try:
+            self.cluster.refresh([retry[0].topic])
+        except KafkaError as refresh_exc:
+            log.warning("producer: metadata refresh failed: %s", refresh_exc)
+        tp = (retry[0].topic, retry[0].partition)
+        at = time.monotonic() + self.retry_backoff
+        with self._lock:
+            queue = self._queues.setdefault(tp, collections.deque())
+            for b in reversed(retry):
+                b.retry_at = at
+                queue.appendleft(b)
+
+    def _finish(self, batch: _Batch, base_offset: int, error) -> None:
+        _complete(batch, base_offset, error)
+        with self._lock:
+            self._buffered -= len(batch.buf)
+            self._pending -= 1
+            self._space.notify_all()
+
+    def _fail_leftovers(self) -> None:
+        with self._lock:
+            left = list(self._open.values())
+            for queue in self._queues.values():
+                left.extend(queue)
+                queue.clear()
+            self._open.clear()
+        for b in left:
+            self._finish(b, -1, ProducerClosed("producer closed before delivery"))

@@ -1,0 +1,290 @@
+"""Consumer group APIs for standard Kafka clients: FindCoordinator (10), JoinGroup (11),
+Heartbeat (12), LeaveGroup (13), SyncGroup (14), DescribeGroups (15), ListGroups (16),
+OffsetCommit (8) and OffsetFetch (9).
+
+Membership is the worker's GroupCoordinator (pybroker.server.groups), created on first
+use by coordinator_for(). Committed offsets are the ZooKeeper offset registry
+(pybroker.coord.offsets) that the paper's consumer shares; every ZooKeeper call runs on
+the loop's executor, and the answer is a Future completed after it, so an OffsetCommit
+is acknowledged only once ZooKeeper has the offsets.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pybroker.coord import offsets as registry
+from pybroker.protocol import ErrorCode
+from pybroker.server.groups import GroupCoordinator, coordinator_node
+from pybroker.server.handlers.admin import topic_name_error
+
+log = logging.getLogger("pybroker.groups")
+
+MAX_METADATA_CHARS = 4096   # Kafka's offset.metadata.max.bytes default
+NO_AUTHORIZED_OPERATIONS = -2147483648
+_FAILED = object()          # what an executor call resolves to when ZooKeeper failed
+
+
+def coordinator_for(worker) -> GroupCoordinator:
+    """The worker's group coordinator, created on first use (on the worker's loop)."""
+    coordinator = getattr(worker, "group_coordinator", None)
+    if coordinator is None:
+        coordinator = GroupCoordinator(worker)
+        worker.group_coordinator = coordinator
+    return coordinator
+
+
+def _then(result, fn):
+    """fn(result) now, or a Future of fn(result) when result is a Future."""
+    if not isinstance(result, asyncio.Future):
+        return fn(result)
+    out = result.get_loop().create_future()
+    result.add_done_callback(lambda f: out.done() or out.set_result(fn(f.result())))
+    return out
+
+
+def _in_executor(worker, what: str, fn, *args, on_error):
+    """A Future of fn(*args) run on an executor thread (ZooKeeper I/O); if it raises,
+    the Future holds on_error(exception) instead, so the client gets an error code."""
+    out = worker.loop.create_future()
+
+    def done(f):
+        if out.done():
+            return
+        if f.exception() is not None:
+            log.error("node=%d %s failed: %r", worker.node_id, what, f.exception())
+            out.set_result(on_error(f.exception()))
+        else:
+            out.set_result(f.result())
+    worker.loop.run_in_executor(None, fn, *args).add_done_callback(done)
+    return out
+
+
+def _client_host(ctx) -> str:
+    return "/" + ctx.connection.peer.rsplit(":", 1)[0]
+
+
+# --- FindCoordinator ---------------------------------------------------------------------
+
+def handle_find_coordinator(ctx, request) -> dict:
+    worker = ctx.worker
+    key = request["key"]
+    answer = {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "error_message": None,
+              "node_id": -1, "host": "", "port": -1}
+    problem = None
+    if request.get("key_type", 0) != 0:
+        code, problem = ErrorCode.INVALID_REQUEST, "only group coordinators (key type 0)"
+    elif registry.group_id_error(key):
+        code, problem = ErrorCode.INVALID_GROUP_ID, registry.group_id_error(key)
+    else:
+        node = coordinator_node(key, worker.cluster.nodes)
+        if node is None:
+            code, problem = ErrorCode.COORDINATOR_NOT_AVAILABLE, "no live nodes known yet"
+        else:
+            host, port = worker.cluster.nodes[node]
+            answer.update(node_id=node, host=host, port=port)
+            code = ErrorCode.NONE
+    answer["error_code"] = code
+    answer["error_message"] = problem
+    return answer
+
+
+# --- JoinGroup, SyncGroup, Heartbeat, LeaveGroup -----------------------------------------
+
+def handle_join_group(ctx, request):
+    protocols = [(p["name"], bytes(p["metadata"])) for p in request["protocols"]]
+    result = coordinator_for(ctx.worker).join(
+        request["group_id"], request["member_id"], request.get("group_instance_id"),
+        ctx.client_id or "", _client_host(ctx), request["session_timeout_ms"],
+        request.get("rebalance_timeout_ms", -1), request["protocol_type"], protocols,
+        require_member_id=ctx.api_version >= 4)
+    return _then(result, lambda body: {"throttle_time_ms": 0, **body})
+
+
+def handle_sync_group(ctx, request):
+    result = coordinator_for(ctx.worker).sync(
+        request["group_id"], request["generation_id"], request["member_id"],
+        request.get("group_instance_id"), request["assignments"])
+    return _then(result, lambda body: {"throttle_time_ms": 0, **body})
+
+
+def handle_heartbeat(ctx, request) -> dict:
+    code = coordinator_for(ctx.worker).heartbeat(
+        request["group_id"], request["generation_id"], request["member_id"],
+        request.get("group_instance_id"))
+    return {"throttle_time_ms": 0, "error_code": code}
+
+
+def handle_leave_group(ctx, request) -> dict:
+    if ctx.api_version < 3:
+        leaving = [(request["member_id"], None)]
+    else:
+        leaving = [(m["member_id"], m["group_instance_id"]) for m in request["members"]]
+    code, per_member = coordinator_for(ctx.worker).leave(request["group_id"], leaving)
+    if ctx.api_version < 3:
+        return {"throttle_time_ms": 0, "error_code": code or per_member[0], "members": []}
+    return {"throttle_time_ms": 0, "error_code": code, "members": [
+        {"member_id": mid, "group_instance_id": iid, "error_code": c}
+        for (mid, iid), c in zip(leaving, per_member)]}
+
+
+# --- OffsetCommit, OffsetFetch -----------------------------------------------------------
+
+def handle_offset_commit(ctx, request):
+    worker = ctx.worker
+    group = request["group_id"]
+    check = coordinator_for(worker).commit_check(
+        group, request.get("generation_id_or_member_epoch", -1),
+        request.get("member_id", ""), request.get("group_instance_id"))
+    answers, writes = [], {}
+    for topic in request["topics"]:
+        name = topic["name"]
+        partitions = []
+        for p in topic["partitions"]:
+            index = p["partition_index"]
+            metadata = p["committed_metadata"]
+            if check:
+                code = check
+            elif worker.cluster.leader(name, index) is None:
+                code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            elif metadata is not None and len(metadata) > MAX_METADATA_CHARS:
+                code = ErrorCode.OFFSET_METADATA_TOO_LARGE
+            elif p["committed_offset"] < 0:
+                # a negative offset would read as "no commit" to the paper's consumer
+                code = ErrorCode.INVALID_COMMIT_OFFSET_SIZE
+            else:
+                code = ErrorCode.NONE
+                writes[(name, index)] = (p["committed_offset"], metadata,
+                                         p.get("committed_leader_epoch", -1))
+            partitions.append({"partition_index": index, "error_code": code})
+        answers.append({"name": name, "partitions": partitions})
+    response = {"throttle_time_ms": 0, "topics": answers}
+    if not writes:
+        return response
+
+    def failed(_exc):
+        for t in answers:
+            for p in t["partitions"]:
+                if (t["name"], p["partition_index"]) in writes:
+                    p["error_code"] = ErrorCode.COORDINATOR_NOT_AVAILABLE
+        return response
+    fut = _in_executor(worker, f"group={group} offset commit", registry.commit_offsets,
+                       worker.registry._zk, group, writes, on_error=lambda exc: _FAILED)
+    return _then(fut, lambda result: failed(result) if result is _FAILED else response)
+
+
+def handle_offset_fetch(ctx, request):
+    worker = ctx.worker
+    group = request["group_id"]
+    topics = request["topics"]
+    v1 = ctx.api_version < 2
+    code = coordinator_for(worker).status(group)
+    if code:   # v1 has no group-level error: every partition carries it
+        if v1:
+            return _fetch_response([(t["name"], t["partition_indexes"], code)
+                                    for t in (topics or [])], {}, ErrorCode.NONE)
+        return _fetch_response([], {}, code)
+    if topics is None:
+        wanted = None
+    else:
+        wanted = [(t["name"], p) for t in topics if not topic_name_error(t["name"])
+                  for p in t["partition_indexes"]]
+    if wanted == []:
+        return _fetch_response([(t["name"], t["partition_indexes"], ErrorCode.NONE)
+                                for t in topics], {}, ErrorCode.NONE)
+    fut = _in_executor(worker, f"group={group} offset fetch", registry.fetch_offsets,
+                       worker.registry._zk, group, wanted, on_error=lambda exc: _FAILED)
+
+    def answer(found):
+        if found is _FAILED:
+            failure = ErrorCode.COORDINATOR_NOT_AVAILABLE
+            return _fetch_response([(t["name"], t["partition_indexes"], failure)
+                                    for t in (topics or [])], {},
+                                   ErrorCode.NONE if v1 else failure)
+        if topics is None:
+            by_topic: dict[str, list[int]] = {}
+            for name, index in sorted(found):
+                by_topic.setdefault(name, []).append(index)
+            asked = [(name, indexes, ErrorCode.NONE) for name, indexes in by_topic.items()]
+        else:
+            asked = [(t["name"], t["partition_indexes"], ErrorCode.NONE) for t in topics]
+        return _fetch_response(asked, found, ErrorCode.NONE)
+    return _then(fut, answer)
+
+
+def _fetch_response(asked, found: dict, top_code: ErrorCode) -> dict:
+    """asked = [(topic, [partition], error)]; found = {(topic, p): (offset, meta, epoch)}."""
+    topics = []
+    for name, indexes, code in asked:
+        partitions = []
+        for index in indexes:
+            offset, metadata, epoch = found.get((name, index), (registry.NO_OFFSET, "", -1))
+            partitions.append({"partition_index": index, "committed_offset": offset,
+                               "committed_leader_epoch": epoch, "metadata": metadata,
+                               "error_code": code})
+        topics.append({"name": name, "partitions": partitions})
+    return {"throttle_time_ms": 0, "topics": topics, "error_code": top_code}
+
+
+# --- DescribeGroups, ListGroups ----------------------------------------------------------
+
+def _described_error(group_id: str, code: ErrorCode, state: str = "") -> dict:
+    return {"error_code": code, "group_id": group_id, "group_state": state,
+            "protocol_type": "", "protocol_data": "", "members": [],
+            "authorized_operations": NO_AUTHORIZED_OPERATIONS}
+
+
+def handle_describe_groups(ctx, request):
+    worker = ctx.worker
+    coordinator = coordinator_for(worker)
+    described, unknown = [], []
+    for group_id in request["groups"]:
+        code = coordinator.status(group_id)
+        held = None if code else coordinator.describe(group_id)
+        if code:
+            described.append(_described_error(group_id, code))
+        elif held is not None:
+            described.append({**held, "authorized_operations": NO_AUTHORIZED_OPERATIONS})
+        else:
+            described.append(None)   # Empty or Dead: ask ZooKeeper for committed offsets
+            unknown.append(group_id)
+    response = {"throttle_time_ms": 0, "groups": described}
+    if not unknown:
+        return response
+
+    def lookup():
+        return {g: registry.group_exists(worker.registry._zk, g) for g in unknown}
+    fut = _in_executor(worker, "describe groups", lookup, on_error=lambda exc: _FAILED)
+
+    def answer(exists):
+        for i, group_id in enumerate(request["groups"]):
+            if described[i] is not None:
+                continue
+            if exists is _FAILED:
+                described[i] = _described_error(group_id, ErrorCode.COORDINATOR_NOT_AVAILABLE)
+            else:
+                described[i] = _described_error(group_id, ErrorCode.NONE,
+                                                "Empty" if exists[group_id] else "Dead")
+        return response
+    return _then(fut, answer)
+
+
+def handle_list_groups(ctx, request):
+    worker = ctx.worker
+    coordinator = coordinator_for(worker)
+    if worker.node_id not in worker.cluster.nodes:
+        return {"throttle_time_ms": 0, "error_code": ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
+                "groups": []}
+    fut = _in_executor(worker, "list groups", registry.list_groups, worker.registry._zk,
+                       on_error=lambda exc: _FAILED)
+
+    def answer(stored):
+        if stored is _FAILED:
+            return {"throttle_time_ms": 0, "error_code": ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                    "groups": []}
+        groups = {g: "" for g in stored
+                  if not registry.group_id_error(g) and coordinator.status(g) == 0}
+        groups.update(coordinator.listed())
+        return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "groups": [
+            {"group_id": g, "protocol_type": t} for g, t in sorted(groups.items())]}
+    return _then(fut, answer)
