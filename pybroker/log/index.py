@@ -15,6 +15,7 @@ import os
 from pybroker import core
 
 _EMPTY_CAPACITY = 16  # bytes of the stand-in buffer while an index file is empty
+RESERVE_STEP = 64 << 10  # index bytes allocated ahead at a time (8,192 offset entries)
 
 
 class MappedIndex:
@@ -26,6 +27,7 @@ class MappedIndex:
         self._fd = -1
         self._map: mmap.mmap | None = None
         self.pinned: core.Pinned | None = None
+        self.reserved = 0
 
     @property
     def loaded(self) -> bool:
@@ -46,11 +48,25 @@ class MappedIndex:
         length = self.max_entries * self.entry_size if preallocate else entries * self.entry_size
         if preallocate:
             os.ftruncate(self._fd, length)
+        self.reserved = entries * self.entry_size  # bytes backed by allocated blocks
         if length:
             self._map = mmap.mmap(self._fd, length, access=mmap.ACCESS_WRITE)
             self.pinned = core.Pinned(self._map)
         else:
             self.pinned = core.Pinned(bytearray(_EMPTY_CAPACITY))
+
+    def ensure_room(self, entries: int) -> None:
+        """Allocate disk blocks for `entries` entries before C writes them through the
+        map: the preallocated file is sparse, and storing to an unbacked page of a
+        mapping on a full disk kills the process with SIGBUS instead of failing. Raises
+        OSError (ENOSPC) instead, before anything is written."""
+        need = entries * self.entry_size
+        if need <= self.reserved:
+            return
+        end = min(max(need, self.reserved + RESERVE_STEP), self.pinned.size)
+        if end > self.reserved:
+            os.posix_fallocate(self._fd, self.reserved, end - self.reserved)
+            self.reserved = end
 
     def capacity(self) -> int:
         return self.pinned.size // self.entry_size if self.pinned else 0

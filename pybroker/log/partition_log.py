@@ -309,9 +309,15 @@ class PartitionLog:
             heapq.heappop(waiters)[2](self._hw)
 
     def _write_checkpoint(self) -> None:
-        checkpoint.write_recovery_point(self.directory, self._hw)
-        self._recovery_point = self._hw
+        """Record the high watermark as the recovery point. A failure (a full disk) is
+        logged and leaves the older recovery point, which only makes recovery scan more."""
         self._last_checkpoint_ms = self._now_ms()
+        try:
+            checkpoint.write_recovery_point(self.directory, self._hw)
+        except OSError as exc:
+            log.error("%s cannot write the recovery point %d: %s", self.owner, self._hw, exc)
+            return
+        self._recovery_point = self._hw
 
     # --- reads (P7, P8, P10, P12) ----------------------------------------------------
 
@@ -430,8 +436,11 @@ class PartitionLog:
         for seg in self._segments:
             seg.close()
         self._write_checkpoint()
-        checkpoint.mark_clean_shutdown(self.directory)
         self.closed = True
+        try:
+            checkpoint.mark_clean_shutdown(self.directory)
+        except OSError as exc:  # e.g. a full disk: the next open recovers, which is safe
+            log.error("%s cannot mark the clean shutdown: %s", self.owner, exc)
 
     def _check_open(self) -> None:
         if self.closed:

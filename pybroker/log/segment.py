@@ -148,7 +148,14 @@ class LogSegment:
     # --- appends and flushes ---------------------------------------------------------
 
     def append(self, batches, scan: core.Scan, now_ms: int) -> None:
-        """Write stamped, validated batches (see core.scan_batches) at the end."""
+        """Write stamped, validated batches (see core.scan_batches) at the end.
+        OSError (e.g. ENOSPC) leaves the segment as it was."""
+        cur = self.cursor
+        if ((cur.entries + scan.batches) * core.OFFSET_ENTRY_SIZE > self.offset_index.reserved
+                or (cur.time_entries + scan.batches + 1) * core.TIME_ENTRY_SIZE
+                > self.time_index.reserved):
+            self.offset_index.ensure_room(cur.entries + scan.batches)
+            self.time_index.ensure_room(cur.time_entries + scan.batches + 1)
         core.segment_append(self.file.fd, batches, self.size, self.base_offset,
                             self.config.index_interval_bytes, self.offset_index.pinned,
                             self.time_index.pinned, self.cursor)
@@ -353,6 +360,10 @@ class LogSegment:
         self._map_indexes(0, 0, preallocate=True)
         if valid == 0:
             return
+        # at most one entry per batch, so this many bytes of batches need no more
+        batches_bound = valid // core.BATCH_HEADER_SIZE + 1
+        self.offset_index.ensure_room(min(batches_bound, self.offset_index.max_entries))
+        self.time_index.ensure_room(min(batches_bound + 1, self.time_index.max_entries))
         with mmap.mmap(self.file.fd, valid, access=mmap.ACCESS_READ) as view:
             core.index_add(view, 0, self.base_offset, self.config.index_interval_bytes,
                            self.offset_index.pinned, self.time_index.pinned, self.cursor)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pybroker.errors import CoreIOError, CorruptRecordError, MessageTooLarge
+from pybroker.errors import CorruptRecordError, MessageTooLarge
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.common import partition_error
 from pybroker.server.producer_state import SequenceError
@@ -40,7 +40,7 @@ def _append(worker, tp, records, durable: list) -> dict:
     except SequenceError as exc:
         result["error_code"] = exc.error_code
         return result
-    except CoreIOError as exc:
+    except OSError as exc:  # CoreIOError from the write, or the index reservation
         worker.log_storage_error(tp, exc)
         result["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
         return result
