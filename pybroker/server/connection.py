@@ -156,7 +156,8 @@ class Connection:
             header, request = decode_request(body)
         except UnsupportedVersion as exc:
             if exc.api_key == ApiKey.API_VERSIONS:
-                self._slots.append(_Slot(encode_api_versions_error(exc.correlation_id)))
+                self._slots.append(_Slot(encode_api_versions_error(
+                    exc.correlation_id, supported=self.worker.supported)))
                 self._pump()
                 return
             self.close(CloseReason.UNSUPPORTED_VERSION, str(exc))

@@ -20,6 +20,7 @@ import time
 
 from pybroker.config import BrokerConfig
 from pybroker.coord.registry import ClusterState, Registry
+from pybroker.protocol import SUPPORTED
 from pybroker.server import controlblock
 from pybroker.server.connection import CloseReason, Connection
 from pybroker.server.handlers import HANDLERS
@@ -51,6 +52,7 @@ class Worker:
         self.data_dir = data_dir
         self.handlers = HANDLERS
         self.api_versions = advertised(HANDLERS)
+        self.supported = {k: SUPPORTED[k] for k in HANDLERS}  # what ApiVersions advertises
         self.stats = WorkerStats()
         self.cluster = ClusterState()
         self.connections: set[Connection] = set()
