@@ -210,7 +210,8 @@ class Registry:
                 continue
             topics[name] = {int(p): replicas[0] for p, replicas in info["partitions"].items()}
             try:
-                configs[name] = self._read_json(f"{TOPIC_CONFIGS}/{name}").get("config", {})
+                configs[name] = self._read_json(f"{TOPIC_CONFIGS}/{name}",
+                                                watch=True).get("config", {})
             except NoNodeError:
                 configs[name] = {}
         try:
@@ -235,6 +236,15 @@ class Registry:
         for r in results:
             if isinstance(r, Exception):
                 raise r
+
+    def set_topic_config(self, name: str, config: dict) -> None:
+        """Replace a topic's config overrides (every node applies them on refresh)."""
+        path = f"{TOPIC_CONFIGS}/{name}"
+        data = _dumps({"version": 1, "config": config})
+        try:
+            self._zk.set(path, data)
+        except NoNodeError:
+            self._zk.create(path, data, makepath=True)
 
     def delete_topic(self, name: str) -> bool:
         """Remove a topic's registry entries; False if it did not exist."""

@@ -274,6 +274,13 @@ class PartitionLog:
             self._on_flush(self._hw)
         return self._hw
 
+    def reconfigure(self, config: LogConfig) -> None:
+        """Apply new settings (a topic config change) from the next operation on; the
+        index size only applies to segments created from now on."""
+        self.config = config
+        for seg in self._segments:
+            seg.config = config
+
     def flush_deadline_ms(self) -> int | None:
         """When the time-based flush policy (flush_ms) next needs maybe_flush, or None."""
         if self._first_unflushed_ms is None:

@@ -172,7 +172,7 @@ class Connection:
         version = header["request_api_version"]
         correlation_id = header["correlation_id"]
         handler = self.worker.handlers.get(api_key)
-        if handler is None:  # declared in the codec but not served (not advertised)
+        if handler is None:  # defensive: every API the codec declares is served today
             self.close(CloseReason.UNKNOWN_API, f"api {api_key} v{version} is not implemented "
                        "by this broker (see ApiVersions)")
             return

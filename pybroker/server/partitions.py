@@ -68,6 +68,12 @@ class PartitionSet:
             overrides = topic_log_overrides(state.topic_configs.get(tp[0], {}))
             self._open(tp, overrides)
             changed = True
+        for tp, plog in self.logs.items():
+            config = self.config.log_config(
+                topic_log_overrides(state.topic_configs.get(tp[0], {})))
+            if config != plog.config:
+                plog.reconfigure(config)
+                log.info("node=%d tp=%s-%d config now %s", self.node_id, tp[0], tp[1], config)
         return changed
 
     def _open(self, tp: tuple[str, int], overrides: dict) -> None:

@@ -30,7 +30,7 @@ def topic_name_error(name) -> str | None:
     return None
 
 
-def _config_error(configs: dict) -> str | None:
+def config_error(configs: dict) -> str | None:
     for key, value in configs.items():
         if key not in TOPIC_CONFIG_FIELDS:
             return f"unknown topic config {key!r}; known: {', '.join(sorted(TOPIC_CONFIG_FIELDS))}"
@@ -49,7 +49,7 @@ def create_topic(worker, name: str, partitions: int, configs: dict,
         return ErrorCode.INVALID_TOPIC_EXCEPTION, problem
     if partitions < 1:
         return ErrorCode.INVALID_PARTITIONS, f"num_partitions must be >= 1, got {partitions}"
-    problem = _config_error(configs)
+    problem = config_error(configs)
     if problem:
         return ErrorCode.INVALID_CONFIG, problem
     if name in worker.cluster.topics:

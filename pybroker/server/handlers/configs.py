@@ -1,0 +1,142 @@
+"""DescribeConfigs (32), AlterConfigs (33), IncrementalAlterConfigs (44).
+
+Topic configs are per-topic overrides of the broker's log defaults, kept in ZooKeeper
+at /config/topics/<topic>; every node applies a change to its open logs when its view
+of ZooKeeper refreshes. Broker configs are static (the properties file and flags):
+they can be described, not altered.
+"""
+from __future__ import annotations
+
+from pybroker.protocol import ErrorCode
+from pybroker.server.handlers.admin import config_error
+from pybroker.server.partitions import TOPIC_CONFIG_FIELDS
+
+TOPIC, BROKER = 2, 4                 # resource types
+DYNAMIC_TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 4, 5   # config sources
+SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3                             # operations
+
+
+def _topic_entries(worker, topic: str, keys) -> list[dict]:
+    overrides = worker.cluster.topic_configs.get(topic, {})
+    defaults = worker.config.log_config()
+    entries = []
+    for key in sorted(TOPIC_CONFIG_FIELDS):
+        if keys is not None and key not in keys:
+            continue
+        overridden = key in overrides
+        value = overrides[key] if overridden else str(getattr(defaults, TOPIC_CONFIG_FIELDS[key]))
+        source = DYNAMIC_TOPIC_CONFIG if overridden else DEFAULT_CONFIG
+        entries.append({"name": key, "value": str(value), "read_only": False,
+                        "config_source": source, "is_default": not overridden,
+                        "is_sensitive": False,
+                        "synonyms": [{"name": key, "value": str(value), "source": source}]})
+    return entries
+
+
+def _broker_entries(worker, keys) -> list[dict]:
+    from pybroker.config import SETTINGS
+    entries = []
+    for setting in SETTINGS:
+        if keys is not None and setting.key not in keys:
+            continue
+        value = worker.config[setting.key]
+        is_default = value == setting.default
+        source = DEFAULT_CONFIG if is_default else STATIC_BROKER_CONFIG
+        entries.append({"name": setting.key, "value": str(value), "read_only": True,
+                        "config_source": source, "is_default": is_default,
+                        "is_sensitive": False, "synonyms": []})
+    return entries
+
+
+def _result(resource, code=ErrorCode.NONE, message=None, configs=()) -> dict:
+    return {"error_code": code, "error_message": message,
+            "resource_type": resource["resource_type"],
+            "resource_name": resource["resource_name"], "configs": list(configs)}
+
+
+def handle_describe(ctx, request) -> dict:
+    worker = ctx.worker
+    results = []
+    for res in request["resources"]:
+        keys = res["configuration_keys"]
+        keys = set(keys) if keys is not None else None
+        if res["resource_type"] == TOPIC:
+            if res["resource_name"] not in worker.cluster.topics:
+                results.append(_result(res, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                                       f"unknown topic {res['resource_name']!r}"))
+            else:
+                results.append(_result(res, configs=_topic_entries(
+                    worker, res["resource_name"], keys)))
+        elif res["resource_type"] == BROKER:
+            results.append(_result(res, configs=_broker_entries(worker, keys)))
+        else:
+            results.append(_result(res, ErrorCode.INVALID_REQUEST,
+                                   f"resource type {res['resource_type']} is not supported"))
+    if ctx.api_version > 0:  # is_default exists in v0 only; v1+ say it with config_source
+        for result in results:
+            for entry in result["configs"]:
+                entry["is_default"] = False
+    return {"throttle_time_ms": 0, "results": results}
+
+
+def _alter(ctx, request, incremental: bool):
+    worker = ctx.worker
+    responses, pending = [], {}
+    for res in request["resources"]:
+        name = res["resource_name"]
+        answer = {"error_code": ErrorCode.NONE, "error_message": None,
+                  "resource_type": res["resource_type"], "resource_name": name}
+        responses.append(answer)
+        if res["resource_type"] != TOPIC:
+            answer["error_code"] = ErrorCode.INVALID_REQUEST
+            answer["error_message"] = ("broker configs are static: set them in the properties "
+                                       "file or with --set, then restart")
+            continue
+        if name not in worker.cluster.topics:
+            answer["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            answer["error_message"] = f"unknown topic {name!r}"
+            continue
+        config, problem = _new_config(worker.cluster.topic_configs.get(name, {}),
+                                      res["configs"], incremental)
+        problem = problem or config_error(config)
+        if problem:
+            answer["error_code"] = ErrorCode.INVALID_CONFIG
+            answer["error_message"] = problem
+        elif not request["validate_only"]:
+            pending[name] = config
+    response = {"throttle_time_ms": 0, "responses": responses}
+    if not pending:
+        return response
+
+    def write():
+        for name, config in pending.items():
+            worker.registry.set_topic_config(name, config)
+    done = worker.loop.create_future()
+    future = worker.loop.run_in_executor(None, write)
+    future.add_done_callback(lambda f: done.set_result(response) if f.exception() is None
+                             else done.set_exception(f.exception()))
+    return done
+
+
+def _new_config(current: dict, changes: list, incremental: bool) -> tuple[dict, str | None]:
+    if not incremental:  # AlterConfigs replaces the whole set of overrides
+        return {c["name"]: c["value"] for c in changes if c["value"] is not None}, None
+    config = dict(current)
+    for c in changes:
+        op = c["config_operation"]
+        if op == SET:
+            config[c["name"]] = c["value"]
+        elif op == DELETE:
+            config.pop(c["name"], None)
+        else:
+            return config, f"operation {op} on {c['name']!r}: only SET (0) and DELETE (1) " \
+                           "apply to the numeric topic configs"
+    return config, None
+
+
+def handle_alter(ctx, request):
+    return _alter(ctx, request, incremental=False)
+
+
+def handle_incremental_alter(ctx, request):
+    return _alter(ctx, request, incremental=True)
