@@ -7,7 +7,7 @@ advertises exactly its keys (with the ranges in pybroker.protocol.SUPPORTED).
 """
 from pybroker.protocol import ApiKey
 
-from . import admin, api_versions, fetch, groups, metadata, offsets, produce
+from . import admin, api_versions, configs, fetch, groups, metadata, offsets, produce
 
 HANDLERS = {
     ApiKey.API_VERSIONS: api_versions.handle,
@@ -27,4 +27,7 @@ HANDLERS = {
     ApiKey.OFFSET_FETCH: groups.handle_offset_fetch,
     ApiKey.LIST_GROUPS: groups.handle_list_groups,
     ApiKey.DESCRIBE_GROUPS: groups.handle_describe_groups,
+    ApiKey.DESCRIBE_CONFIGS: configs.handle_describe,
+    ApiKey.ALTER_CONFIGS: configs.handle_alter,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,
 }
