@@ -1,4 +1,4 @@
-"""The `pybroker` command line: serve, stats, zk.
+"""The `pybroker` command line: serve, stats, zk, topics, produce, consume.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (a message
 on stderr names the problem).
@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "--data-dir)")
     zk.add_argument("--data-dir", default="./pybroker-data", help="the broker's data dir")
     zk.set_defaults(func=cmd_zk)
+
+    from pybroker.cli import records, topics
+    topics.add_parser(sub)
+    records.add_parsers(sub)
     return parser
 
 
@@ -199,3 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:  # `pybroker consume ... | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

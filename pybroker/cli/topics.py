@@ -1,0 +1,185 @@
+"""`pybroker topics create|list|describe|delete|alter`: topic administration through the
+Kafka protocol (any node of the cluster answers)."""
+from __future__ import annotations
+
+import sys
+
+from pybroker.client.connection import Cluster, KafkaError
+from pybroker.protocol import ApiKey, ErrorCode
+
+TOPIC_RESOURCE = 2
+SET, DELETE = 0, 1
+
+
+class TopicCommandError(Exception):
+    """A refusal from the broker, with its protocol error name and message."""
+
+
+def _admin(args) -> tuple[Cluster, object]:
+    cluster = Cluster(args.bootstrap, client_id="pybroker-cli", timeout=args.timeout,
+                      allow_auto_create=False)
+    cluster.refresh([])
+    node = min(cluster.nodes)
+    return cluster, cluster.connection(node)
+
+
+def _check(code: int, message, what: str) -> None:
+    if code:
+        name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
+        raise TopicCommandError(f"{what}: {name}" + (f": {message}" if message else ""))
+
+
+def _parse_configs(pairs) -> dict:
+    configs = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise TopicCommandError(f"--config {pair!r}: expected key=value")
+        configs[key.strip()] = value.strip()
+    return configs
+
+
+def create(args) -> int:
+    cluster, conn = _admin(args)
+    body = {"topics": [{"name": args.topic, "num_partitions": args.partitions,
+                        "replication_factor": 1, "assignments": [],
+                        "configs": [{"name": k, "value": v}
+                                    for k, v in _parse_configs(args.config).items()]}],
+            "timeout_ms": int(args.timeout * 1000), "validate_only": False}
+    result = conn.request(ApiKey.CREATE_TOPICS, 4, body)["topics"][0]
+    _check(result["error_code"], result["error_message"], f"create {args.topic}")
+    print(f"created {args.topic} with {args.partitions} partition(s)")
+    return 0
+
+
+def list_topics(args) -> int:
+    cluster, conn = _admin(args)
+    meta = conn.request(ApiKey.METADATA, 8, {"topics": None, "allow_auto_topic_creation": False,
+                                             "include_cluster_authorized_operations": False,
+                                             "include_topic_authorized_operations": False})
+    for topic in sorted(meta["topics"], key=lambda t: t["name"]):
+        print(f"{topic['name']}\t{len(topic['partitions'])}")
+    return 0
+
+
+def describe(args) -> int:
+    cluster, conn = _admin(args)
+    meta = conn.request(ApiKey.METADATA, 8, {"topics": [{"name": args.topic}],
+                                             "allow_auto_topic_creation": False,
+                                             "include_cluster_authorized_operations": False,
+                                             "include_topic_authorized_operations": False})
+    topic = meta["topics"][0]
+    _check(topic["error_code"], None, f"describe {args.topic}")
+    offsets = _offsets(cluster, args.topic, topic["partitions"])
+    print(f"topic {args.topic}: {len(topic['partitions'])} partition(s)")
+    print(f"{'partition':>9} {'leader':>7} {'log start':>12} {'log end':>12}")
+    for p in sorted(topic["partitions"], key=lambda p: p["partition_index"]):
+        start, end = offsets.get(p["partition_index"], (-1, -1))
+        print(f"{p['partition_index']:>9} {p['leader_id']:>7} {start:>12} {end:>12}")
+    configs = conn.request(ApiKey.DESCRIBE_CONFIGS, 1, {
+        "resources": [{"resource_type": TOPIC_RESOURCE, "resource_name": args.topic,
+                       "configuration_keys": None}], "include_synonyms": False})["results"][0]
+    _check(configs["error_code"], configs["error_message"], f"configs of {args.topic}")
+    print("configs:")
+    for entry in configs["configs"]:
+        origin = "default" if entry["config_source"] == 5 else "topic override"
+        print(f"  {entry['name']}={entry['value']}  ({origin})")
+    return 0
+
+
+def _offsets(cluster: Cluster, topic: str, partitions: list) -> dict:
+    """partition -> (log start, log end), asking each partition's leader."""
+    by_leader: dict[int, list[int]] = {}
+    for p in partitions:
+        by_leader.setdefault(p["leader_id"], []).append(p["partition_index"])
+    out = {}
+    for leader, indexes in by_leader.items():
+        if leader < 0:
+            continue
+        conn = cluster.connection(leader)
+        try:
+            found = {}
+            for ts in (-2, -1):
+                body = {"replica_id": -1, "isolation_level": 0, "topics": [{
+                    "name": topic, "partitions": [{"partition_index": i, "timestamp": ts,
+                                                   "current_leader_epoch": -1} for i in indexes]}]}
+                for part in conn.request(ApiKey.LIST_OFFSETS, 2, body)["topics"][0]["partitions"]:
+                    found.setdefault(part["partition_index"], []).append(part["offset"])
+            out.update({i: tuple(v) for i, v in found.items()})
+        finally:
+            conn.close()
+    return out
+
+
+def delete(args) -> int:
+    cluster, conn = _admin(args)
+    result = conn.request(ApiKey.DELETE_TOPICS, 3, {"topic_names": [args.topic],
+                                                    "timeout_ms": int(args.timeout * 1000)})
+    _check(result["responses"][0]["error_code"], None, f"delete {args.topic}")
+    print(f"deleted {args.topic}")
+    return 0
+
+
+def alter(args) -> int:
+    changes = [{"name": k, "config_operation": SET, "value": v}
+               for k, v in _parse_configs(args.config).items()]
+    changes += [{"name": k, "config_operation": DELETE, "value": None}
+                for k in args.delete_config or []]
+    if not changes:
+        raise TopicCommandError("nothing to alter: give --config key=value or --delete-config key")
+    cluster, conn = _admin(args)
+    result = conn.request(ApiKey.INCREMENTAL_ALTER_CONFIGS, 0, {
+        "resources": [{"resource_type": TOPIC_RESOURCE, "resource_name": args.topic,
+                       "configs": changes}], "validate_only": False})["responses"][0]
+    _check(result["error_code"], result["error_message"], f"alter {args.topic}")
+    print(f"altered {args.topic}: " + ", ".join(
+        f"{c['name']}={c['value']}" if c["config_operation"] == SET else f"{c['name']} (default)"
+        for c in changes))
+    return 0
+
+
+def run(args) -> int:
+    try:
+        return args.topics_func(args)
+    except TopicCommandError as exc:
+        print(f"pybroker topics: {exc}", file=sys.stderr)
+        return 1
+    except KafkaError as exc:
+        print(f"pybroker topics: {exc}", file=sys.stderr)
+        return 1
+
+
+def add_parser(sub) -> None:
+    topics = sub.add_parser("topics", help="create, list, describe, delete, alter topics")
+    tsub = topics.add_subparsers(dest="topics_command", required=True)
+
+    def common(p):
+        p.add_argument("--bootstrap", default="127.0.0.1:9092", help="host:port of any node")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+        p.set_defaults(func=run)
+
+    p = tsub.add_parser("create", help="create a topic")
+    p.add_argument("topic")
+    p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--config", action="append", metavar="KEY=VALUE",
+                   help="topic config override, e.g. retention.ms=3600000 (repeatable)")
+    common(p)
+    p.set_defaults(topics_func=create)
+    p = tsub.add_parser("list", help="list topics with their partition counts")
+    common(p)
+    p.set_defaults(topics_func=list_topics)
+    p = tsub.add_parser("describe", help="partitions, leaders, offsets and configs of a topic")
+    p.add_argument("topic")
+    common(p)
+    p.set_defaults(topics_func=describe)
+    p = tsub.add_parser("delete", help="delete a topic and its data")
+    p.add_argument("topic")
+    common(p)
+    p.set_defaults(topics_func=delete)
+    p = tsub.add_parser("alter", help="set or reset topic configs")
+    p.add_argument("topic")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE", help="set (repeatable)")
+    p.add_argument("--delete-config", action="append", metavar="KEY",
+                   help="back to the broker default (repeatable)")
+    common(p)
+    p.set_defaults(topics_func=alter)
