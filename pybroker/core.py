@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+import struct
 from typing import NamedTuple
 
 import pybroker
@@ -102,6 +103,16 @@ def crc32c_hardware() -> bool:
 
 # --- record batches --------------------------------------------------------------------
 
+# Output structs reused by the hot calls (scan, seek): a worker is one thread, and each
+# call copies the fields out before returning.
+_SCAN_OUT = ffi.new("pb_scan *")
+_SEEK_OUT = ffi.new("pb_batch_pos *")
+_SEEK_BUFFER = ffi.buffer(_SEEK_OUT)
+_BATCH_POS_LAYOUT = struct.Struct("=5q")  # pb_batch_pos: five int64 (csrc/segment.h)
+assert _BATCH_POS_LAYOUT.size == ffi.sizeof("pb_batch_pos")
+_tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+
+
 class Scan(NamedTuple):
     """What pb_batches_scan found (see csrc/batch.h)."""
 
@@ -116,10 +127,13 @@ class Scan(NamedTuple):
     attributes_or: int
 
 
+# pb_scan as bytes: seven int64 then two int32 (csrc/batch.h), read in one unpack
+_SCAN_LAYOUT = struct.Struct("=7q2i")
+assert _SCAN_LAYOUT.size == ffi.sizeof("pb_scan")
+
+
 def _scan_tuple(out) -> Scan:
-    return Scan(out.batches, out.records, out.valid_bytes, out.first_offset, out.last_offset,
-                out.max_timestamp, out.offset_of_max_timestamp, out.max_batch_bytes,
-                out.attributes_or)
+    return _tuple_new(Scan, _SCAN_LAYOUT.unpack(ffi.buffer(out)))
 
 
 def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | None = None,
@@ -205,15 +219,6 @@ def segment_append(fd: int, batches, file_pos: int, base_offset: int, interval: 
         _check(code, f"append to segment {base_offset} at position {file_pos}")
 
 
-# Output structs reused by the hot calls (scan, seek): a worker is one thread, and each
-# call copies the fields out before returning.
-_SCAN_OUT = ffi.new("pb_scan *")
-_SEEK_OUT = ffi.new("pb_batch_pos *")
-
-
-_tuple_new = tuple.__new__
-
-
 class BatchPos(NamedTuple):
     position: int
     size: int
@@ -245,9 +250,8 @@ def segment_seek(fd: int, offset_index: Pinned, offset_entries: int, time_index:
             return None
         _check(code, f"seek to {'time' if by_time else 'offset'} {target} in segment "
                      f"{base_offset}")
-    # tuple.__new__ skips the NamedTuple's Python-level __new__ (a third of a lookup)
-    return _tuple_new(BatchPos, (out.position, out.size, out.base_offset, out.last_offset,
-                                 out.max_timestamp))
+    # one unpack of the struct and tuple.__new__ (no NamedTuple __new__): a third of a lookup
+    return _tuple_new(BatchPos, _BATCH_POS_LAYOUT.unpack(_SEEK_BUFFER))
 
 
 def index_floor(index: Pinned, entries: int, kind: int, target: int, strict: bool = False) -> int:
