@@ -14,6 +14,7 @@ TEST_DEPS = [
     "crc32c>=2",
     "confluent-kafka>=2.3",
     "kafka-python>=2.0",
+    "matplotlib>=3.5",   # scripts/loadtest --plot
 ]
 
 setup(
