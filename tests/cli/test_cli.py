@@ -119,7 +119,10 @@ def test_serve_refusals_name_the_problem(tmp_path, zk_connect):
         busy.listen(1)
         port = busy.getsockname()[1]
         in_use = serve("--port", port)
+        as_json = serve("--port", port, "--log-format", "json")
     assert in_use.returncode == 2 and b"in use" in in_use.stderr
+    entries = [json.loads(line) for line in as_json.stderr.splitlines()]
+    assert any(e["level"] == "ERROR" and "in use" in e["msg"] for e in entries)
 
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "meta.properties").write_text("version=0\nbroker.id=7\n")
