@@ -51,3 +51,12 @@ def test_two_brokers_share_topics_and_survive_one_stopping(broker_factory):
     for p in kept:
         assert read_partition(first.bootstrap, "spread", p, 2) == [b"both-up-%d" % p,
                                                                    b"one-up-%d" % p]
+
+
+def test_advertised_host_is_what_metadata_gives_clients(broker_factory):
+    from pybroker.protocol import ApiKey
+    broker = broker_factory(settings={"advertised.host": "localhost"})
+    with broker.client() as client:
+        meta = client.request(ApiKey.METADATA, 1, {"topics": []})
+    assert {b["host"] for b in meta["brokers"]} == {"localhost"}
+    assert sorted(b["port"] for b in meta["brokers"]) == sorted(broker.ports)
