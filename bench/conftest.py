@@ -21,6 +21,11 @@ import tempfile
 
 import pytest
 
+# The real broker and ZooKeeper fixtures of tests/ (bench/ is run on its own, so its
+# conftest brings them in; pytest_plugins is only honoured in the root conftest).
+from pybroker.testing.broker_plugin import *  # noqa: F401,F403,E402
+from pybroker.testing.zk_plugin import *  # noqa: F401,F403,E402
+
 ROLES = ("path", "floor", "reference")
 
 

@@ -19,8 +19,6 @@ import pytest
 
 from pybroker.protocol import ApiKey, encode_request
 from pybroker.records import build_batch
-from pybroker.testing.broker_plugin import *  # noqa: F401,F403 - the broker fixtures
-from pybroker.testing.zk_plugin import *  # noqa: F401,F403 - the ZooKeeper it uses
 
 TOPIC = "bench-e2e"
 FETCH_BYTES = 1 << 20

@@ -9,7 +9,7 @@ record). No target of its own; it serves the issue's batch-1 producer target.
 - path:      fastpath.decode_produce_request / encode_produce_response
 - reference: the generic codec (schema-driven plans) on the same bytes
 """
-import pytest
+
 
 from pybroker.protocol import ApiKey, codec, fastpath
 from pybroker.protocol.apis import APIS

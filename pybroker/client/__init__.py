@@ -10,8 +10,11 @@ Modules: connection (blocking protocol connection, cluster metadata), partitione
 producer, consumer, rebalance (the ZooKeeper registries and Algorithm 1).
 """
 from .connection import ConnectionFailed, KafkaError, UnknownTopicError
+from .consumer import Consumer, ConsumerClosed, ConsumerTimeout, Message, MessageStream
 from .partitioner import Partitioner, murmur2, to_positive
 from .producer import DeliveryResult, Producer, ProducerClosed
+from .rebalance import RebalanceError
 
-__all__ = ["Producer", "DeliveryResult", "ProducerClosed", "Partitioner", "murmur2",
-           "to_positive", "KafkaError", "ConnectionFailed", "UnknownTopicError"]
+__all__ = ["Producer", "DeliveryResult", "ProducerClosed", "Consumer", "MessageStream",
+           "Message", "ConsumerClosed", "ConsumerTimeout", "RebalanceError", "Partitioner",
+           "murmur2", "to_positive", "KafkaError", "ConnectionFailed", "UnknownTopicError"]

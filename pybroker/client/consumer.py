@@ -137,10 +137,10 @@ class MessageStream:
         timeout = consumer.consumer_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if consumer._error is not None:
-                raise consumer._error
             if consumer._closed:
                 raise StopIteration
+            if consumer._error is not None:
+                raise consumer._error
             while self._pos < len(self._chunk):
                 message = self._chunk[self._pos]
                 self._pos += 1
@@ -373,7 +373,7 @@ class Consumer:
                 if state.processed is not None and state.processed != state.committed:
                     write_offset(self._zk, self.group, state.topic, state.partition,
                                  state.processed)
-        snap, owned = self._registry.rebalance(sleep=self._stop.wait)
+        snap, owned = self._registry.rebalance(sleep=self._backoff)
         stream_index = {s.stream_id: s.index for streams in self._streams.values()
                         for s in streams}
         states = {}
@@ -387,6 +387,10 @@ class Consumer:
             self._snapshot = snap
             self._states = states
             self.rebalances += 1
+
+    def _backoff(self, delay: float) -> None:
+        if self._stop.wait(delay):
+            raise ConsumerClosed(f"consumer {self.consumer_id!r} closed during a rebalance")
 
     def _rebalance_loop(self) -> None:
         next_commit = time.monotonic() + self.auto_commit_interval
@@ -403,6 +407,8 @@ class Consumer:
                     continue
                 try:
                     self._rebalance()
+                except ConsumerClosed:
+                    return
                 except RebalanceError as exc:
                     log.error("consumer=%s %s", self.consumer_id, exc)
                     self._error = exc

@@ -25,7 +25,7 @@ SEED = 0x9747B28C
 M = 0x5BD1E995
 R = 24
 MASK32 = 0xFFFFFFFF
-KEYLESS_MODES = ("round_robin", "random")
+KEYLESS_MODES = ("round_robin", "random", "sticky")
 
 
 def murmur2(data: bytes) -> int:
@@ -62,7 +62,10 @@ class Partitioner:
     """partition(topic, key, partition_count) -> partition.
 
     Keys: murmur2 as above. No key: `keyless` = "round_robin" (one counter per topic,
-    starting at a random partition) or "random". Thread-safe.
+    starting at a random partition) or "random". "sticky" (the Java client's and
+    librdkafka's default for null keys: one partition until its batch is sealed, then
+    the next) needs to know about batches, so the Producer implements it; here it
+    behaves as round_robin. Thread-safe.
     """
 
     def __init__(self, keyless: str = "round_robin"):

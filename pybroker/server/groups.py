@@ -29,6 +29,7 @@ import enum
 import logging
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pybroker.coord.offsets import group_id_error
@@ -135,6 +136,9 @@ class GroupCoordinator:
         self.worker = worker
         self.loop = worker.loop
         self.groups: dict[str, Group] = {}
+        # ZooKeeper I/O of the offset registry, off the loop, one call at a time in
+        # arrival order (kazoo pipelines the requests inside each call)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"offsets-{worker.node_id}")
         self._cluster = None
         self._watch()
 
@@ -170,13 +174,24 @@ class GroupCoordinator:
                      group_id, self.coordinator_of(group_id))
             self._drop(self.groups[group_id], ErrorCode.NOT_COORDINATOR)
 
-    def _watch(self) -> None:
-        if self.worker.stopping:
-            for group in list(self.groups.values()):
-                self._drop(group, ErrorCode.NOT_COORDINATOR)
-            return
+    def cluster_changed(self) -> None:
+        """The worker's view of ZooKeeper changed (a hook for Worker._on_cluster; until
+        the worker calls it, _watch notices within WATCH_S)."""
         if self.worker.cluster.nodes:
             self._sync_cluster()
+
+    def shutdown(self) -> None:
+        """Answer every waiting JoinGroup/SyncGroup with NOT_COORDINATOR and forget all
+        groups, so a stopping worker is not held up by rebalances (a hook for
+        Worker.stop; until the worker calls it, _watch does it within WATCH_S)."""
+        for group in list(self.groups.values()):
+            self._drop(group, ErrorCode.NOT_COORDINATOR)
+
+    def _watch(self) -> None:
+        if self.worker.stopping:
+            self.shutdown()
+            return
+        self.cluster_changed()
         self.loop.call_later(WATCH_S, self._watch)
 
     def _drop(self, group: Group, code: ErrorCode) -> None:

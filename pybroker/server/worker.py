@@ -106,6 +106,9 @@ class Worker:
         if not self.stopping:
             self.stopping = True
             log.info("node=%d stopping", self.node_id)
+            coordinator = getattr(self, "group_coordinator", None)
+            if coordinator is not None:
+                coordinator.shutdown()
             self._stopped.set()
 
     async def _shutdown(self) -> None:
@@ -157,6 +160,9 @@ class Worker:
 
     def _on_cluster(self, state: ClusterState) -> None:
         self.cluster = state
+        coordinator = getattr(self, "group_coordinator", None)  # made by the group handlers
+        if coordinator is not None:
+            coordinator.cluster_changed()
         if not self.stopping and self.partitions.sync(state):
             self.registry.set_partitions(self.partitions.names())
         waiters, self._cluster_waiters = self._cluster_waiters, []

@@ -234,6 +234,21 @@ class Broker:
     def running(self) -> bool:
         return self.pid is not None
 
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        """CreateTopics, then wait until Metadata gives every partition a leader."""
+        from pybroker.client.connection import Cluster
+        with self.client() as c:
+            body = c.request(ApiKey.CREATE_TOPICS, 1, {
+                "topics": [{"name": name, "num_partitions": partitions,
+                            "replication_factor": 1, "assignments": [], "configs": []}],
+                "timeout_ms": 30_000, "validate_only": False})
+        assert body["topics"][0]["error_code"] == 0, body
+        cluster = Cluster(self.bootstrap)
+        try:
+            assert len(cluster.ensure_topic(name)) == partitions
+        finally:
+            cluster.close()
+
     def client(self, worker: int = 0, timeout: float = 10.0) -> RawClient:
         """A new RawClient connected to worker's port."""
         return RawClient(self.ports[worker], timeout=timeout)

@@ -2,9 +2,7 @@
 acks=all and consume back, compression codecs, ListOffsets, topic deletion, and
 "acknowledged with acks=all = visible to a fetch".
 
-Consumers use assign(): the group coordinator APIs are not implemented yet. librdkafka
-still wants a group.id; with assign() it only looks for a coordinator in the
-background and never needs one.
+Consumers here use assign() (groups have their own tests in test_groups_clients.py).
 """
 from __future__ import annotations
 
@@ -194,12 +192,8 @@ def test_compressed_batches_read_back_identical(broker, codec):
     # the broker stored the batches as the client compressed them (no recompression)
     answer = raw_fetch(broker, topic, 0)
     stored = {b.compression for b in parse_batches(answer["records"])}
-    if codec == "lz4" and stored == {0} and not advertises(broker, ApiKey.FIND_COORDINATOR):
-        # librdkafka (rdkafka_feature.c) enables its LZ4 feature only for brokers that
-        # advertise FindCoordinator v0 (a stand-in for "Kafka >= 0.8.2"), and sends
-        # uncompressed otherwise. It becomes a real check once the group coordinator
-        # APIs are implemented.
-        pytest.xfail("librdkafka sends lz4 only to brokers advertising FindCoordinator")
+    # (librdkafka enables lz4 only for brokers advertising FindCoordinator, which we do)
+    assert advertises(broker, ApiKey.FIND_COORDINATOR)
     assert stored == {CODEC_IDS[codec]}
 
 

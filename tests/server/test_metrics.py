@@ -82,7 +82,7 @@ def test_counters_follow_produce_and_fetch(broker_factory):
 
 def test_histogram_buckets_are_cumulative(broker_factory):
     port = free_port()
-    broker = broker_factory(settings={"metrics.port": port})
+    broker_factory(settings={"metrics.port": port})
     samples = wait_for(port, lambda s: total(s, "pybroker_request_latency_seconds_count",
                                              node=0, api="ApiVersions") > 0)
     buckets = [(k, v) for k, v in samples.items()

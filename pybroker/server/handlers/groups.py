@@ -4,9 +4,11 @@ OffsetCommit (8) and OffsetFetch (9).
 
 Membership is the worker's GroupCoordinator (pybroker.server.groups), created on first
 use by coordinator_for(). Committed offsets are the ZooKeeper offset registry
-(pybroker.coord.offsets) that the paper's consumer shares; every ZooKeeper call runs on
-the loop's executor, and the answer is a Future completed after it, so an OffsetCommit
-is acknowledged only once ZooKeeper has the offsets.
+(pybroker.coord.offsets) that the paper's consumer shares. Every ZooKeeper call runs on
+the coordinator's one offset-registry thread, in arrival order (so two commits of a
+partition, or a commit and the fetch pipelined behind it, cannot overtake each other),
+and the answer is a Future completed after it: an OffsetCommit is acknowledged only
+once ZooKeeper has the offsets.
 """
 from __future__ import annotations
 
@@ -43,9 +45,10 @@ def _then(result, fn):
     return out
 
 
-def _in_executor(worker, what: str, fn, *args, on_error):
-    """A Future of fn(*args) run on an executor thread (ZooKeeper I/O); if it raises,
-    the Future holds on_error(exception) instead, so the client gets an error code."""
+def _in_executor(worker, what: str, fn, *args):
+    """A Future of fn(*args) run on the coordinator's offset-registry thread, or of
+    _FAILED if it raised (logged), so the client gets an error code, not a dropped
+    connection."""
     out = worker.loop.create_future()
 
     def done(f):
@@ -53,10 +56,11 @@ def _in_executor(worker, what: str, fn, *args, on_error):
             return
         if f.exception() is not None:
             log.error("node=%d %s failed: %r", worker.node_id, what, f.exception())
-            out.set_result(on_error(f.exception()))
+            out.set_result(_FAILED)
         else:
             out.set_result(f.result())
-    worker.loop.run_in_executor(None, fn, *args).add_done_callback(done)
+    executor = coordinator_for(worker).executor
+    worker.loop.run_in_executor(executor, fn, *args).add_done_callback(done)
     return out
 
 
@@ -162,15 +166,15 @@ def handle_offset_commit(ctx, request):
     if not writes:
         return response
 
-    def failed(_exc):
+    def failed():
         for t in answers:
             for p in t["partitions"]:
                 if (t["name"], p["partition_index"]) in writes:
                     p["error_code"] = ErrorCode.COORDINATOR_NOT_AVAILABLE
         return response
     fut = _in_executor(worker, f"group={group} offset commit", registry.commit_offsets,
-                       worker.registry._zk, group, writes, on_error=lambda exc: _FAILED)
-    return _then(fut, lambda result: failed(result) if result is _FAILED else response)
+                       worker.registry._zk, group, writes)
+    return _then(fut, lambda result: failed() if result is _FAILED else response)
 
 
 def handle_offset_fetch(ctx, request):
@@ -193,7 +197,7 @@ def handle_offset_fetch(ctx, request):
         return _fetch_response([(t["name"], t["partition_indexes"], ErrorCode.NONE)
                                 for t in topics], {}, ErrorCode.NONE)
     fut = _in_executor(worker, f"group={group} offset fetch", registry.fetch_offsets,
-                       worker.registry._zk, group, wanted, on_error=lambda exc: _FAILED)
+                       worker.registry._zk, group, wanted)
 
     def answer(found):
         if found is _FAILED:
@@ -254,7 +258,7 @@ def handle_describe_groups(ctx, request):
 
     def lookup():
         return {g: registry.group_exists(worker.registry._zk, g) for g in unknown}
-    fut = _in_executor(worker, "describe groups", lookup, on_error=lambda exc: _FAILED)
+    fut = _in_executor(worker, "describe groups", lookup)
 
     def answer(exists):
         for i, group_id in enumerate(request["groups"]):
@@ -275,8 +279,7 @@ def handle_list_groups(ctx, request):
     if worker.node_id not in worker.cluster.nodes:
         return {"throttle_time_ms": 0, "error_code": ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
                 "groups": []}
-    fut = _in_executor(worker, "list groups", registry.list_groups, worker.registry._zk,
-                       on_error=lambda exc: _FAILED)
+    fut = _in_executor(worker, "list groups", registry.list_groups, worker.registry._zk)
 
     def answer(stored):
         if stored is _FAILED:
