@@ -1,4 +1,4 @@
-"""The `pybroker` command line: serve, stats, zk, topics, produce, consume.
+"""The `pybroker` command line: serve, stats, zk, topics, produce, consume, groups.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (a message
 on stderr names the problem).
@@ -105,13 +105,26 @@ def _zk_connect(args) -> str:
                           f"--data-dir {args.data_dir}?)") from None
 
 
+def open_zk(args):
+    """A started kazoo client on the broker's ZooKeeper (--zookeeper or --data-dir), or
+    a ConfigError naming the address that did not answer."""
+    from kazoo.client import KazooClient
+    from kazoo.handlers.threading import KazooTimeoutError
+    connect = _zk_connect(args)
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # its retries are not news here
+    client = KazooClient(hosts=connect, timeout=10)
+    try:
+        client.start(timeout=10)
+    except KazooTimeoutError:
+        client.close()
+        raise ConfigError(f"ZooKeeper at {connect} did not answer within 10 s") from None
+    return client
+
+
 def cmd_zk(args) -> int:
     """Print the registries: brokers, controller, topics, consumers, owners, offsets."""
-    from kazoo.client import KazooClient
     from kazoo.exceptions import NoNodeError
-    logging.getLogger("kazoo").setLevel(logging.ERROR)
-    client = KazooClient(hosts=_zk_connect(args), timeout=10)
-    client.start(timeout=10)
+    client = open_zk(args)
 
     def children(path):
         try:
@@ -188,9 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     zk.add_argument("--data-dir", default="./pybroker-data", help="the broker's data dir")
     zk.set_defaults(func=cmd_zk)
 
-    from pybroker.cli import records, topics
+    from pybroker.cli import groups, records, topics
     topics.add_parser(sub)
     records.add_parsers(sub)
+    groups.add_parser(sub)
     return parser
 
 
