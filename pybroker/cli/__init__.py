@@ -12,9 +12,14 @@ import os
 import sys
 import time
 
+from pybroker.client.connection import KafkaError
 from pybroker.config import BrokerConfig, ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """The broker refused or the work failed: printed, exit 1."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -215,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pybroker: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (CommandError, KafkaError) as exc:
+        print(f"pybroker {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except BrokenPipeError:  # `pybroker consume ... | head`: the reader has had enough

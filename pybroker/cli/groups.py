@@ -179,14 +179,6 @@ def describe(args) -> int:
     return 0
 
 
-def run(args) -> int:
-    try:
-        return args.groups_func(args)
-    except KafkaError as exc:
-        print(f"pybroker groups: {exc}", file=sys.stderr)
-        return 1
-
-
 def add_parser(sub) -> None:
     groups = sub.add_parser("groups", help="list and describe consumer groups (both kinds)")
     gsub = groups.add_subparsers(dest="groups_command", required=True)
@@ -196,12 +188,11 @@ def add_parser(sub) -> None:
         p.add_argument("--data-dir", default="./pybroker-data", help="a local broker's data dir")
         p.add_argument("--bootstrap", default="127.0.0.1:9092",
                        help="any node, for Kafka-group members and log ends ('' to skip)")
-        p.set_defaults(func=run)
 
     p = gsub.add_parser("list", help="every group in the registry and on the coordinators")
     common(p)
-    p.set_defaults(groups_func=list_groups)
+    p.set_defaults(func=list_groups)
     p = gsub.add_parser("describe", help="members, owners, committed offsets, log ends, lag")
     p.add_argument("group")
     common(p)
-    p.set_defaults(groups_func=describe)
+    p.set_defaults(func=describe)

@@ -198,14 +198,6 @@ def _consume_group(args) -> int:
     return 0
 
 
-def run(args) -> int:
-    try:
-        return args.records_func(args)
-    except KafkaError as exc:
-        print(f"pybroker {args.command}: {exc}", file=sys.stderr)
-        return 1
-
-
 def add_parsers(sub) -> None:
     p = sub.add_parser("produce", help="produce lines from stdin or a file as messages")
     p.add_argument("topic")
@@ -218,7 +210,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for delivery")
     p.add_argument("--progress", action="store_true", help="progress bar even if stderr "
                    "is not a terminal")
-    p.set_defaults(func=run, records_func=produce)
+    p.set_defaults(func=produce)
 
     c = sub.add_parser("consume", help="print messages of a topic")
     c.add_argument("topic")
@@ -235,4 +227,4 @@ def add_parsers(sub) -> None:
     c.add_argument("--zookeeper", help="ZooKeeper connect string, for --group")
     c.add_argument("--data-dir", default="./pybroker-data", help="a local broker's data "
                    "dir, to find its ZooKeeper, for --group")
-    c.set_defaults(func=run, records_func=consume)
+    c.set_defaults(func=consume)

@@ -2,17 +2,13 @@
 Kafka protocol (any node of the cluster answers)."""
 from __future__ import annotations
 
-import sys
 
-from pybroker.client.connection import Cluster, KafkaError
+from pybroker.cli import CommandError
+from pybroker.client.connection import Cluster
 from pybroker.protocol import ApiKey, ErrorCode
 
 TOPIC_RESOURCE = 2
 SET, DELETE = 0, 1
-
-
-class TopicCommandError(Exception):
-    """A refusal from the broker, with its protocol error name and message."""
 
 
 def _admin(args) -> tuple[Cluster, object]:
@@ -26,7 +22,7 @@ def _admin(args) -> tuple[Cluster, object]:
 def _check(code: int, message, what: str) -> None:
     if code:
         name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
-        raise TopicCommandError(f"{what}: {name}" + (f": {message}" if message else ""))
+        raise CommandError(f"{what}: {name}" + (f": {message}" if message else ""))
 
 
 def _parse_configs(pairs) -> dict:
@@ -34,7 +30,7 @@ def _parse_configs(pairs) -> dict:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise TopicCommandError(f"--config {pair!r}: expected key=value")
+            raise CommandError(f"--config {pair!r}: expected key=value")
         configs[key.strip()] = value.strip()
     return configs
 
@@ -126,7 +122,7 @@ def alter(args) -> int:
     changes += [{"name": k, "config_operation": DELETE, "value": None}
                 for k in args.delete_config or []]
     if not changes:
-        raise TopicCommandError("nothing to alter: give --config key=value or --delete-config key")
+        raise CommandError("nothing to alter: give --config key=value or --delete-config key")
     cluster, conn = _admin(args)
     result = conn.request(ApiKey.INCREMENTAL_ALTER_CONFIGS, 0, {
         "resources": [{"resource_type": TOPIC_RESOURCE, "resource_name": args.topic,
@@ -138,17 +134,6 @@ def alter(args) -> int:
     return 0
 
 
-def run(args) -> int:
-    try:
-        return args.topics_func(args)
-    except TopicCommandError as exc:
-        print(f"pybroker topics: {exc}", file=sys.stderr)
-        return 1
-    except KafkaError as exc:
-        print(f"pybroker topics: {exc}", file=sys.stderr)
-        return 1
-
-
 def add_parser(sub) -> None:
     topics = sub.add_parser("topics", help="create, list, describe, delete, alter topics")
     tsub = topics.add_subparsers(dest="topics_command", required=True)
@@ -156,7 +141,6 @@ def add_parser(sub) -> None:
     def common(p):
         p.add_argument("--bootstrap", default="127.0.0.1:9092", help="host:port of any node")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-        p.set_defaults(func=run)
 
     p = tsub.add_parser("create", help="create a topic")
     p.add_argument("topic")
@@ -164,22 +148,22 @@ def add_parser(sub) -> None:
     p.add_argument("--config", action="append", metavar="KEY=VALUE",
                    help="topic config override, e.g. retention.ms=3600000 (repeatable)")
     common(p)
-    p.set_defaults(topics_func=create)
+    p.set_defaults(func=create)
     p = tsub.add_parser("list", help="list topics with their partition counts")
     common(p)
-    p.set_defaults(topics_func=list_topics)
+    p.set_defaults(func=list_topics)
     p = tsub.add_parser("describe", help="partitions, leaders, offsets and configs of a topic")
     p.add_argument("topic")
     common(p)
-    p.set_defaults(topics_func=describe)
+    p.set_defaults(func=describe)
     p = tsub.add_parser("delete", help="delete a topic and its data")
     p.add_argument("topic")
     common(p)
-    p.set_defaults(topics_func=delete)
+    p.set_defaults(func=delete)
     p = tsub.add_parser("alter", help="set or reset topic configs")
     p.add_argument("topic")
     p.add_argument("--config", action="append", metavar="KEY=VALUE", help="set (repeatable)")
     p.add_argument("--delete-config", action="append", metavar="KEY",
                    help="back to the broker default (repeatable)")
     common(p)
-    p.set_defaults(topics_func=alter)
+    p.set_defaults(func=alter)

@@ -43,6 +43,7 @@ import zlib
 
 from pybroker import core
 from pybroker.protocol import ApiKey, ErrorCode
+from pybroker.records import write_varint
 
 from .connection import PRODUCE_VERSION, BufferRef, Cluster, KafkaError
 from .partitioner import Partitioner
@@ -60,12 +61,8 @@ _ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
 
 
 def _varint(n: int) -> bytes:
-    v = ((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF
     out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
+    write_varint(out, n)
     return bytes(out)
 
 
