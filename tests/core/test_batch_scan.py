@@ -337,8 +337,8 @@ def _buffers(draw):
        stamp=st.none() | st.integers(0, 2 ** 50),
        append_time=st.none() | st.integers(-5, 2 ** 45),
        max_batch=st.sampled_from([0, 0, 80, 120]),
-       # min_offset -1 differs from the header's wording on multi-batch buffers: see the
-       # strict xfail test_min_offset_minus_one_skips_the_offset_check
+       # min_offset -1 (no offset check at all) has its own test:
+       # test_min_offset_minus_one_skips_the_offset_check
        min_offset=st.integers(0, 2 ** 41))
 def test_random_buffers_match_oracle(buf, stamp, append_time, max_batch, min_offset):
     kw = {"stamp_offset": stamp, "append_time": append_time, "max_batch": max_batch,
