@@ -1,7 +1,6 @@
 """The pybroker command line against a real broker: every command, its output and its
 exit code, and the refusals a person must be able to act on."""
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -128,8 +127,15 @@ def test_serve_refusals_name_the_problem(tmp_path, zk_connect):
                 "--workers", "1", "--broker-id", "3")
     assert other.returncode == 2 and b"broker.id 7" in other.stderr
 
-    if os.geteuid() != 0:  # root writes anywhere; the check is for ordinary users
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        denied = run("serve", "--data-dir", locked, "--zookeeper", zk_connect)
-        assert denied.returncode == 2 and b"not writable" in denied.stderr
+    # a data dir nobody may write, root included: a read-only mount
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a tmpfs (tests run as root): {mounted.stderr}"
+    try:
+        denied = run("serve", "--data-dir", locked, "--zookeeper", zk_connect, "--workers", "1")
+    finally:
+        subprocess.run(["umount", "-l", str(locked)], check=True)
+    assert denied.returncode == 2
+    assert b"not usable" in denied.stderr and b"Read-only file system" in denied.stderr
