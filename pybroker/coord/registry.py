@@ -92,6 +92,12 @@ class Registry:
         self._id_block: list[int] = [0, 0]  # [next, end) of this worker's producer ids
         self.state = ClusterState()
 
+    @property
+    def zk(self) -> KazooClient:
+        """The session's kazoo client, for other registries (offsets). Its calls block:
+        use it off the event loop."""
+        return self._zk
+
     # --- life cycle ------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:

@@ -173,7 +173,7 @@ def handle_offset_commit(ctx, request):
                     p["error_code"] = ErrorCode.COORDINATOR_NOT_AVAILABLE
         return response
     fut = _in_executor(worker, f"group={group} offset commit", registry.commit_offsets,
-                       worker.registry._zk, group, writes)
+                       worker.registry.zk, group, writes)
     return _then(fut, lambda result: failed() if result is _FAILED else response)
 
 
@@ -197,7 +197,7 @@ def handle_offset_fetch(ctx, request):
         return _fetch_response([(t["name"], t["partition_indexes"], ErrorCode.NONE)
                                 for t in topics], {}, ErrorCode.NONE)
     fut = _in_executor(worker, f"group={group} offset fetch", registry.fetch_offsets,
-                       worker.registry._zk, group, wanted)
+                       worker.registry.zk, group, wanted)
 
     def answer(found):
         if found is _FAILED:
@@ -257,7 +257,7 @@ def handle_describe_groups(ctx, request):
         return response
 
     def lookup():
-        return {g: registry.group_exists(worker.registry._zk, g) for g in unknown}
+        return {g: registry.group_exists(worker.registry.zk, g) for g in unknown}
     fut = _in_executor(worker, "describe groups", lookup)
 
     def answer(exists):
@@ -279,7 +279,7 @@ def handle_list_groups(ctx, request):
     if worker.node_id not in worker.cluster.nodes:
         return {"throttle_time_ms": 0, "error_code": ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
                 "groups": []}
-    fut = _in_executor(worker, "list groups", registry.list_groups, worker.registry._zk)
+    fut = _in_executor(worker, "list groups", registry.list_groups, worker.registry.zk)
 
     def answer(stored):
         if stored is _FAILED:
