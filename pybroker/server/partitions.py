@@ -126,6 +126,8 @@ class PartitionSet:
 
     def appended(self, tp: tuple[str, int]) -> None:
         """Note an append: arm the flush timer if the log still holds unflushed data."""
+        if self._flush_timer is not None and tp in self._dirty:
+            return  # the armed timer will look at this log (hot path)
         plog = self.logs[tp]
         deadline = plog.flush_deadline_ms()
         if deadline is None:

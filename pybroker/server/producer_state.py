@@ -32,6 +32,7 @@ WINDOW = 5                       # batches remembered per producer (Kafka's limi
 SNAPSHOT_FILE = "producer-state.json"
 SEQ_MODULO = 2**31               # sequence numbers wrap at int32
 _PRODUCER_FIELDS = struct.Struct(">qhi")  # producerId, producerEpoch, baseSequence @ 43
+_PRODUCER_ID = struct.Struct(">q")         # producerId @ 43
 _LAST_DELTA = struct.Struct(">i")          # lastOffsetDelta @ 23
 _LENGTH = struct.Struct(">i")              # batchLength @ 8
 REPLAY_READ_BYTES = 1 << 20
@@ -69,10 +70,10 @@ class ProducerStates:
 
     def append(self, tp, plog: PartitionLog, records) -> tuple[int, int, bool]:
         """Check sequences and append; (base offset, last offset, newly appended)."""
-        pid, epoch, first_seq, count = _header(records)
-        if pid < 0:
-            result = plog.append(records)
+        if len(records) < 61 or _PRODUCER_ID.unpack_from(records, 43)[0] < 0:
+            result = plog.append(records)  # not idempotent: nothing to check (hot path)
             return result.base_offset, result.last_offset, True
+        pid, epoch, first_seq, count = _header(records)
         table = self._tables.setdefault(tp, {})
         last_seq = (first_seq + count - 1) % SEQ_MODULO
         producer = table.get(pid)

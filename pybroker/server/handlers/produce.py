@@ -19,14 +19,13 @@ from pybroker.server.producer_state import SequenceError
 def _append(worker, tp, records, durable: list) -> dict:
     result = {"index": tp[1], "error_code": ErrorCode.NONE, "base_offset": -1,
               "log_append_time_ms": -1, "log_start_offset": -1}
-    code = partition_error(worker, *tp)
-    if code:
-        result["error_code"] = code
+    plog = worker.partitions.logs.get(tp)
+    if plog is None:
+        result["error_code"] = partition_error(worker, *tp)
         return result
     if records is None or len(records) == 0:
         result["error_code"] = ErrorCode.INVALID_RECORD
         return result
-    plog = worker.partitions.logs[tp]
     try:
         base, last, appended = worker.producers.append(tp, plog, records)
     except CorruptRecordError as exc:
