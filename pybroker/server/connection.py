@@ -177,7 +177,7 @@ class Connection:
                        "by this broker (see ApiVersions)")
             return
         ctx = RequestContext(self.worker, self, version, header.get("client_id"))
-        self.worker.stats.request(api_key)
+        self.worker.stats.requests += 1
         try:
             result = handler(ctx, request)
         except Exception as exc:  # noqa: BLE001 - one bad request must not kill the worker

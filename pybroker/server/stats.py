@@ -42,9 +42,6 @@ class WorkerStats:
         self.partition_in: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
         self.partition_out: dict[tuple[str, int], int] = defaultdict(int)
 
-    def request(self, api_key: int) -> None:
-        self.requests += 1
-
     def answered(self, api_key: int, seconds: float) -> None:
         """A response is ready, `seconds` after its request was read."""
         self.latency_by_api[api_key].observe(seconds)

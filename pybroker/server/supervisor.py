@@ -43,7 +43,6 @@ class StartupError(PyBrokerError):
 
 class Supervisor:
     def __init__(self, config: BrokerConfig):
-        self.metrics = None
         self.config = config
         self.data_dir = os.path.abspath(config["log.dirs"])
         self.workers = config.workers
@@ -53,6 +52,7 @@ class Supervisor:
         self.zookeeper = None
         self.zk_connect = config["zookeeper.connect"]
         self.stopping = False
+        self.metrics = None                       # MetricsServer when metrics.port >= 0
         self._lock_fd = -1
 
     # --- start-up --------------------------------------------------------------------
@@ -68,7 +68,6 @@ class Supervisor:
             log.info("embedded ZooKeeper on %s (pid %s)", self.zk_connect, self.zookeeper.pid)
         self.control = controlblock.ControlBlock.in_dir(self.data_dir, create=True,
                                                         workers=self.workers)
-        self.metrics = None
         if self.config["metrics.port"] >= 0:
             from pybroker.server.metrics import MetricsServer
             try:
