@@ -191,6 +191,8 @@ class Registry:
                 self.state = self._read_state()
                 self._on_change(self.state)
             except Exception:  # noqa: BLE001 - keep the refresher alive; retry shortly
+                if self._stopping:
+                    return  # the session is closing under a refresh: nothing to report
                 log.exception("node=%d registry refresh failed; retrying", self.node_id)
                 time.sleep(0.5)
                 self._dirty.set()
