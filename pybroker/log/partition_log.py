@@ -128,6 +128,13 @@ class PartitionLog:
                                                            self.owner))
             for seg, nxt in zip(self._segments, bases[1:]):
                 seg.next_offset = nxt
+                if seg.size == 0 and nxt <= recovery_point:
+                    # a sealed segment is never empty, and these offsets were durable:
+                    # its data was lost (e.g. a write the disk acknowledged but dropped)
+                    raise CorruptLogError(
+                        f"{self.owner} {seg} file={seg.log_path} is empty, but offsets "
+                        f"{seg.base_offset}..{nxt - 1} are below the recovery point "
+                        f"{recovery_point}: durable data is missing. Nothing was changed")
             if clean:
                 self._segments[-1].load_as_active()
             else:

@@ -606,3 +606,25 @@ def test_verify_finds_damage_in_the_active_segment(log_dir):
     [problem] = log.verify()
     assert f"file={log_path(log_dir, 0)} position=78:" in problem
     log.close()
+
+
+def test_an_emptied_sealed_segment_is_refused_not_skipped(tmp_path):
+    """A sealed segment below the recovery point that lost its bytes (power loss on a
+    disk that acknowledged the write) must stop the open, not leave a silent gap."""
+    import os
+
+    from pybroker.errors import CorruptLogError
+    from pybroker.log import LogConfig, PartitionLog
+    from pybroker.records import build_batch
+    directory = str(tmp_path / "t-0")
+    log = PartitionLog(directory, LogConfig(segment_bytes=300))
+    for i in range(12):
+        log.append(build_batch([b"%03d" % i]))
+    log.close()
+    bases = log.segment_bases()
+    assert len(bases) >= 3
+    middle = os.path.join(directory, f"{bases[1]:020d}.log")
+    os.truncate(middle, 0)
+    with pytest.raises(CorruptLogError, match=f"{bases[1]:020d}.log is empty"):
+        PartitionLog(directory, LogConfig(segment_bytes=300))
+    assert os.path.getsize(middle) == 0  # nothing changed
