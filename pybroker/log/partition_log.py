@@ -354,11 +354,19 @@ class PartitionLog:
         if offset >= bases[-1]:  # the common case: a consumer near the end of the log
             seg, end = self._segments[-1], self._hw_position
         else:
-            seg = self._segments[bisect.bisect_right(bases, offset) - 1]
+            i = bisect.bisect_right(bases, offset) - 1
+            seg = self._segments[i]
             end = seg.size
         batch = seg.seek(offset, end)
         if batch is None:
-            return None
+            if seg is self._segments[-1]:
+                return None
+            # below the high watermark, in a sealed segment that ends early: its tail was
+            # lost. Serve from the next segment so consumers move on past the gap.
+            log.error("%s %s file=%s ends at byte %d without offset %d: data lost; "
+                      "serving from offset %d", self.owner, seg, seg.log_path, seg.size,
+                      offset, bases[i + 1])
+            return self.read(bases[i + 1], max_bytes)
         position = batch[0]
         length = min(end - position, max(max_bytes, batch[1]))
         return _tuple_new(FileSlice, (seg.file, position, length, batch[2]))
@@ -438,6 +446,11 @@ class PartitionLog:
                 pos += scan.valid_bytes
                 if scan.batches:
                     expected = scan.last_offset + 1
+            else:
+                if seg is not self._segments[-1] and expected != seg.next_offset:
+                    problems.append(f"{self.owner} {seg} file={seg.log_path} position={end}: "
+                                    f"the segment ends at offset {expected}, but the next "
+                                    f"segment starts at {seg.next_offset}")
         return problems
 
     # --- closing ---------------------------------------------------------------------

@@ -628,3 +628,30 @@ def test_an_emptied_sealed_segment_is_refused_not_skipped(tmp_path):
     with pytest.raises(CorruptLogError, match=f"{bases[1]:020d}.log is empty"):
         PartitionLog(directory, LogConfig(segment_bytes=300))
     assert os.path.getsize(middle) == 0  # nothing changed
+
+
+def test_a_sealed_segment_cut_short_is_skipped_loudly(tmp_path, caplog):
+    """Offsets lost from the end of a sealed segment (cut after a clean close) must not
+    leave consumers stuck below the high watermark: the read moves on to the next
+    segment and says so; verify() reports the damage."""
+    import os
+
+    from pybroker.log import LogConfig, PartitionLog
+    from pybroker.records import build_batch, parse_batches
+    directory = str(tmp_path / "t-0")
+    config = LogConfig(segment_bytes=300)
+    log = PartitionLog(directory, config)
+    for i in range(12):
+        log.append(build_batch([b"%03d" % i]))
+    log.close()
+    bases = log.segment_bases()
+    middle = os.path.join(directory, f"{bases[1]:020d}.log")
+    size = os.path.getsize(middle)
+    batch_size = size // (bases[2] - bases[1])   # one 1-record batch per offset here
+    os.truncate(middle, batch_size)               # keep only the segment's first batch
+    reopened = PartitionLog(directory, config)
+    lost = bases[1] + 1
+    piece = reopened.read(lost, 1 << 20)
+    assert parse_batches(piece.read_bytes())[0].base_offset == bases[2]
+    assert f"without offset {lost}: data lost" in caplog.text
+    assert reopened.verify()  # the damage is reported
