@@ -43,6 +43,19 @@ DESCRIBE_CONFIGS = Message(
     ],
 )
 
+# AlterConfigs and IncrementalAlterConfigs answer with the same fields in every version
+# we implement (the spec declares them twice, identically).
+_ALTER_RESPONSE = [
+    F("throttle_time_ms", "int32", "0+"),
+    F("responses", Array(Struct(
+        "AlterConfigsResourceResponse",
+        F("error_code", "int16", "0+"),
+        F("error_message", "string", "0+", nullable_versions="0+"),
+        F("resource_type", "int8", "0+"),
+        F("resource_name", "string", "0+"),
+    )), "0+"),
+]
+
 # Spec: validVersions 0-2, flexibleVersions 2+. We implement 0-2 (v2 is flexible).
 ALTER_CONFIGS = Message(
     33, "AlterConfigs", valid_versions="0-2", flexible_versions="2+",
@@ -59,16 +72,7 @@ ALTER_CONFIGS = Message(
         )), "0+"),
         F("validate_only", "bool", "0+"),
     ],
-    response=[
-        F("throttle_time_ms", "int32", "0+"),
-        F("responses", Array(Struct(
-            "AlterConfigsResourceResponse",
-            F("error_code", "int16", "0+"),
-            F("error_message", "string", "0+", nullable_versions="0+"),
-            F("resource_type", "int8", "0+"),
-            F("resource_name", "string", "0+"),
-        )), "0+"),
-    ],
+    response=_ALTER_RESPONSE,
 )
 
 # Spec: validVersions 0-1, flexibleVersions 1+. We implement 0-1 (v1 is flexible).
@@ -88,14 +92,5 @@ INCREMENTAL_ALTER_CONFIGS = Message(
         )), "0+"),
         F("validate_only", "bool", "0+"),
     ],
-    response=[
-        F("throttle_time_ms", "int32", "0+"),
-        F("responses", Array(Struct(
-            "AlterConfigsResourceResponse",
-            F("error_code", "int16", "0+"),
-            F("error_message", "string", "0+", nullable_versions="0+"),
-            F("resource_type", "int8", "0+"),
-            F("resource_name", "string", "0+"),
-        )), "0+"),
-    ],
+    response=_ALTER_RESPONSE,
 )
