@@ -174,30 +174,29 @@ def paper_group(broker, zk):
     group.close()
 
 
+def time_membership_change(benchmark, g, case: str, new_member, oldest) -> None:
+    """Time rounds of one membership change, either kind of group: "join" adds
+    new_member() to a settled group of GROUP_SIZE - 1, "leave" removes oldest() from a
+    settled group of GROUP_SIZE; a round ends when the group has settled again."""
+    joining = case == "join"
+
+    def setup():
+        g.resize(GROUP_SIZE - 1 if joining else GROUP_SIZE)
+        return ((new_member() if joining else oldest()),), {}
+
+    def round_(member):
+        (g.join if joining else g.leave)(member)
+        g.wait_settled()
+
+    benchmark.pedantic(round_, setup=setup, rounds=ROUNDS, iterations=1)
+    assert len(g.members) == GROUP_SIZE - (not joining) and g.settled()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_pybroker_consumer(benchmark, record, paper_group, case):
     record("rebalance 10", "path", lookups=1, members=GROUP_SIZE, partitions=PARTITIONS)
-    g = paper_group
-
-    if case == "join":
-        def setup():
-            g.resize(GROUP_SIZE - 1)
-            return (g.new_consumer(),), {}
-
-        def round_(newcomer):
-            g.join(newcomer)
-            g.wait_settled()
-    else:
-        def setup():
-            g.resize(GROUP_SIZE)
-            return (g.first(),), {}
-
-        def round_(leaver):
-            g.leave(leaver)
-            g.wait_settled()
-
-    benchmark.pedantic(round_, setup=setup, rounds=ROUNDS, iterations=1)
-    assert len(g.members) == GROUP_SIZE - (case != "join") and g.settled()
+    time_membership_change(benchmark, paper_group, case, paper_group.new_consumer,
+                           paper_group.first)
 
 
 @pytest.mark.parametrize("case", ["die"])
@@ -328,26 +327,7 @@ def ck_group(broker):
 def test_confluent_consumer(benchmark, record, ck_group, case):
     record("rebalance 10", "reference", lookups=1, members=GROUP_SIZE,
            partitions=PARTITIONS, heartbeat_ms=HEARTBEAT_MS)
-    g = ck_group
-
-    if case == "join":
-        def setup():
-            g.resize(GROUP_SIZE - 1)
-            return (g.new_member(),), {}
-
-        def round_(newcomer):
-            g.join(newcomer)
-            g.wait_settled()
-    else:
-        def setup():
-            g.resize(GROUP_SIZE)
-            # The coordinator's member ids begin with client.id ("c00-<uuid>") and
-            # the range assignor sorts by member id: the oldest member is the first.
-            return (g.members[0],), {}
-
-        def round_(leaver):
-            g.leave(leaver)
-            g.wait_settled()
-
-    benchmark.pedantic(round_, setup=setup, rounds=ROUNDS, iterations=1)
-    assert len(g.members) == GROUP_SIZE - (case != "join") and g.settled()
+    # The coordinator's member ids begin with client.id ("c00-<uuid>") and the range
+    # assignor sorts by member id: the oldest member is the first.
+    time_membership_change(benchmark, ck_group, case, ck_group.new_member,
+                           lambda: ck_group.members[0])
