@@ -165,6 +165,7 @@ class Worker:
             coordinator.cluster_changed()
         if not self.stopping and self.partitions.sync(state):
             self.registry.set_partitions(self.partitions.names())
+            self._publish()  # `pybroker stats` shows a new partition before it is first used
         waiters, self._cluster_waiters = self._cluster_waiters, []
         for predicate, fut, value in waiters:
             if fut.done():
