@@ -54,14 +54,21 @@ def test_counters_follow_produce_and_fetch(broker_factory):
         producer.produce("metered", b"%0*d" % (SIZE, i), partition=0)
     assert producer.flush(30) == 0
 
-    after = wait_for(port, lambda s: total(s, "pybroker_log_end_offset", topic="metered") == MESSAGES)
+    produce_count = 'pybroker_request_latency_seconds_count'
+
+    def settled(s):  # published together, but a scrape may fall between two publishes
+        return (total(s, "pybroker_log_end_offset", topic="metered") == MESSAGES and
+                total(s, "pybroker_fsync_latency_seconds_count") >= 1 and
+                total(s, produce_count, api="Produce") > total(before, produce_count,
+                                                               api="Produce"))
+
+    after = wait_for(port, settled)
     assert total(after, "pybroker_log_end_offset", topic="metered") == MESSAGES
     assert total(after, "pybroker_partition_messages_in_total", topic="metered") == MESSAGES
     appended = total(after, "pybroker_partition_bytes_in_total", topic="metered")
     assert appended >= MESSAGES * SIZE  # record batches: payloads plus their framing
     assert (total(after, "pybroker_node_messages_in_total")
             - total(before, "pybroker_node_messages_in_total")) == MESSAGES
-    produce_count = 'pybroker_request_latency_seconds_count'
     assert total(after, produce_count, api="Produce") > total(before, produce_count, api="Produce")
     assert total(after, "pybroker_fsync_latency_seconds_count") >= 1
 
