@@ -84,13 +84,15 @@ static int seek_start(const uint8_t *offset_index, uint32_t offset_entries,
 /* read the 43 header bytes the seek needs (through maxTimestamp) */
 #define SEEK_HEADER 43
 
-int pb_segment_seek(int fd, const uint8_t *offset_index, uint32_t offset_entries,
-                    const uint8_t *time_index, uint32_t time_entries, int64_t base_offset,
-                    int kind, int64_t target, int64_t end_pos, pb_batch_pos *out)
+int pb_segment_seek(int fd, const uint8_t *offset_index, const uint8_t *time_index,
+                    const pb_index_cursor *cur, int64_t base_offset, int kind,
+                    int64_t target, int64_t end_pos, pb_batch_pos *out)
 {
+    if (cur->entries > cur->capacity || cur->time_entries > cur->time_capacity)
+        return PB_E_INVALID_ARG;
     int64_t pos;
-    int rc = seek_start(offset_index, offset_entries, time_index, time_entries, base_offset,
-                        kind, target, &pos);
+    int rc = seek_start(offset_index, cur->entries, time_index, cur->time_entries,
+                        base_offset, kind, target, &pos);
     if (rc != PB_OK)
         return rc;
     uint8_t h[SEEK_HEADER];

@@ -19,12 +19,13 @@ int pb_segment_append(int fd, const uint8_t *buf, size_t len, int64_t file_pos,
 
 /* Find the first batch in fd[0..end_pos) that holds offset `target` (kind
  * PB_INDEX_OFFSET: last offset >= target) or the first with maxTimestamp >= target
- * (PB_INDEX_TIME). Starts from the index floor of the target and reads batch headers
- * forward. PB_E_NOT_FOUND when no whole batch before end_pos qualifies;
- * PB_E_BAD_LENGTH or PB_E_TRUNCATED when a header is damaged. */
-int pb_segment_seek(int fd, const uint8_t *offset_index, uint32_t offset_entries,
-                    const uint8_t *time_index, uint32_t time_entries, int64_t base_offset,
-                    int kind, int64_t target, int64_t end_pos, pb_batch_pos *out);
+ * (PB_INDEX_TIME). Starts from the index floor of the target among cur's entries and
+ * reads batch headers forward. PB_E_NOT_FOUND when no whole batch before end_pos
+ * qualifies; PB_E_BAD_LENGTH or PB_E_TRUNCATED when a header is damaged;
+ * PB_E_INVALID_ARG when cur claims more entries than its capacity. */
+int pb_segment_seek(int fd, const uint8_t *offset_index, const uint8_t *time_index,
+                    const pb_index_cursor *cur, int64_t base_offset, int kind,
+                    int64_t target, int64_t end_pos, pb_batch_pos *out);
 
 /* Non-blocking sendfile of count bytes of in_fd from position to out_fd. *sent is the
  * number of bytes sent, also when PB_E_AGAIN (the socket is full: wait for it to be

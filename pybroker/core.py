@@ -233,18 +233,13 @@ def _entries(pinned: Pinned, count: int, entry_size: int) -> int:
     return count
 
 
-def segment_seek(fd: int, offset_index: Pinned, offset_entries: int, time_index: Pinned,
-                 time_entries: int, base_offset: int, by_time: bool, target: int,
-                 end_pos: int) -> BatchPos | None:
+def segment_seek(fd: int, offset_index: Pinned, time_index: Pinned, cursor,
+                 base_offset: int, by_time: bool, target: int, end_pos: int) -> BatchPos | None:
     """The first batch before end_pos holding offset `target` (or, by_time, the first with
-    maxTimestamp >= target); None when there is none."""
-    out = _SEEK_OUT
-    if (offset_entries * OFFSET_ENTRY_SIZE > offset_index.size or
-            time_entries * TIME_ENTRY_SIZE > time_index.size):
-        raise ValueError(f"index entries ({offset_entries}, {time_entries}) exceed the "
-                         f"index buffers ({offset_index.size}, {time_index.size} bytes)")
-    code = lib.pb_segment_seek(fd, offset_index.ptr, offset_entries, time_index.ptr,
-                               time_entries, base_offset, by_time, target, end_pos, out)
+    maxTimestamp >= target) among the entries cursor (an IndexCursor made for these
+    buffers) says are in use; None when there is none."""
+    code = lib.pb_segment_seek(fd, offset_index.ptr, time_index.ptr, cursor, base_offset,
+                               by_time, target, end_pos, _SEEK_OUT)
     if code:
         if code == lib.PB_E_NOT_FOUND:
             return None

@@ -367,8 +367,11 @@ class PartitionLog:
                       "serving from offset %d", self.owner, seg, seg.log_path, seg.size,
                       offset, bases[i + 1])
             return self.read(bases[i + 1], max_bytes)
-        position = batch[0]
-        length = min(end - position, max(max_bytes, batch[1]))
+        position, length = batch[0], batch[1]
+        if max_bytes > length:  # at least the whole first batch; conditionals, not min/max,
+            length = max_bytes  # which cost a tenth of a lookup
+        if length > end - position:
+            length = end - position
         return _tuple_new(FileSlice, (seg.file, position, length, batch[2]))
 
     def offset_for_time(self, timestamp: int) -> int | None:

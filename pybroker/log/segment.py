@@ -181,9 +181,9 @@ class LogSegment:
         if self.cursor is None:
             self.ensure_indexes()
         cur = self.cursor
-        found = core.segment_seek(self.file.fd, self.offset_index.pinned, cur.entries,
-                                  self.time_index.pinned, cur.time_entries, self.base_offset,
-                                  False, offset, end_pos)
+        found = core.segment_seek(self.file.fd, self.offset_index.pinned,
+                                  self.time_index.pinned, cur, self.base_offset, False, offset,
+                                  end_pos)
         if found is not None and found.base_offset > offset >= self.base_offset:
             # Offsets here have no gaps, so the scan started past the target: index entries
             # that keep the invariants `check` tests but point at the wrong batches.
@@ -203,16 +203,16 @@ class LogSegment:
         return found
 
     def _seek_offset(self, offset: int, end_pos: int) -> core.BatchPos | None:
-        return core.segment_seek(self.file.fd, self.offset_index.pinned, self.cursor.entries,
-                                 self.time_index.pinned, self.cursor.time_entries,
-                                 self.base_offset, False, offset, end_pos)
+        return core.segment_seek(self.file.fd, self.offset_index.pinned,
+                                 self.time_index.pinned, self.cursor, self.base_offset, False,
+                                 offset, end_pos)
 
     def seek_time(self, timestamp: int, end_pos: int) -> core.BatchPos | None:
         """The first batch before end_pos with maxTimestamp >= timestamp, or None."""
         self.ensure_indexes()
-        return core.segment_seek(self.file.fd, self.offset_index.pinned, self.cursor.entries,
-                                 self.time_index.pinned, self.cursor.time_entries,
-                                 self.base_offset, True, timestamp, end_pos)
+        return core.segment_seek(self.file.fd, self.offset_index.pinned,
+                                 self.time_index.pinned, self.cursor, self.base_offset, True,
+                                 timestamp, end_pos)
 
     # --- indexes ---------------------------------------------------------------------
 

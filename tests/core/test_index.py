@@ -428,11 +428,12 @@ def test_big_index_random_lookups(big_segment):
     offset_keys = range(N_BIG)  # entry i: (i, i * size); bisect works on a range
     time_keys = range(1000, 1000 + 2 * N_BIG, 2)
     end = N_BIG * size
+    assert (cur.entries, cur.time_entries) == (N_BIG, N_BIG)
     for _ in range(3000):
         t = rng.randrange(-10, N_BIG + 10)
         strict = rng.random() < 0.5
         assert core.index_floor(oi, N_BIG, OFF, t, strict) == oracles.floor(offset_keys, t, strict)
-        got = core.segment_seek(fd, oi, N_BIG, ti, N_BIG, 0, False, t, end)
+        got = core.segment_seek(fd, oi, ti, cur, 0, False, t, end)
         want = t if 0 <= t < N_BIG else (0 if t < 0 else None)
         if want is None:
             assert got is None, t
@@ -440,6 +441,6 @@ def test_big_index_random_lookups(big_segment):
             assert got == (want * size, size, want, want, 1000 + 2 * want), t
         ts = rng.randrange(900, 1000 + 2 * N_BIG + 10)
         assert core.index_floor(ti, N_BIG, TIME, ts, strict) == oracles.floor(time_keys, ts, strict)
-        got = core.segment_seek(fd, oi, N_BIG, ti, N_BIG, 0, True, ts, end)
+        got = core.segment_seek(fd, oi, ti, cur, 0, True, ts, end)
         first = max(0, (ts - 1000 + 1) // 2)  # first i with 1000 + 2i >= ts
         assert (got.base_offset if got else None) == (first if first < N_BIG else None), ts

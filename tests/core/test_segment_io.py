@@ -207,8 +207,7 @@ def test_seek_against_full_scan(log_fd, interval, sealed):
             target = rng.randint(first_ts - 100, max_ts + 100)
         else:
             target = rng.randint(base - 5, last.last_offset + 5)
-        got = core.segment_seek(log_fd, oi, cur.entries, ti, cur.time_entries, base, by_time,
-                                target, end_pos)
+        got = core.segment_seek(log_fd, oi, ti, cur, base, by_time, target, end_pos)
         want = oracles.seek(infos, by_time, target, end_pos)
         assert got == (tuple(want) if want else None), (by_time, target, end_pos)
 
@@ -223,8 +222,7 @@ def test_seek_edges_by_hand(log_fd):
     size = len(buf)
 
     def seek(by_time, target, end=size):
-        got = core.segment_seek(log_fd, oi, cur.entries, ti, cur.time_entries, 10, by_time,
-                                target, end)
+        got = core.segment_seek(log_fd, oi, ti, cur, 10, by_time, target, end)
         return got and (got.base_offset, got.last_offset)
 
     assert seek(False, 0) == (10, 12)       # below the segment: its first batch
@@ -244,17 +242,20 @@ def test_seek_with_empty_indexes_scans_from_zero(log_fd):
     buf = _random_batches(rng, 50, 0)
     os.pwrite(log_fd, buf, 0)
     infos = oracles.batch_infos(buf)
-    oi, ti = core.Pinned(bytearray()), core.Pinned(bytearray())
+    oi, ti, cur = _indexes(0, 1)
     for target in range(0, infos[-1].last_offset + 2, 7):
-        got = core.segment_seek(log_fd, oi, 0, ti, 0, 0, False, target, len(buf))
+        got = core.segment_seek(log_fd, oi, ti, cur, 0, False, target, len(buf))
         want = oracles.seek(infos, False, target, len(buf))
         assert got == (tuple(want) if want else None)
 
 
-def test_seek_entry_counts_are_checked_against_buffers(log_fd):
-    with pytest.raises(ValueError):
-        core.segment_seek(log_fd, core.Pinned(bytearray(8)), 2, core.Pinned(bytearray(12)),
-                          1, 0, False, 0, 100)
+@pytest.mark.parametrize("field", ["entries", "time_entries"])
+def test_seek_refuses_a_cursor_claiming_more_entries_than_fit(log_fd, field):
+    oi, ti, cur = _indexes(1, 1)
+    setattr(cur, field, 2)
+    with pytest.raises(CoreError) as info:
+        core.segment_seek(log_fd, oi, ti, cur, 0, False, 0, 100)
+    assert core.is_code(info.value, "INVALID_ARG")
 
 
 def _damaged_segment(fd):
@@ -269,26 +270,26 @@ def _damaged_segment(fd):
 def test_seek_over_damaged_length_is_bad_length(log_fd, length):
     size = _damaged_segment(log_fd)
     os.pwrite(log_fd, struct.pack(">i", length), 5 * 71 + OFF_LENGTH)
-    empty = core.Pinned(bytearray())
+    empty, empty_time, none = _indexes(0, 1)
     for by_time in (False, True):
         with pytest.raises(CorruptRecordError) as info:
-            core.segment_seek(log_fd, empty, 0, empty, 0, 0, by_time, 7, size)
+            core.segment_seek(log_fd, empty, empty_time, none, 0, by_time, 7, size)
         assert core.is_code(info.value, "BAD_LENGTH")
         # a target before the damage is still found
-        got = core.segment_seek(log_fd, empty, 0, empty, 0, 0, by_time, 3, size)
+        got = core.segment_seek(log_fd, empty, empty_time, none, 0, by_time, 3, size)
         assert got.position == 3 * 71
 
 
 def test_seek_over_file_shorter_than_end_pos_is_truncated(log_fd):
     size = _damaged_segment(log_fd)
     os.ftruncate(log_fd, 5 * 71 + 20)  # batch 5 keeps 20 of its 43 seek-header bytes
-    empty = core.Pinned(bytearray())
+    empty, empty_time, none = _indexes(0, 1)
     with pytest.raises(CorruptRecordError) as info:
-        core.segment_seek(log_fd, empty, 0, empty, 0, 0, False, 7, size)
+        core.segment_seek(log_fd, empty, empty_time, none, 0, False, 7, size)
     assert core.is_code(info.value, "TRUNCATED")
     os.ftruncate(log_fd, 5 * 71)  # the file ends at a batch boundary
     with pytest.raises(CorruptRecordError) as info:
-        core.segment_seek(log_fd, empty, 0, empty, 0, 0, False, 7, size)
+        core.segment_seek(log_fd, empty, empty_time, none, 0, False, 7, size)
     assert core.is_code(info.value, "TRUNCATED")
 
 
@@ -297,14 +298,14 @@ def test_seek_over_huge_length_reads_as_end_of_range(log_fd):
     # by end_pos: not found, and no read past the range
     size = _damaged_segment(log_fd)
     os.pwrite(log_fd, struct.pack(">i", 2 ** 31 - 1), 5 * 71 + OFF_LENGTH)
-    empty = core.Pinned(bytearray())
-    assert core.segment_seek(log_fd, empty, 0, empty, 0, 0, False, 7, size) is None
+    empty, empty_time, none = _indexes(0, 1)
+    assert core.segment_seek(log_fd, empty, empty_time, none, 0, False, 7, size) is None
 
 
 def test_seek_on_bad_fd_is_io_error():
-    empty = core.Pinned(bytearray())
+    empty, empty_time, none = _indexes(0, 1)
     with pytest.raises(CoreIOError) as info:
-        core.segment_seek(10 ** 6, empty, 0, empty, 0, 0, False, 0, 1000)
+        core.segment_seek(10 ** 6, empty, empty_time, none, 0, False, 0, 1000)
     assert info.value.__cause__.errno == errno.EBADF
 
 
