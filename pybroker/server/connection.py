@@ -1,7 +1,9 @@
 """One client connection: frames in, responses out in request order.
 
 Reading: bytes are taken as they come; each complete frame is decoded and handed to
-its handler at once, so pipelined requests are processed back to back. The frame size
+its handler at once, so pipelined requests are processed back to back. Plain produce
+appends of such a run are written together at its end (handlers/append_batch.py)
+and their answers encoded then. The frame size
 is checked against socket.request.max.bytes from its 4-byte prefix, before any of the
 body is buffered. Writing: every request that expects a response gets a slot in a
 queue in request order; a handler answers at once or later (a fetch long-poll, an
@@ -28,6 +30,7 @@ from pybroker.errors import CoreError
 from pybroker.protocol import (ApiKey, DecodeError, FrameSizeError, UnknownApiKey,
                                UnsupportedVersion, decode_request, encode_api_versions_error,
                                encode_response, parse_frame_size)
+from pybroker.server.handlers.append_batch import AnswerAfterRun
 
 log = logging.getLogger("pybroker.server")
 
@@ -88,6 +91,7 @@ class Connection:
         self._reading = False
         self._writing = False
         self._dispatching = False       # inside a run of frames: send once, after it
+        self._late: list = []           # produce answers waiting for the run's appends
         self._draining = False          # shutting down: read no more requests
         self.closed = False
         self.requests = 0
@@ -142,10 +146,29 @@ class Connection:
         finally:
             self._dispatching = False
             view.release()
+            self._finish_run()
         self._pump()  # one send for all the responses of this run of pipelined frames
         if (len(self._slots) >= MAX_QUEUED_RESPONSES or
                 self._out_bytes >= MAX_BUFFERED_OUT):
             self._pause_reading()
+
+    def _finish_run(self) -> None:
+        """Write the run's pending produce appends, then encode the answers that waited
+        for their offsets."""
+        late, self._late = self._late, []
+        try:
+            self.worker.appends.apply()
+        except Exception as exc:  # noqa: BLE001 - one bad run must not kill the worker
+            log.exception("node=%d peer=%s produce appends failed", self.worker.node_id,
+                          self.peer)
+            self.close(CloseReason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        if self.closed:
+            return
+        answered = self.worker.stats.answered
+        for slot, correlation_id, version, response, started in late:
+            slot.chunks = encode_response(correlation_id, ApiKey.PRODUCE, version, response)
+            answered(ApiKey.PRODUCE, perf_counter() - started)
 
     # --- dispatch --------------------------------------------------------------------
 
@@ -176,6 +199,8 @@ class Connection:
             self.close(CloseReason.UNKNOWN_API, f"api {api_key} v{version} is not implemented "
                        "by this broker (see ApiVersions)")
             return
+        if api_key != ApiKey.PRODUCE and self.worker.appends:
+            self.worker.appends.apply()  # whatever this request reads includes them
         ctx = RequestContext(self.worker, self, version, header.get("client_id"))
         self.worker.stats.requests += 1
         try:
@@ -187,6 +212,11 @@ class Connection:
             return
         if result is None:
             return  # acks=0 produce: no response at all
+        if type(result) is AnswerAfterRun:
+            slot = _Slot()
+            self._slots.append(slot)
+            self._late.append((slot, correlation_id, version, result.response, started))
+            return
         if isinstance(result, asyncio.Future):
             slot = _Slot()
             self._slots.append(slot)

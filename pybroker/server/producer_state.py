@@ -52,6 +52,11 @@ class _Producer:
         self.batches: deque = deque(maxlen=WINDOW)  # (first_seq, last_seq, base, last)
 
 
+def is_idempotent(records) -> bool:
+    """True when the first batch carries a producer id (sequences to check)."""
+    return len(records) >= 61 and _PRODUCER_ID.unpack_from(records, 43)[0] >= 0
+
+
 def _header(records) -> tuple[int, int, int, int]:
     """(producer id, epoch, first sequence, record count) of the records of a request."""
     if len(records) < 61:
@@ -70,8 +75,8 @@ class ProducerStates:
 
     def append(self, tp, plog: PartitionLog, records) -> tuple[int, int, bool]:
         """Check sequences and append; (base offset, last offset, newly appended)."""
-        if len(records) < 61 or _PRODUCER_ID.unpack_from(records, 43)[0] < 0:
-            result = plog.append(records)  # not idempotent: nothing to check (hot path)
+        if not is_idempotent(records):
+            result = plog.append(records)  # nothing to check (hot path)
             return result.base_offset, result.last_offset, True
         pid, epoch, first_seq, count = _header(records)
         table = self._tables.setdefault(tp, {})

@@ -24,6 +24,7 @@ from pybroker.protocol import SUPPORTED
 from pybroker.server import controlblock
 from pybroker.server.connection import CloseReason, Connection
 from pybroker.server.handlers import HANDLERS
+from pybroker.server.handlers.append_batch import AppendBatch
 from pybroker.server.handlers.api_versions import advertised
 from pybroker.server.partitions import PartitionSet
 from pybroker.server.stats import WorkerStats
@@ -54,6 +55,7 @@ class Worker:
         self.api_versions = advertised(HANDLERS)
         self.supported = {k: SUPPORTED[k] for k in HANDLERS}  # what ApiVersions advertises
         self.stats = WorkerStats()
+        self.appends = AppendBatch(self)  # produce appends of the current run of frames
         self.cluster = ClusterState()
         self.connections: set[Connection] = set()
         self.stopping = False

@@ -15,6 +15,7 @@ import pytest
 
 from pybroker.protocol import ApiKey, decode_response
 from pybroker.records import build_batch, parse_batches, parse_records
+from pybroker.server.controlblock import ControlBlock
 from pybroker.testing.broker_plugin import RawClient
 
 NONE = 0
@@ -293,6 +294,82 @@ def test_fifty_pipelined_requests_answered_in_order(broker, topic):
                 assert p["base_offset"] == base, "appends happen in request order"
 
 
+def _send_run(c: RawClient, requests: list[tuple[dict, bool]]) -> list:
+    """Send produce requests (body, answered) in one write, so the broker reads them as
+    one run of frames; the partition answers of those answered, in order."""
+    wire, expected = bytearray(), []
+    for body, answered in requests:
+        cid, data = c.encode(ApiKey.PRODUCE, 7, body)
+        wire += data
+        if answered:
+            expected.append(cid)
+    c.send(bytes(wire))
+    answers = []
+    for cid in expected:
+        header, body = c.recv_response(ApiKey.PRODUCE, 7)
+        assert header["correlation_id"] == cid
+        answers.append(body["responses"][0]["partition_responses"][0])
+    return answers
+
+
+def _partition_row(broker, topic: str, partition: int, messages: int):
+    """The control block's row for topic/partition once it counts `messages` in."""
+    block = ControlBlock.in_dir(broker.data_dir)
+    try:
+        for _ in range(200):   # bounded: rows are published every 0.25 s
+            rows = [r for r in block.partitions()
+                    if (r.topic, r.partition) == (topic, partition)]
+            if rows and rows[0].messages_in == messages:
+                return rows[0]
+            time.sleep(0.05)
+        raise AssertionError(f"{topic}-{partition} never counted {messages} messages: {rows}")
+    finally:
+        block.close()
+
+
+def test_a_pipelined_run_of_produces_is_written_as_one_append(broker):
+    # flush.messages=1: every append is flushed, so the flush count counts appends
+    create_topic(broker, "coalesced", 1, {"flush.messages": 1})
+    values = [b"run-%d" % i for i in range(40)]
+    with client_for(broker, "coalesced", 0) as c:
+        answers = _send_run(c, [(produce_request("coalesced", {0: build_batch([v])}, acks=1),
+                                 True) for v in values])
+        assert [a["error_code"] for a in answers] == [NONE] * 40
+        assert [a["base_offset"] for a in answers] == list(range(40))
+        assert [r.value for r in records_of(fetch(c, "coalesced", 0, 0))] == values
+    row = _partition_row(broker, "coalesced", 0, 40)
+    # one recv() on loopback brings the whole 4 KB write; a split run still only adds one
+    assert row.flushes <= 4, f"{row.flushes} flushes for 40 requests: not coalesced"
+
+
+def test_a_pipelined_run_keeps_order_and_isolates_a_bad_request(broker):
+    create_topic(broker, "mixed-run", 1)
+    with client_for(broker, "mixed-run", 0) as c:
+        pid, epoch = init_producer_id(c)
+        corrupt = build_batch([b"bad"])
+        corrupt[-3] ^= 0xFF            # CRC-32C mismatch
+        plan = [  # (records, acks, values it adds to the log)
+            (build_batch([b"a"]), 1, [b"a"]),
+            (build_batch([b"b1", b"b2"]) + build_batch([b"b3"]), 1, [b"b1", b"b2", b"b3"]),
+            (corrupt, 1, []),
+            (idempotent_batch(pid, epoch, 0, [b"idem"]), 1, [b"idem"]),  # appended at once
+            (build_batch([b"c"]), 0, [b"c"]),                            # no answer
+            (build_batch([b"d"]), -1, [b"d"]),                           # waits for a flush
+            (build_batch([b"e"]), 1, [b"e"]),
+        ]
+        answers = _send_run(c, [(produce_request("mixed-run", {0: records}, acks=acks),
+                                 acks != 0) for records, acks, _ in plan])
+        want, offset = [], 0
+        for records, acks, added in plan:
+            if acks != 0:
+                want.append((NONE, offset) if added else (CORRUPT_MESSAGE, -1))
+            offset += len(added)
+        assert [(a["error_code"], a["base_offset"]) for a in answers] == want
+        values = [r.value for r in records_of(fetch(c, "mixed-run", 0, 0))]
+        assert values == [v for _, _, added in plan for v in added]
+    assert broker.wait_log(lambda line: "tp=mixed-run-0 rejected batch" in line)
+
+
 def test_acks_zero_produce_gets_no_response_but_is_appended(broker, topic):
     with client_for(broker, topic, 0) as c:
         _cid, wire = c.encode(ApiKey.PRODUCE, 7, produce_request(
@@ -440,13 +517,15 @@ def test_fetch_below_the_log_start_is_out_of_range(broker_factory):
             # a current timestamp: time retention (7 days) must not be what deletes
             batch = build_batch([b"r%02d" % i + b"." * 20], timestamps=[now_ms()])
             assert produce(c, "retained", 0, batch)["error_code"] == NONE
-        start = 0
-        for _ in range(200):   # bounded: retention has run within 200 polls of 50 ms
-            start = list_offset(c, "retained", 0, EARLIEST)["offset"]
-            if start > 0:
+        start, seen = 0, []
+        for _ in range(200):   # bounded: 200 polls of 100 ms
+            seen.append(list_offset(c, "retained", 0, EARLIEST)["offset"])
+            # settled: the same start over 0.3 s (six retention runs) after it moved
+            if seen[-1] > 0 and len(seen) >= 4 and len(set(seen[-4:])) == 1:
+                start = seen[-1]
                 break
-            time.sleep(0.05)
-        assert start > 0, "retention never advanced the log start offset"
+            time.sleep(0.1)
+        assert start > 0, f"retention never settled the log start offset: {seen}"
         assert fetch(c, "retained", 0, start - 1)["error_code"] == OFFSET_OUT_OF_RANGE
         answer = fetch(c, "retained", 0, start)
         assert answer["error_code"] == NONE and answer["log_start_offset"] == start

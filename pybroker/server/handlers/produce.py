@@ -4,73 +4,54 @@ Each partition's records are validated whole (magic 2, CRC-32C, sizes, record co
 before any byte of them is appended; a bad partition gets its error code and the other
 partitions of the request are appended as usual. acks=0: no response; acks=1: answer
 after the append; acks=-1: answer once the flush that makes the batches durable has
-happened (group commit, P5).
+happened (group commit, P5). Plain appends with acks 0 or 1 wait for the end of the
+connection's run of pipelined frames, to be written with the run's others for the same
+partition (append_batch.py).
 """
 from __future__ import annotations
 
 import asyncio
 
-from pybroker.errors import CorruptRecordError, MessageTooLarge
 from pybroker.protocol import ErrorCode
+from pybroker.server.handlers.append_batch import AnswerAfterRun, append_one, partition_result
 from pybroker.server.handlers.common import partition_error
-from pybroker.server.producer_state import SequenceError
-
-
-def _append(worker, tp, records, durable: list) -> dict:
-    result = {"index": tp[1], "error_code": ErrorCode.NONE, "base_offset": -1,
-              "log_append_time_ms": -1, "log_start_offset": -1}
-    plog = worker.partitions.logs.get(tp)
-    if plog is None:
-        result["error_code"] = partition_error(worker, *tp)
-        return result
-    if records is None or len(records) == 0:
-        result["error_code"] = ErrorCode.INVALID_RECORD
-        return result
-    try:
-        base, last, appended = worker.producers.append(tp, plog, records)
-    except CorruptRecordError as exc:
-        worker.log_bad_input(tp, exc)
-        result["error_code"] = ErrorCode.CORRUPT_MESSAGE
-        return result
-    except MessageTooLarge as exc:
-        worker.log_bad_input(tp, exc)
-        result["error_code"] = ErrorCode.MESSAGE_TOO_LARGE
-        return result
-    except SequenceError as exc:
-        result["error_code"] = exc.error_code
-        return result
-    except OSError as exc:  # CoreIOError from the write, or the index reservation
-        worker.log_storage_error(tp, exc)
-        result["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
-        return result
-    if appended:
-        worker.partitions.appended(tp)
-        worker.stats.produced(tp, last - base + 1, len(records))
-    result["base_offset"] = base
-    result["log_start_offset"] = plog.log_start_offset
-    durable.append((plog, last))
-    return result
 
 
 def handle(ctx, request):
     worker = ctx.worker
     acks = request["acks"]
-    durable: list = []
+    batch = worker.appends if acks != -1 else None
+    durable: list | None = [] if acks == -1 else None
+    deferred = False
     responses = []
     for topic in request["topic_data"]:
         name = topic["name"]
         parts = []
         for pd in topic["partition_data"]:
+            result = partition_result(pd["index"])
+            parts.append(result)
             if request["transactional_id"] is not None:
-                parts.append({"index": pd["index"], "base_offset": -1, "log_append_time_ms": -1,
-                              "log_start_offset": -1,
-                              "error_code": ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED})
+                result["error_code"] = ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
                 continue
-            parts.append(_append(worker, (name, pd["index"]), pd["records"], durable))
+            tp = (name, pd["index"])
+            plog = worker.partitions.logs.get(tp)
+            records = pd["records"]
+            if plog is None:
+                result["error_code"] = partition_error(worker, *tp)
+            elif records is None or len(records) == 0:
+                result["error_code"] = ErrorCode.INVALID_RECORD
+            elif batch is not None and batch.can_defer(records):
+                batch.add(tp, plog, records, result)
+                deferred = True
+            else:
+                worker.appends.apply_partition(tp)  # keep arrival order in the partition
+                append_one(worker, tp, plog, records, result, durable)
         responses.append({"name": name, "partition_responses": parts})
     if acks == 0:
         return None
     response = {"responses": responses, "throttle_time_ms": 0}
+    if deferred:
+        return AnswerAfterRun(response)
     if acks == 1 or not durable:
         return response
     return _when_all_durable(worker.loop, durable, response)
