@@ -24,6 +24,7 @@ CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
 MESSAGE_TOO_LARGE = 10
+INVALID_REQUIRED_ACKS = 21
 INVALID_TOPIC_EXCEPTION = 17
 UNSUPPORTED_VERSION = 35
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
@@ -473,6 +474,15 @@ def test_batch_over_message_max_bytes_is_refused(broker, topic):
         assert produce(c, topic, 0, big)["error_code"] == MESSAGE_TOO_LARGE
         assert produce(c, topic, 0, build_batch([b"small"]))["error_code"] == NONE
         assert [r.value for r in records_of(fetch(c, topic, 0, 0))] == [b"small"]
+
+
+@pytest.mark.parametrize("acks", [2, -2])
+def test_produce_with_acks_outside_0_1_all_is_refused(broker, topic, acks):
+    with client_for(broker, topic, 0) as c:
+        answer = produce(c, topic, 0, build_batch([b"never"]), acks=acks)
+        assert answer["error_code"] == INVALID_REQUIRED_ACKS and answer["base_offset"] == -1
+        assert _log_end(c, topic, 0) == 0
+        assert produce(c, topic, 0, build_batch([b"fine"]), acks=1)["base_offset"] == 0
 
 
 def test_produce_to_unknown_topic_or_partition(broker, topic):

@@ -17,6 +17,9 @@ from pybroker.server.handlers.append_batch import AnswerAfterRun, append_one, pa
 from pybroker.server.handlers.common import partition_error
 
 
+VALID_ACKS = (1, -1, 0)  # anything else: INVALID_REQUIRED_ACKS, nothing appended
+
+
 def handle(ctx, request):
     worker = ctx.worker
     acks = request["acks"]
@@ -32,6 +35,9 @@ def handle(ctx, request):
             parts.append(result)
             if request["transactional_id"] is not None:
                 result["error_code"] = ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                continue
+            if acks not in VALID_ACKS:
+                result["error_code"] = ErrorCode.INVALID_REQUIRED_ACKS
                 continue
             tp = (name, pd["index"])
             plog = worker.partitions.logs.get(tp)
