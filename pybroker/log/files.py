@@ -52,12 +52,15 @@ def list_base_offsets(directory: str) -> list[int]:
     return sorted(b for b in found if b is not None)
 
 
-def fdatasync(fd: int, path: str) -> None:
-    """fdatasync(fd), reporting the synced size to the power-loss test hook if set."""
+def fdatasync(fd: int, path: str, covers: int | None = None) -> None:
+    """fdatasync(fd), reporting the synced size to the power-loss test hook if set: the
+    file's size, or `covers` when appends may run during the sync (a flush off the event
+    loop) and only the bytes below it count as synced."""
     os.fdatasync(fd)
     if _sync_log_path:
+        size = os.fstat(fd).st_size if covers is None else covers
         with open(_sync_log_path, "a", encoding="utf-8") as f:
-            f.write(f"{path} {os.fstat(fd).st_size}\n")
+            f.write(f"{path} {size}\n")
 
 
 def fsync_dir(directory: str) -> None:

@@ -59,6 +59,35 @@ class FileSlice(NamedTuple):
         return os.pread(self.file.fd, self.length, self.position)
 
 
+class FlushTicket:
+    """A group commit under way off the owner's thread (PartitionLog.begin_flush): an
+    fdatasync of the active segment through a duplicate of its fd, so closing the
+    segment meanwhile neither breaks the sync nor lets it reach a reused fd. It covers
+    the offsets below `offset`, the bytes below `position`."""
+
+    __slots__ = ("fd", "path", "offset", "position", "messages", "first_unflushed_ms",
+                 "seconds")
+
+    def __init__(self, fd: int, path: str, offset: int, position: int, messages: int,
+                 first_unflushed_ms: int | None):
+        self.fd = fd
+        self.path = path
+        self.offset = offset
+        self.position = position
+        self.messages = messages                      # to count again if the sync fails
+        self.first_unflushed_ms = first_unflushed_ms
+        self.seconds = 0.0
+
+    def sync(self) -> None:
+        """fdatasync and release the fd; safe on any thread, once."""
+        started = time.perf_counter()
+        try:
+            files.fdatasync(self.fd, self.path, self.position)
+        finally:
+            os.close(self.fd)
+        self.seconds = time.perf_counter() - started
+
+
 class PartitionLog:
     def __init__(self, directory: str, config: LogConfig | None = None, *,
                  name: str | None = None, clock: Callable[[], float] = time.time,
@@ -82,6 +111,7 @@ class PartitionLog:
         self._on_flush = on_flush            # called with the new high watermark
         self.flush_count = 0                 # fdatasyncs done (group commits)
         self.last_flush_seconds = 0.0        # how long the last fdatasync took
+        self._flush_ticket: FlushTicket | None = None  # a flush under way off-thread
         self.closed = False
         os.makedirs(directory, exist_ok=True)
         self._open()
@@ -270,16 +300,62 @@ class PartitionLog:
         active = self._segments[-1]
         started = time.perf_counter()
         active.flush()
-        self.last_flush_seconds = time.perf_counter() - started
-        self._hw = self._next_offset
-        self._hw_position = active.size
         self._unflushed_messages = 0
         self._first_unflushed_ms = None
+        self._advance_hw(self._next_offset, active.size, time.perf_counter() - started)
+        return self._hw
+
+    def begin_flush(self) -> FlushTicket | None:
+        """Start a group commit of everything appended so far without waiting for it: the
+        caller runs `ticket.sync()` (on another thread: the event loop keeps serving
+        during the fdatasync), then `end_flush(ticket, error)` back on the owner's thread.
+        Appends made meanwhile wait for the next flush. None when nothing is unflushed
+        or a ticket is already out."""
+        self._check_open()
+        if self._hw == self._next_offset or self._flush_ticket is not None:
+            return None
+        active = self._segments[-1]
+        ticket = FlushTicket(os.dup(active.file.fd), active.log_path, self._next_offset,
+                             active.size, self._unflushed_messages, self._first_unflushed_ms)
+        self._flush_ticket = ticket
+        self._unflushed_messages = 0
+        self._first_unflushed_ms = None
+        return ticket
+
+    def end_flush(self, ticket: FlushTicket, error: BaseException | None = None) -> bool:
+        """Finish a ticket of begin_flush: advance the high watermark to what it made
+        durable, or, when its sync failed (error), count its appends as unflushed again
+        so the flush policy retries them. True if the high watermark moved."""
+        if self._flush_ticket is ticket:
+            self._flush_ticket = None
+        if self.closed:
+            return False  # close() flushed everything itself
+        if error is not None:
+            self._unflushed_messages += ticket.messages
+            first, now = ticket.first_unflushed_ms, self._first_unflushed_ms
+            if first is not None:
+                self._first_unflushed_ms = first if now is None else min(first, now)
+            return False
+        if ticket.offset <= self._hw:
+            return False  # a synchronous flush (roll, flush.messages) overtook it
+        # Only a synchronous flush changes the active segment (roll flushes first), and
+        # none has run since begin_flush: the ticket's position is in the active segment.
+        self._advance_hw(ticket.offset, ticket.position, ticket.seconds)
+        return True
+
+    @property
+    def flushing(self) -> bool:
+        """A begin_flush ticket is out."""
+        return self._flush_ticket is not None
+
+    def _advance_hw(self, offset: int, position: int, seconds: float) -> None:
+        self.last_flush_seconds = seconds
+        self._hw = offset
+        self._hw_position = position
         self.flush_count += 1
         self._wake_durable_waiters()
         if self._on_flush is not None:
             self._on_flush(self._hw)
-        return self._hw
 
     def reconfigure(self, config: LogConfig) -> None:
         """Apply new settings (a topic config change) from the next operation on; the

@@ -1,9 +1,15 @@
 """The partitions one worker owns: their logs, the flush timer, retention, and the
 wake-ups of fetches waiting for data.
 
-Owned by the worker's event loop; not thread-safe. A partition is owned here exactly
-when the ZooKeeper assignment names this node as its leader; its directory is
-`<data-dir>/<topic>-<partition>`.
+Owned by the worker's event loop; not thread-safe. The time-based flushes (flush.ms)
+run their fdatasync on one flusher thread, so a slow disk stalls neither the other
+partitions nor the connections: the log's high watermark moves, and acks=all answers
+and waiting fetches are woken, back on the loop when the sync has returned
+(PartitionLog.begin_flush / end_flush). A failed sync is logged and retried after
+FLUSH_RETRY_MS; nothing it covered becomes visible meanwhile.
+
+A partition is owned here exactly when the ZooKeeper assignment names this node as its
+leader; its directory is `<data-dir>/<topic>-<partition>`.
 """
 from __future__ import annotations
 
@@ -13,11 +19,14 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from pybroker.config import BrokerConfig
 from pybroker.coord.registry import ClusterState
 from pybroker.log import PartitionLog
 from pybroker.server.producer_state import ProducerStates
+
+FLUSH_RETRY_MS = 100  # after a failed fdatasync (EIO, a full disk's metadata)
 
 log = logging.getLogger("pybroker.server")
 
@@ -50,6 +59,8 @@ class PartitionSet:
         self.producers = ProducerStates()
         self._dirty: set[tuple[str, int]] = set()     # logs with unflushed appends
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_timer_ms = 0                       # when the armed timer fires
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix=f"flusher-{node_id}")
         self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
         self._retention_task = None
 
@@ -105,6 +116,7 @@ class PartitionSet:
             self._flush_timer.cancel()
         for tp in list(self.logs):
             self._close(tp, delete=False)
+        self._flusher.shutdown(wait=True)  # a sync under way ends; its log has flushed
 
     def flush_all(self) -> None:
         """Flush every log now and wake every waiting fetch (shutdown)."""
@@ -137,8 +149,11 @@ class PartitionSet:
 
     def _arm_flush_timer(self, deadline_ms: int) -> None:
         if self._flush_timer is not None:
-            return
+            if self._flush_timer_ms <= deadline_ms:
+                return
+            self._flush_timer.cancel()  # an earlier deadline (a retry, a flush ended)
         delay = max(0.0, deadline_ms / 1000 - time.time())
+        self._flush_timer_ms = deadline_ms
         self._flush_timer = self.loop.call_later(delay, self._on_flush_timer)
 
     def _on_flush_timer(self) -> None:
@@ -147,17 +162,38 @@ class PartitionSet:
         next_deadline = None
         for tp in list(self._dirty):
             plog = self.logs.get(tp)
-            if plog is None:
-                self._dirty.discard(tp)
-                continue
-            plog.maybe_flush(now)
-            deadline = plog.flush_deadline_ms()
-            if deadline is None:
-                self._dirty.discard(tp)
+            deadline = None if plog is None else plog.flush_deadline_ms()
+            if deadline is not None and now >= deadline:
+                self._start_flush(tp, plog)
+                deadline = plog.flush_deadline_ms()
+            if deadline is None or plog.flushing:
+                self._dirty.discard(tp)  # nothing due, or the ticket's end looks again
             else:
                 next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
         if next_deadline is not None:
             self._arm_flush_timer(next_deadline)
+
+    def _start_flush(self, tp: tuple[str, int], plog: PartitionLog) -> None:
+        ticket = plog.begin_flush()
+        if ticket is None:
+            return
+        synced = self.loop.run_in_executor(self._flusher, ticket.sync)
+        synced.add_done_callback(lambda fut: self._end_flush(tp, plog, ticket, fut))
+
+    def _end_flush(self, tp, plog: PartitionLog, ticket, fut: asyncio.Future) -> None:
+        error = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        if error is not None and not plog.closed:
+            log.error("node=%d tp=%s-%d fdatasync of %s failed: %s; retrying in %d ms",
+                      self.node_id, tp[0], tp[1], ticket.path, error, FLUSH_RETRY_MS)
+        plog.end_flush(ticket, error)  # on success: the high watermark, acks=all, fetches
+        if plog.closed or self.logs.get(tp) is not plog:
+            return
+        deadline = plog.flush_deadline_ms()
+        if deadline is not None:  # appends came during the sync, or it failed
+            if error is not None:
+                deadline = max(deadline, int(time.time() * 1000) + FLUSH_RETRY_MS)
+            self._dirty.add(tp)
+            self._arm_flush_timer(deadline)
 
     # --- waiting for data (fetch long-poll) ------------------------------------------
 

@@ -8,6 +8,7 @@ checks the log's offsets and segment table. A "crash" drops the log without clos
 keep them all; sometimes the recovery point is also rewound to 0 so recovery scans
 every segment.
 """
+import os
 import shutil
 import tempfile
 
@@ -46,6 +47,7 @@ class LogMachine(RuleBasedStateMachine):
         return PartitionLog(self.dir, self.config, name="prop-0", clock=self.clock)
 
     def teardown(self):
+        self._drop_ticket()
         if getattr(self, "log", None) is not None:
             event(f"segments at the end: {min(len(self.model.segments), 5)}+")
             if not self.log.closed:
@@ -88,6 +90,33 @@ class LogMachine(RuleBasedStateMachine):
     def flush(self):
         self.model.flush()
         assert self.log.flush() == self.model.hw
+
+    @rule()
+    def begin_flush(self):
+        ticket, expected = self.log.begin_flush(), self.model.begin_flush()
+        assert (ticket is None) == (expected is None)
+        if ticket is not None:
+            assert ticket.offset == expected[0]
+            self.ticket = ticket
+
+    @rule(failed=st.booleans())
+    def end_flush(self, failed):
+        ticket, self.ticket = getattr(self, "ticket", None), None
+        if ticket is None:
+            return
+        if failed:  # as if the fdatasync had failed: nothing may become visible
+            os.close(ticket.fd)
+            error = OSError(5, "Input/output error")
+        else:
+            ticket.sync()
+            error = None
+        event(f"end_flush: {'failed' if failed else 'synced'}")
+        assert self.log.end_flush(ticket, error) == self.model.end_flush(failed)
+
+    def _drop_ticket(self):
+        ticket, self.ticket = getattr(self, "ticket", None), None
+        if ticket is not None:
+            os.close(ticket.fd)
 
     @rule()
     def roll(self):
@@ -135,12 +164,17 @@ class LogMachine(RuleBasedStateMachine):
 
     @rule()
     def close_and_reopen(self):
+        ticket, self.ticket = getattr(self, "ticket", None), None
         self.log.close()
+        if ticket is not None:  # close flushed everything: the ticket's end changes nothing
+            ticket.sync()
+            assert self.log.end_flush(ticket) is False
         self.model.reopen()
         self.log = self._open()
 
     @rule(rewind=st.booleans())
     def crash_and_reopen(self, rewind):
+        self._drop_ticket()
         abandon(self.log)
         if rewind:
             make_unclean(self.dir, recovery_point=0)

@@ -341,6 +341,55 @@ def test_flush_ms_zero_flushes_every_append(log_dir):
     log.close()
 
 
+def test_a_flush_begun_off_thread_covers_the_log_end_of_its_start(log_dir):
+    clock = FakeClock(10_000)
+    log = open_log(log_dir, clock=clock, flush_messages=10**9, flush_ms=10)
+    assert log.begin_flush() is None               # nothing unflushed
+    append_values(log, 2)
+    woken = []
+    log.when_durable(1, woken.append)
+    ticket = log.begin_flush()
+    assert ticket.offset == 2 and log.flushing and log.begin_flush() is None
+    assert log.flush_deadline_ms() is None         # the ticket took the pending appends
+    append_values(log, 1)                          # during the sync: the next flush's
+    ticket.sync()
+    assert log.high_watermark == 0 and woken == []  # visible only once ended
+    assert log.end_flush(ticket) is True
+    assert (log.high_watermark, log.flush_count, woken) == (2, 1, [2])
+    got = log.read(0, 1 << 20)
+    assert (got.base_offset, got.length) == (0, 2 * len(batch_for(0)))  # the two flushed
+    assert log.read(2, 1 << 20) is None            # offset 2 still waits for a flush
+    assert log.flush_deadline_ms() == 10_010 and not log.flushing
+    log.close()
+
+
+def test_a_failed_off_thread_flush_makes_nothing_visible_and_is_retried(log_dir):
+    clock = FakeClock(10_000)
+    log = open_log(log_dir, clock=clock, flush_messages=3, flush_ms=10)
+    append_values(log, 2)
+    ticket = log.begin_flush()
+    os.close(ticket.fd)                            # as if the fdatasync had failed
+    clock.ms = 10_004
+    append_values(log, 1)
+    assert log.end_flush(ticket, OSError(5, "Input/output error")) is False
+    assert log.high_watermark == 0
+    assert log.flush_deadline_ms() == 10_010       # the failed ticket's appends count again
+    append_values(log, 1)                          # 2 + 1 + 1 >= flush_messages=3
+    assert log.high_watermark == 4
+    log.close()
+
+
+def test_a_flush_ticket_outlives_its_log(log_dir):
+    log = open_log(log_dir)
+    append_values(log, 3)
+    ticket = log.begin_flush()
+    log.flush()                                    # a synchronous flush overtakes it
+    log.close()                                    # and the segment's fd is closed
+    ticket.sync()                                  # its own fd still works
+    assert log.end_flush(ticket) is False
+    assert log.high_watermark == 3
+
+
 def test_flush_without_new_data_does_not_sync(log_dir):
     log = open_log(log_dir)
     append_values(log, 1)
