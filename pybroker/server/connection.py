@@ -23,6 +23,7 @@ import enum
 import logging
 import socket
 from collections import deque
+from functools import partial
 from time import perf_counter
 
 from pybroker import core
@@ -92,6 +93,7 @@ class Connection:
         self._writing = False
         self._dispatching = False       # inside a run of frames: send once, after it
         self._late: list = []           # produce answers waiting for the run's appends
+        self._pump_soon = False         # a _pump is scheduled for deferred answers
         self._draining = False          # shutting down: read no more requests
         self.closed = False
         self.requests = 0
@@ -144,17 +146,17 @@ class Connection:
             self.close(CloseReason.FRAME_TOO_LARGE, str(exc))
             return
         finally:
-            self._dispatching = False
             view.release()
             self._finish_run()
+            self._dispatching = False
         self._pump()  # one send for all the responses of this run of pipelined frames
         if (len(self._slots) >= MAX_QUEUED_RESPONSES or
                 self._out_bytes >= MAX_BUFFERED_OUT):
             self._pause_reading()
 
     def _finish_run(self) -> None:
-        """Write the run's pending produce appends, then encode the answers that waited
-        for their offsets."""
+        """Write the run's pending produce appends, then answer the produce requests that
+        waited for their offsets (acks=all: once flushed)."""
         late, self._late = self._late, []
         try:
             self.worker.appends.apply()
@@ -163,12 +165,18 @@ class Connection:
                           self.peer)
             self.close(CloseReason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
             return
+        for slot, correlation_id, version, answer, started in late:
+            answer.when_ready(partial(self._answer_produce, slot, correlation_id, version,
+                                      started))
+
+    def _answer_produce(self, slot: _Slot, correlation_id: int, version: int,
+                        started: float, response: dict) -> None:
         if self.closed:
             return
-        answered = self.worker.stats.answered
-        for slot, correlation_id, version, response, started in late:
-            slot.chunks = encode_response(correlation_id, ApiKey.PRODUCE, version, response)
-            answered(ApiKey.PRODUCE, perf_counter() - started)
+        slot.chunks = encode_response(correlation_id, ApiKey.PRODUCE, version, response)
+        self.worker.stats.answered(ApiKey.PRODUCE, perf_counter() - started)
+        if not self._dispatching:  # answered by a flush, not at the end of the run
+            self._pump_soon_once()
 
     # --- dispatch --------------------------------------------------------------------
 
@@ -215,7 +223,7 @@ class Connection:
         if type(result) is AnswerAfterRun:
             slot = _Slot()
             self._slots.append(slot)
-            self._late.append((slot, correlation_id, version, result.response, started))
+            self._late.append((slot, correlation_id, version, result, started))
             return
         if isinstance(result, asyncio.Future):
             slot = _Slot()
@@ -239,7 +247,18 @@ class Connection:
             return
         slot.chunks = encode_response(correlation_id, api_key, version, fut.result())
         self.worker.stats.answered(api_key, perf_counter() - started)
-        self._pump()
+        self._pump_soon_once()
+
+    def _pump_soon_once(self) -> None:
+        """Send soon: a flush completes many waiting answers at once, one send for all."""
+        if not self._pump_soon:
+            self._pump_soon = True
+            self.loop.call_soon(self._pump_now)
+
+    def _pump_now(self) -> None:
+        self._pump_soon = False
+        if not self.closed:
+            self._pump()
 
     # --- writing ---------------------------------------------------------------------
 

@@ -328,17 +328,19 @@ def _partition_row(broker, topic: str, partition: int, messages: int):
         block.close()
 
 
-def test_a_pipelined_run_of_produces_is_written_as_one_append(broker):
+@pytest.mark.parametrize("acks", [1, -1])
+def test_a_pipelined_run_of_produces_is_written_as_one_append(broker, acks):
     # flush.messages=1: every append is flushed, so the flush count counts appends
-    create_topic(broker, "coalesced", 1, {"flush.messages": 1})
+    name = f"coalesced{acks}"
+    create_topic(broker, name, 1, {"flush.messages": 1})
     values = [b"run-%d" % i for i in range(40)]
-    with client_for(broker, "coalesced", 0) as c:
-        answers = _send_run(c, [(produce_request("coalesced", {0: build_batch([v])}, acks=1),
+    with client_for(broker, name, 0) as c:
+        answers = _send_run(c, [(produce_request(name, {0: build_batch([v])}, acks=acks),
                                  True) for v in values])
         assert [a["error_code"] for a in answers] == [NONE] * 40
         assert [a["base_offset"] for a in answers] == list(range(40))
-        assert [r.value for r in records_of(fetch(c, "coalesced", 0, 0))] == values
-    row = _partition_row(broker, "coalesced", 0, 40)
+        assert [r.value for r in records_of(fetch(c, name, 0, 0))] == values
+    row = _partition_row(broker, name, 0, 40)
     # one recv() on loopback brings the whole 4 KB write; a split run still only adds one
     assert row.flushes <= 4, f"{row.flushes} flushes for 40 requests: not coalesced"
 

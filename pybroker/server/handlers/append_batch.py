@@ -6,12 +6,13 @@ flight, one recv() brings dozens. Appending each alone costs a pwrite and an ind
 update apiece (about 5 us); appending the run's records for a partition as one buffer
 costs under 1 us a request. So the Produce handler (produce.py), while its connection is inside a
 run of frames, hands plain (non-idempotent) appends to the worker's AppendBatch and
-answers after the run; the connection calls `apply()` before it encodes those answers.
+answers after the run; the connection calls `apply()` before it takes those answers.
 
 Invariants:
 - Order within a partition is arrival order: anything that must append at once (an
-  idempotent batch, acks=all) or look at a log (any other request) first applies what
-  is pending (`apply_partition`, `apply`).
+  idempotent batch) or look at a log (any other request) first applies what is
+  pending (`apply_partition`, `apply`).
+- acks=all answers wait, after the run, for the flush of the run's appends.
 - A joined append is all or nothing (PartitionLog.append). When it fails on bad input,
   each request is appended alone, so only the bad request gets the error.
 - Nothing is pending between runs: the connection applies at the end of every run,
@@ -66,13 +67,31 @@ def append_one(worker, tp, plog, records, result: dict, durable: list | None) ->
 
 
 class AnswerAfterRun:
-    """A handler's response whose offsets are filled in when the run's appends are
-    applied: the connection encodes it after `AppendBatch.apply()`."""
+    """A Produce response whose offsets are filled in when the run's appends are
+    applied: the connection then calls `when_ready`."""
 
-    __slots__ = ("response",)
+    __slots__ = ("response", "durable")
 
-    def __init__(self, response: dict):
+    def __init__(self, response: dict, durable: list | None):
         self.response = response
+        self.durable = durable  # acks=all: (log, last offset) to wait for, once applied
+
+    def when_ready(self, callback) -> None:
+        """callback(response) now, or for acks=all once every log in durable has flushed
+        its offset (at once if it already has)."""
+        durable = self.durable
+        if not durable:
+            callback(self.response)
+            return
+        remaining = [len(durable)]
+
+        def one_done(_hw):
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                callback(self.response)
+
+        for plog, last in durable:
+            plog.when_durable(last, one_done)
 
 
 class AppendBatch:
@@ -85,12 +104,15 @@ class AppendBatch:
     def can_defer(self, records) -> bool:
         return not is_idempotent(records)
 
-    def add(self, tp, plog, records, result: dict) -> None:
+    def add(self, tp, plog, records, result: dict, durable: list | None) -> None:
+        """Append records to tp at the end of the run, filling result; with durable
+        (acks=all), add (log, last offset) to it then."""
+        entry = (plog, records, result, durable)
         entries = self._pending.get(tp)
         if entries is None:
-            self._pending[tp] = [(plog, records, result)]
+            self._pending[tp] = [entry]
         else:
-            entries.append((plog, records, result))
+            entries.append(entry)
 
     def __bool__(self) -> bool:
         return bool(self._pending)
@@ -108,25 +130,24 @@ class AppendBatch:
     def _apply(self, tp, entries: list) -> None:
         worker = self.worker
         if len(entries) == 1:
-            plog, records, result = entries[0]
-            append_one(worker, tp, plog, records, result, None)
+            append_one(worker, tp, *entries[0])
             return
         plog = entries[0][0]
-        joined = bytearray().join(records for _, records, _ in entries)
+        joined = bytearray().join(entry[1] for entry in entries)
         try:
             appended = plog.append(joined)
         except (CorruptRecordError, MessageTooLarge):  # nothing written: find the culprit
-            for plog, records, result in entries:
-                append_one(worker, tp, plog, records, result, None)
+            for entry in entries:
+                append_one(worker, tp, *entry)
             return
         except LogClosedError:
-            for _, _, result in entries:
-                result["error_code"] = partition_error(worker, *tp)
+            for entry in entries:
+                entry[2]["error_code"] = partition_error(worker, *tp)
             return
         except OSError as exc:
             worker.log_storage_error(tp, exc)
-            for _, _, result in entries:
-                result["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
+            for entry in entries:
+                entry[2]["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
             return
         worker.partitions.appended(tp)
         worker.stats.produced(tp, appended.last_offset - appended.base_offset + 1,
@@ -134,8 +155,11 @@ class AppendBatch:
         start = plog.log_start_offset
         position = 0
         from_bytes = int.from_bytes
-        for _, records, result in entries:
+        last = appended.last_offset  # all of the run's appends become durable together
+        for _, records, result, durable in entries:
             result["base_offset"] = from_bytes(
                 joined[position:position + _BASE_OFFSET_BYTES], "big", signed=True)
             result["log_start_offset"] = start
             position += len(records)
+            if durable is not None:
+                durable.append((plog, last))

@@ -4,13 +4,11 @@ Each partition's records are validated whole (magic 2, CRC-32C, sizes, record co
 before any byte of them is appended; a bad partition gets its error code and the other
 partitions of the request are appended as usual. acks=0: no response; acks=1: answer
 after the append; acks=-1: answer once the flush that makes the batches durable has
-happened (group commit, P5). Plain appends with acks 0 or 1 wait for the end of the
+happened (group commit, P5). Plain (non-idempotent) appends wait for the end of the
 connection's run of pipelined frames, to be written with the run's others for the same
 partition (append_batch.py).
 """
 from __future__ import annotations
-
-import asyncio
 
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.append_batch import AnswerAfterRun, append_one, partition_result
@@ -23,9 +21,8 @@ VALID_ACKS = (1, -1, 0)  # anything else: INVALID_REQUIRED_ACKS, nothing appende
 def handle(ctx, request):
     worker = ctx.worker
     acks = request["acks"]
-    batch = worker.appends if acks != -1 else None
+    batch = worker.appends
     durable: list | None = [] if acks == -1 else None
-    deferred = False
     responses = []
     for topic in request["topic_data"]:
         name = topic["name"]
@@ -46,35 +43,16 @@ def handle(ctx, request):
                 result["error_code"] = partition_error(worker, *tp)
             elif records is None or len(records) == 0:
                 result["error_code"] = ErrorCode.INVALID_RECORD
-            elif batch is not None and batch.can_defer(records):
-                batch.add(tp, plog, records, result)
-                deferred = True
+            elif batch.can_defer(records):
+                batch.add(tp, plog, records, result, durable)
             else:
-                worker.appends.apply_partition(tp)  # keep arrival order in the partition
+                batch.apply_partition(tp)  # keep arrival order in the partition
                 append_one(worker, tp, plog, records, result, durable)
         responses.append({"name": name, "partition_responses": parts})
     if acks == 0:
         return None
     response = {"responses": responses, "throttle_time_ms": 0}
-    if deferred:
-        return AnswerAfterRun(response)
-    if acks == 1 or not durable:
-        return response
-    return _when_all_durable(worker.loop, durable, response)
-
-
-def _when_all_durable(loop, durable: list, response: dict) -> asyncio.Future:
-    fut = loop.create_future()
-    remaining = [len(durable)]
-
-    def one_done(_hw):
-        remaining[0] -= 1
-        if remaining[0] == 0 and not fut.done():
-            fut.set_result(response)
-
-    for plog, last in durable:
-        plog.when_durable(last, one_done)
-    return fut
+    return AnswerAfterRun(response, durable)  # answered after the run's appends
 
 
 def handle_init_producer_id(ctx, request) -> dict:
