@@ -90,8 +90,9 @@ def raise_fd_limit(wanted: int) -> None:
     if soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < wanted:
-        pytest.skip(f"cannot raise the open-file limit to {wanted}")
+    got = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert got >= wanted, (f"the open-file limit is {got}, this test needs {wanted}: raise "
+                           f"the hard limit (ulimit -Hn {wanted}, or run as root)")
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
