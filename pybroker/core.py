@@ -106,6 +106,7 @@ def crc32c_hardware() -> bool:
 # Output structs reused by the hot calls (scan, seek): a worker is one thread, and each
 # call copies the fields out before returning.
 _SCAN_OUT = ffi.new("pb_scan *")
+_SCAN_BUFFER = ffi.buffer(_SCAN_OUT)
 _SEEK_OUT = ffi.new("pb_batch_pos *")
 _SEEK_BUFFER = ffi.buffer(_SEEK_OUT)
 _BATCH_POS_LAYOUT = struct.Struct("=5q")  # pb_batch_pos: five int64 (csrc/segment.h)
@@ -132,8 +133,8 @@ _SCAN_LAYOUT = struct.Struct("=7q2i")
 assert _SCAN_LAYOUT.size == ffi.sizeof("pb_scan")
 
 
-def _scan_tuple(out) -> Scan:
-    return _tuple_new(Scan, _SCAN_LAYOUT.unpack(ffi.buffer(out)))
+def _scan_tuple() -> Scan:
+    return _tuple_new(Scan, _SCAN_LAYOUT.unpack(_SCAN_BUFFER))
 
 
 def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | None = None,
@@ -160,8 +161,8 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
                                    append_time if append_time is not None else -1,
                                    max_batch, out)
     if code:
-        _check(code, "record batch", out.valid_bytes, _scan_tuple(out))
-    return _scan_tuple(out)
+        _check(code, "record batch", out.valid_bytes, _scan_tuple())
+    return _scan_tuple()
 
 
 # --- indexes and segments --------------------------------------------------------------
@@ -294,10 +295,4 @@ def sendfile(out_fd: int, in_fd: int, position: int, count: int) -> tuple[int, b
         return sent[0], True
     if code == lib.PB_E_AGAIN:
         return sent[0], False
-    if code == lib.PB_E_TRUNCATED:
-        exc = CoreError(code, f"sendfile of {count} bytes at {position}: the file ended "
-                              f"early (sent {sent[0]})")
-        exc.sent = sent[0]
-        raise exc
     _check(code, f"sendfile of {count} bytes at {position} (sent {sent[0]})")
-    return sent[0], True

@@ -91,7 +91,7 @@ class FlushTicket:
 class PartitionLog:
     def __init__(self, directory: str, config: LogConfig | None = None, *,
                  name: str | None = None, clock: Callable[[], float] = time.time,
-                 on_flush: Callable[[int], None] | None = None):
+                 on_flush: Callable[[int, float], None] | None = None):
         self.directory = directory
         self.config = config or LogConfig()
         self.name = name or os.path.basename(os.path.normpath(directory))
@@ -108,9 +108,8 @@ class PartitionLog:
         self._last_checkpoint_ms = 0
         self._durable_waiters: list[tuple[int, int, Callable[[int], None]]] = []  # heap
         self._waiter_seq = 0                 # tie-break: equal offsets wake in call order
-        self._on_flush = on_flush            # called with the new high watermark
+        self._on_flush = on_flush            # (new high watermark, fdatasync seconds)
         self.flush_count = 0                 # fdatasyncs done (group commits)
-        self.last_flush_seconds = 0.0        # how long the last fdatasync took
         self._flush_ticket: FlushTicket | None = None  # a flush under way off-thread
         self.closed = False
         os.makedirs(directory, exist_ok=True)
@@ -349,13 +348,12 @@ class PartitionLog:
         return self._flush_ticket is not None
 
     def _advance_hw(self, offset: int, position: int, seconds: float) -> None:
-        self.last_flush_seconds = seconds
         self._hw = offset
         self._hw_position = position
         self.flush_count += 1
         self._wake_durable_waiters()
         if self._on_flush is not None:
-            self._on_flush(self._hw)
+            self._on_flush(self._hw, seconds)
 
     def reconfigure(self, config: LogConfig) -> None:
         """Apply new settings (a topic config change) from the next operation on; the

@@ -180,21 +180,15 @@ class LogSegment:
         """The batch holding offset among the whole batches before end_pos, or None."""
         if self.cursor is None:
             self.ensure_indexes()
-        cur = self.cursor
-        found = core.segment_seek(self.file.fd, self.offset_index.pinned,
-                                  self.time_index.pinned, cur, self.base_offset, False, offset,
-                                  end_pos)
+        found = self._seek(False, offset, end_pos)
         if found is not None and found.base_offset > offset >= self.base_offset:
             # Offsets here have no gaps, so the scan started past the target: index entries
             # that keep the invariants `check` tests but point at the wrong batches.
             log.warning("%s %s %s sends offset %d to the batch at position %d holding "
                         "offset %d; rebuilding it from the log", self.owner, self,
                         self.offset_index.path, offset, found.position, found.base_offset)
-            self.cursor = None
-            self.recover(self.next_offset if not self.active else DURABLE)
-            if not self.active:
-                self.seal()
-            found = self._seek_offset(offset, end_pos)
+            self._reindex_from_log(self.next_offset if not self.active else DURABLE)
+            found = self._seek(False, offset, end_pos)
             if found is not None and found.base_offset > offset:
                 raise CorruptLogError(
                     f"{self.owner} {self} file={self.log_path} position={found.position}: "
@@ -202,17 +196,15 @@ class LogSegment:
                     f"{found.base_offset}")
         return found
 
-    def _seek_offset(self, offset: int, end_pos: int) -> core.BatchPos | None:
-        return core.segment_seek(self.file.fd, self.offset_index.pinned,
-                                 self.time_index.pinned, self.cursor, self.base_offset, False,
-                                 offset, end_pos)
-
     def seek_time(self, timestamp: int, end_pos: int) -> core.BatchPos | None:
         """The first batch before end_pos with maxTimestamp >= timestamp, or None."""
         self.ensure_indexes()
+        return self._seek(True, timestamp, end_pos)
+
+    def _seek(self, by_time: bool, target: int, end_pos: int) -> core.BatchPos | None:
         return core.segment_seek(self.file.fd, self.offset_index.pinned,
-                                 self.time_index.pinned, self.cursor, self.base_offset, True,
-                                 timestamp, end_pos)
+                                 self.time_index.pinned, self.cursor, self.base_offset,
+                                 by_time, target, end_pos)
 
     # --- indexes ---------------------------------------------------------------------
 
@@ -225,9 +217,15 @@ class LogSegment:
         problem = self._load_stored_indexes(preallocate=self.active)
         if problem:
             log.warning("%s %s %s; rebuilding it from the log", self.owner, self, problem)
-            self.recover(self.next_offset if recovery_point is None else recovery_point)
-            if not self.active:
-                self.seal()
+            self._reindex_from_log(self.next_offset if recovery_point is None
+                                   else recovery_point)
+
+    def _reindex_from_log(self, recovery_point: int) -> None:
+        """Recover (rebuilding both indexes from the log); a sealed segment is sealed again."""
+        self.cursor = None
+        self.recover(recovery_point)
+        if not self.active:
+            self.seal()
 
     def load_as_active(self) -> None:
         """Open the last segment after a clean close: map its indexes preallocated and

@@ -91,7 +91,8 @@ class PartitionSet:
         topic, partition = tp
         directory = partition_dir(self.data_dir, topic, partition)
         plog = PartitionLog(directory, self.config.log_config(overrides),
-                            name=f"{topic}-{partition}", on_flush=lambda hw, tp=tp: self._flushed(tp))
+                            name=f"{topic}-{partition}",
+                            on_flush=lambda _hw, seconds, tp=tp: self._flushed(tp, seconds))
         self.producers.load(tp, plog)
         self.logs[tp] = plog
 
@@ -217,10 +218,9 @@ class PartitionSet:
         fut.add_done_callback(lambda _f: (timer.cancel(), done()))
         return fut
 
-    def _flushed(self, tp: tuple[str, int]) -> None:
-        plog = self.logs.get(tp)
-        if plog is not None and self.stats is not None:
-            self.stats.fsync.observe(plog.last_flush_seconds)
+    def _flushed(self, tp: tuple[str, int], seconds: float) -> None:
+        if self.stats is not None:
+            self.stats.fsync.observe(seconds)
         self._wake(tp)
 
     def _wake(self, tp: tuple[str, int]) -> None:

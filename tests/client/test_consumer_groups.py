@@ -23,6 +23,7 @@ from pybroker.client import Producer
 from pybroker.client.consumer import Consumer, ConsumerTimeout, decode_messages
 from pybroker.client.rebalance import (RebalanceError, assign_range, offset_path,
                                        owner_path, read_offset, write_offset)
+from pybroker.testing import poll
 
 WAIT_S = 60.0
 POLL_S = 0.05
@@ -41,15 +42,8 @@ def produce(broker, topic: str, partitions: int, per_partition: int, start: int 
     return {(topic, r.partition, r.result(WAIT_S)) for r in results}
 
 
-def wait_for(predicate, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_S)
+def wait_for(predicate, what: str):
+    return poll.wait_for(predicate, what, WAIT_S, POLL_S)
 
 
 def owners(zk, group: str, topics: dict[str, int]) -> dict[tuple[str, int], str]:

@@ -14,6 +14,7 @@ from kafka.errors import (InvalidReplicationFactorError, InvalidTopicError,
 
 from pybroker.protocol import ApiKey
 from pybroker.records import parse_batches
+from pybroker.testing import poll
 
 CLIENT_TIMEOUT_S = 30.0
 CONSUME_TIMEOUT_S = 60.0
@@ -59,14 +60,11 @@ def topics_of_every_node(broker) -> list[set[str]]:
     return listed
 
 
-def eventually(predicate, what: str, timeout: float = CLIENT_TIMEOUT_S) -> None:
+def eventually(predicate, what: str) -> None:
     """Poll predicate until true. Topic changes are answered once the node that took
     the request has seen them; the other node learns them from ZooKeeper a moment later,
     and a client may ask either."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    poll.wait_for(predicate, what, CLIENT_TIMEOUT_S)
 
 
 def test_idempotent_producer_and_assigned_consumer(broker, admin):

@@ -28,6 +28,7 @@ from confluent_kafka import (Consumer, ConsumerGroupState, KafkaError, KafkaExce
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pybroker.protocol import ApiKey
+from pybroker.testing import poll
 
 CLIENT_TIMEOUT_S = 30.0
 WAIT_S = 120.0
@@ -135,14 +136,8 @@ def zk_offsets(zk, group: str, topic: str, partitions: int) -> dict[int, int | N
     return found
 
 
-def wait_for(predicate, what: str, timeout: float = WAIT_S, on_timeout=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what} {on_timeout()}"
-        time.sleep(POLL_S)
+def wait_for(predicate, what: str, on_timeout=None):
+    return poll.wait_for(predicate, what, WAIT_S, POLL_S, detail=on_timeout)
 
 
 def read_output(path: Path) -> tuple[list[tuple[int, int]], list[str], list[str]]:

@@ -24,6 +24,7 @@ from pybroker.coord.registry import ClusterState
 from pybroker.protocol import ApiKey, ErrorCode
 from pybroker.server.groups import WATCH_S, GroupCoordinator, coordinator_node
 from pybroker.testing.broker_plugin import Broker
+from pybroker.testing import poll
 
 TOPIC = "gp-topic"
 PARTITIONS = 3
@@ -183,14 +184,8 @@ def describe(c, group: str, version: int = 4) -> dict:
     return body["groups"][0]
 
 
-def eventually(predicate, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+def eventually(predicate, what: str):
+    return poll.wait_for(predicate, what, WAIT_S, 0.1)
 
 
 # --- FindCoordinator, ApiVersions ----------------------------------------------------------

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pybroker.log import files
 from pybroker.protocol import ApiKey
 from pybroker.records import build_batch, parse_batches, parse_records
+from pybroker.testing.poll import wait_for
 
 NONE = 0
 IDLE_CONNECTIONS = 1_000
@@ -95,17 +96,6 @@ def raise_fd_limit(wanted: int) -> None:
                            f"the hard limit (ulimit -Hn {wanted}, or run as root)")
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(poll)
-
-
 # --- many connections ---------------------------------------------------------------------
 
 def test_thousand_idle_connections_and_a_busy_producer(broker_factory):
@@ -122,7 +112,7 @@ def test_thousand_idle_connections_and_a_busy_producer(broker_factory):
         # every worker has accepted its share (the control block counts them)
         for w in range(broker.workers):
             wait_for(lambda w=w: broker.worker_row(w)["connections"] >= IDLE_CONNECTIONS // 2,
-                     CLIENT_TIMEOUT_S, f"worker {w} to accept {IDLE_CONNECTIONS // 2} sockets")
+                     f"worker {w} to accept {IDLE_CONNECTIONS // 2} sockets", CLIENT_TIMEOUT_S)
 
         deliveries, errors = [], []
         producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
@@ -238,8 +228,8 @@ def test_worker_crash_loses_no_acknowledged_message(broker, zk, idempotent):
         producer.poll(0.01)
         if n == kill_at:
             # callbacks run inside poll(): poll while waiting
-            wait_for(lambda: producer.poll(0.05) is not None and acked, CLIENT_TIMEOUT_S,
-                     "the first acknowledgements", poll=0)
+            wait_for(lambda: producer.poll(0.05) is not None and acked,
+                     "the first acknowledgements", CLIENT_TIMEOUT_S, poll=0)
             old_row = broker.kill_worker(victim)
     assert producer.flush(120) == 0, "messages still undelivered"
     del producer
@@ -252,7 +242,7 @@ def test_worker_crash_loses_no_acknowledged_message(broker, zk, idempotent):
     # ... which registered itself again in ZooKeeper with a new session
     stat = wait_for(lambda: (s := zk.exists(registration)) and
                     s.ephemeralOwner != before_stat.ephemeralOwner and s,
-                    CLIENT_TIMEOUT_S, f"{registration} to be re-created")
+                    f"{registration} to be re-created", CLIENT_TIMEOUT_S)
     assert stat.ephemeralOwner != before_stat.ephemeralOwner
 
     consumed = set(consume_all(broker, topic, 2, len(set(acked))))
@@ -316,14 +306,14 @@ def test_worker_re_registers_after_its_zookeeper_session_expires(broker_factory,
 
     os.kill(row_before["pid"], signal.SIGSTOP)
     try:
-        wait_for(lambda: zk.exists(registration) is None, 30.0,
-                 f"ZooKeeper to expire the session and delete {registration}")
+        wait_for(lambda: zk.exists(registration) is None,
+                 f"ZooKeeper to expire the session and delete {registration}", 30.0)
     finally:
         os.kill(row_before["pid"], signal.SIGCONT)
 
     stat = wait_for(lambda: (s := zk.exists(registration)) and
                     s.ephemeralOwner != stat_before.ephemeralOwner and s,
-                    CLIENT_TIMEOUT_S, f"{registration} to be re-created")
+                    f"{registration} to be re-created", CLIENT_TIMEOUT_S)
     assert stat.ephemeralOwner != stat_before.ephemeralOwner
     assert broker.wait_log(lambda line: f"node={node} ZooKeeper session lost" in line)
     data_after, _ = zk.get(registration)
