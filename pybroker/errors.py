@@ -51,6 +51,13 @@ class LogClosedError(PyBrokerError):
     """An operation on a partition log that has been closed."""
 
 
+class LogSyncFailedError(PyBrokerError, OSError):
+    """An fdatasync of this log failed. What it covered may never reach the disk, and a
+    later fdatasync can succeed without writing it (Linux reports a writeback error
+    once), so the log takes no more appends and its high watermark stays where it was
+    until it is reopened, which recovers it from the recovery point."""
+
+
 class MessageTooLarge(PyBrokerError, ValueError):
     """A batch larger than the configured maximum."""
 

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 
 from pybroker import core
 from pybroker.errors import (CoreError, CorruptLogError, CorruptRecordError, LogClosedError,
+                             LogSyncFailedError,
                              MessageTooLarge, OffsetOutOfRange)
 from pybroker.log import checkpoint, files
 from pybroker.log.config import LogConfig
@@ -111,6 +112,7 @@ class PartitionLog:
         self._on_flush = on_flush            # (new high watermark, fdatasync seconds)
         self.flush_count = 0                 # fdatasyncs done (group commits)
         self._flush_ticket: FlushTicket | None = None  # a flush under way off-thread
+        self._sync_error: BaseException | None = None  # a failed fdatasync fences the log
         self.closed = False
         os.makedirs(directory, exist_ok=True)
         self._open()
@@ -234,8 +236,8 @@ class PartitionLog:
         """Validate (CRC included), stamp offsets into `batches` (a writable buffer of
         RecordBatch v2) and append them to the active segment. Visible to reads once
         flushed. Raises CorruptRecordError for a bad batch (nothing is written),
-        MessageTooLarge above max_batch_bytes."""
-        self._check_open()
+        MessageTooLarge above max_batch_bytes, LogSyncFailedError once a flush failed."""
+        self._check_writable()
         try:
             scan = core.scan_batches(batches, stamp_offset=self._next_offset,
                                      append_time=append_time,
@@ -293,12 +295,16 @@ class PartitionLog:
     def flush(self) -> int:
         """fdatasync the active segment (one group commit for every append since the last
         flush) and advance the high watermark to the log end. Returns the high watermark."""
-        self._check_open()
+        self._check_writable()
         if self._hw == self._next_offset:
             return self._hw
         active = self._segments[-1]
         started = time.perf_counter()
-        active.flush()
+        try:
+            active.flush()
+        except OSError as exc:
+            self._fence(exc)
+            raise
         self._unflushed_messages = 0
         self._first_unflushed_ms = None
         self._advance_hw(self._next_offset, active.size, time.perf_counter() - started)
@@ -309,9 +315,10 @@ class PartitionLog:
         caller runs `ticket.sync()` (on another thread: the event loop keeps serving
         during the fdatasync), then `end_flush(ticket, error)` back on the owner's thread.
         Appends made meanwhile wait for the next flush. None when nothing is unflushed
-        or a ticket is already out."""
+        or a ticket is already out, or the log is fenced by a failed flush."""
         self._check_open()
-        if self._hw == self._next_offset or self._flush_ticket is not None:
+        if (self._hw == self._next_offset or self._flush_ticket is not None or
+                self._sync_error is not None):
             return None
         active = self._segments[-1]
         ticket = FlushTicket(os.dup(active.file.fd), active.log_path, self._next_offset,
@@ -323,17 +330,14 @@ class PartitionLog:
 
     def end_flush(self, ticket: FlushTicket, error: BaseException | None = None) -> bool:
         """Finish a ticket of begin_flush: advance the high watermark to what it made
-        durable, or, when its sync failed (error), count its appends as unflushed again
-        so the flush policy retries them. True if the high watermark moved."""
+        durable, or, when its sync failed (error), fence the log (LogSyncFailedError).
+        True if the high watermark moved."""
         if self._flush_ticket is ticket:
             self._flush_ticket = None
         if self.closed:
             return False  # close() flushed everything itself
         if error is not None:
-            self._unflushed_messages += ticket.messages
-            first, now = ticket.first_unflushed_ms, self._first_unflushed_ms
-            if first is not None:
-                self._first_unflushed_ms = first if now is None else min(first, now)
+            self._fence(error)
             return False
         if ticket.offset <= self._hw:
             return False  # a synchronous flush (roll, flush.messages) overtook it
@@ -346,6 +350,20 @@ class PartitionLog:
     def flushing(self) -> bool:
         """A begin_flush ticket is out."""
         return self._flush_ticket is not None
+
+    @property
+    def sync_failed(self) -> bool:
+        """A flush failed: no more appends or flushes until the log is reopened."""
+        return self._sync_error is not None
+
+    def _fence(self, error: BaseException) -> None:
+        if self._sync_error is None:
+            log.error("%s fdatasync failed: %s; the log takes no more appends, and offsets "
+                      "%d.. stay invisible until it is reopened and recovered",
+                      self.owner, error, self._hw)
+        self._sync_error = error
+        self._unflushed_messages = 0      # nothing for the flush policy to retry
+        self._first_unflushed_ms = None
 
     def _advance_hw(self, offset: int, position: int, seconds: float) -> None:
         self._hw = offset
@@ -469,7 +487,7 @@ class PartitionLog:
         self._check_open()
         now = self._now_ms() if now_ms is None else now_ms
         active = self._segments[-1]
-        if active.size and self._expired(active, now):
+        if active.size and self._expired(active, now) and self._sync_error is None:
             self.roll()
         deleted = 0
         total = self.size_bytes()
@@ -533,14 +551,19 @@ class PartitionLog:
     # --- closing ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush, seal and trim, checkpoint, then mark the shutdown clean."""
+        """Flush, seal and trim, checkpoint, then mark the shutdown clean (not after a
+        failed flush: the next open then recovers)."""
         if self.closed:
             return
-        self.flush()
+        fenced = self._sync_error is not None
+        if not fenced:
+            self.flush()
         for seg in self._segments:
             seg.close()
         self._write_checkpoint()
         self.closed = True
+        if fenced:
+            return
         try:
             checkpoint.mark_clean_shutdown(self.directory)
         except OSError as exc:  # e.g. a full disk: the next open recovers, which is safe
@@ -549,6 +572,13 @@ class PartitionLog:
     def _check_open(self) -> None:
         if self.closed:
             raise LogClosedError(f"{self.owner} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._sync_error is not None:
+            raise LogSyncFailedError(
+                f"{self.owner}: an earlier fdatasync failed ({self._sync_error}); reopen the "
+                "log (restart the worker) to recover it")
 
     def __enter__(self):
         return self

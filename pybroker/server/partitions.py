@@ -5,8 +5,11 @@ Owned by the worker's event loop; not thread-safe. The time-based flushes (flush
 run their fdatasync on one flusher thread, so a slow disk stalls neither the other
 partitions nor the connections: the log's high watermark moves, and acks=all answers
 and waiting fetches are woken, back on the loop when the sync has returned
-(PartitionLog.begin_flush / end_flush). A failed sync is logged and retried after
-FLUSH_RETRY_MS; nothing it covered becomes visible meanwhile.
+(PartitionLog.begin_flush / end_flush). There is one flusher thread per worker, so the
+syncs of different partitions run one after another. A failed sync fences its log: no
+more appends (KAFKA_STORAGE_ERROR) and no more visible offsets until the worker
+restarts and recovers it; it is not retried, since a retry can succeed without the
+lost pages (PartitionLog.end_flush).
 
 A partition is owned here exactly when the ZooKeeper assignment names this node as its
 leader; its directory is `<data-dir>/<topic>-<partition>`.
@@ -25,8 +28,6 @@ from pybroker.config import BrokerConfig
 from pybroker.coord.registry import ClusterState
 from pybroker.log import PartitionLog
 from pybroker.server.producer_state import ProducerStates
-
-FLUSH_RETRY_MS = 100  # after a failed fdatasync (EIO, a full disk's metadata)
 
 log = logging.getLogger("pybroker.server")
 
@@ -62,7 +63,6 @@ class PartitionSet:
         self._flush_timer_ms = 0                       # when the armed timer fires
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix=f"flusher-{node_id}")
         self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
-        self._retention_task = None
 
     # --- ownership -------------------------------------------------------------------
 
@@ -183,16 +183,11 @@ class PartitionSet:
 
     def _end_flush(self, tp, plog: PartitionLog, ticket, fut: asyncio.Future) -> None:
         error = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
-        if error is not None and not plog.closed:
-            log.error("node=%d tp=%s-%d fdatasync of %s failed: %s; retrying in %d ms",
-                      self.node_id, tp[0], tp[1], ticket.path, error, FLUSH_RETRY_MS)
-        plog.end_flush(ticket, error)  # on success: the high watermark, acks=all, fetches
+        plog.end_flush(ticket, error)  # the high watermark, acks=all, fetches; or fenced
         if plog.closed or self.logs.get(tp) is not plog:
             return
         deadline = plog.flush_deadline_ms()
-        if deadline is not None:  # appends came during the sync, or it failed
-            if error is not None:
-                deadline = max(deadline, int(time.time() * 1000) + FLUSH_RETRY_MS)
+        if deadline is not None:  # appends came during the sync
             self._dirty.add(tp)
             self._arm_flush_timer(deadline)
 

@@ -226,8 +226,7 @@ class LogModel:
     segment_bytes or segment_ms passed since its first append since open; roll flushes;
     flush when unflushed messages >= flush_messages (or flush_ms == 0) and, via
     maybe_flush, flush_ms after the first unflushed append; a flush begun off-thread
-    (begin_flush) covers the log end of its start, and a failed one counts its messages
-    as unflushed again; retention deletes the oldest
+    (begin_flush) covers the log end of its start; retention deletes the oldest
     non-active segments while the rest still holds retention_bytes or the segment's max
     timestamp is older than retention_ms (an expired active segment is rolled first).
     Offset-index-full rolls are not modelled: the property test's index never fills."""
@@ -239,7 +238,7 @@ class LogModel:
         self.hw = 0
         self.unflushed = 0
         self.first_unflushed_ms: int | None = None
-        self.ticket: tuple | None = None  # a begin_flush whose end_flush is to come
+        self.ticket: int | None = None  # a begin_flush whose end_flush is to come
 
     @property
     def log_start(self) -> int:
@@ -275,22 +274,17 @@ class LogModel:
         self.unflushed = 0
         self.first_unflushed_ms = None
 
-    def begin_flush(self) -> tuple | None:
-        """A flush under way: (end it covers, messages, first unflushed ms), or None."""
+    def begin_flush(self) -> int | None:
+        """A flush under way: the log end it covers, or None."""
         if self.hw == self.end or self.ticket is not None:
             return None
-        self.ticket = (self.end, self.unflushed, self.first_unflushed_ms)
+        self.ticket = self.end
         self.unflushed, self.first_unflushed_ms = 0, None
         return self.ticket
 
-    def end_flush(self, failed: bool) -> bool:
-        (end, messages, first), self.ticket = self.ticket, None
-        if failed:
-            self.unflushed += messages
-            if first is not None:
-                self.first_unflushed_ms = (first if self.first_unflushed_ms is None
-                                           else min(first, self.first_unflushed_ms))
-            return False
+    def end_flush(self) -> bool:
+        """A ticket's sync succeeded. (A failed one fences the log: the machine reopens.)"""
+        end, self.ticket = self.ticket, None
         if end <= self.hw:
             return False
         self.hw = end

@@ -13,12 +13,13 @@ import shutil
 import tempfile
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from helpers import (FakeClock, LogModel, abandon, assert_log_matches_disk, make_unclean,
                      value_for)
-from pybroker.errors import OffsetOutOfRange
+from pybroker.errors import LogSyncFailedError, OffsetOutOfRange
 from pybroker.log import LogConfig, PartitionLog
 from pybroker.records import build_batch
 
@@ -96,7 +97,7 @@ class LogMachine(RuleBasedStateMachine):
         ticket, expected = self.log.begin_flush(), self.model.begin_flush()
         assert (ticket is None) == (expected is None)
         if ticket is not None:
-            assert ticket.offset == expected[0]
+            assert ticket.offset == expected
             self.ticket = ticket
 
     @rule(failed=st.booleans())
@@ -104,14 +105,21 @@ class LogMachine(RuleBasedStateMachine):
         ticket, self.ticket = getattr(self, "ticket", None), None
         if ticket is None:
             return
-        if failed:  # as if the fdatasync had failed: nothing may become visible
-            os.close(ticket.fd)
-            error = OSError(5, "Input/output error")
-        else:
-            ticket.sync()
-            error = None
         event(f"end_flush: {'failed' if failed else 'synced'}")
-        assert self.log.end_flush(ticket, error) == self.model.end_flush(failed)
+        if not failed:
+            ticket.sync()
+            assert self.log.end_flush(ticket) == self.model.end_flush()
+            return
+        # as if the fdatasync had failed: nothing more becomes visible, appends are refused,
+        # and only a reopen (recovery; the page cache kept the writes) brings the log back
+        os.close(ticket.fd)
+        assert self.log.end_flush(ticket, OSError(5, "Input/output error")) is False
+        assert self.log.high_watermark == self.model.hw
+        with pytest.raises(LogSyncFailedError):
+            self.log.append(build_batch([b"refused"]))
+        self.log.close()
+        self.model.reopen()
+        self.log = self._open()
 
     def _drop_ticket(self):
         ticket, self.ticket = getattr(self, "ticket", None), None

@@ -14,8 +14,8 @@ from helpers import (BATCH_BYTES, CRC_COVERED_FROM, FakeClock, append_values,
                      flip_bit, index_path, log_path, make_unclean, parse_slice, read_file,
                      scan_directory, time_index_path, value_for)
 from pybroker import core
-from pybroker.errors import (CorruptRecordError, LogClosedError, MessageTooLarge,
-                             OffsetOutOfRange, PyBrokerError)
+from pybroker.errors import (CorruptRecordError, LogClosedError, LogSyncFailedError,
+                             MessageTooLarge, OffsetOutOfRange, PyBrokerError)
 from pybroker.log import LogConfig, PartitionLog, checkpoint, files
 from pybroker.records import parse_records
 
@@ -363,20 +363,33 @@ def test_a_flush_begun_off_thread_covers_the_log_end_of_its_start(log_dir):
     log.close()
 
 
-def test_a_failed_off_thread_flush_makes_nothing_visible_and_is_retried(log_dir):
+@pytest.mark.parametrize("overtaken", [False, True])
+def test_a_failed_off_thread_flush_fences_the_log_until_reopened(log_dir, overtaken):
     clock = FakeClock(10_000)
-    log = open_log(log_dir, clock=clock, flush_messages=3, flush_ms=10)
+    log = open_log(log_dir, clock=clock, flush_messages=10**9, flush_ms=10)
     append_values(log, 2)
     ticket = log.begin_flush()
     os.close(ticket.fd)                            # as if the fdatasync had failed
-    clock.ms = 10_004
+    if overtaken:
+        log.flush()                                # a synchronous flush got there first
     append_values(log, 1)
     assert log.end_flush(ticket, OSError(5, "Input/output error")) is False
-    assert log.high_watermark == 0
-    assert log.flush_deadline_ms() == 10_010       # the failed ticket's appends count again
-    append_values(log, 1)                          # 2 + 1 + 1 >= flush_messages=3
-    assert log.high_watermark == 4
-    log.close()
+    hw = log.high_watermark
+    assert hw == (2 if overtaken else 0) and log.sync_failed
+    # not retried: a later fdatasync could succeed without the pages the failed one lost
+    assert log.flush_deadline_ms() is None and log.begin_flush() is None
+    with pytest.raises(LogSyncFailedError):
+        append_values(log, 1)
+    with pytest.raises(LogSyncFailedError):
+        log.flush()
+    assert isinstance(LogSyncFailedError("x"), OSError)  # produce answers KAFKA_STORAGE_ERROR
+    assert log.high_watermark == hw
+    log.close()                                    # no clean-shutdown marker: recovery runs
+    assert not os.path.exists(os.path.join(log_dir, files.CLEAN_SHUTDOWN_FILE))
+    reopened = open_log(log_dir, clock=clock)
+    assert (reopened.high_watermark, reopened.log_end_offset) == (3, 3)
+    append_values(reopened, 1)
+    reopened.close()
 
 
 def test_a_flush_ticket_outlives_its_log(log_dir):
