@@ -139,16 +139,18 @@ class Connection:
                 pos += 4 + size
                 self._dispatch(body)
             if pos:
-                # handlers may keep views of frames in buf (records being stamped or
-                # waiting for a flush): start a new buffer rather than resize this one
+                # the run's pending appends keep views of frames in buf until
+                # _finish_run: start a new buffer rather than resize this one
                 self._inbuf = bytearray(view[pos:])
         except FrameSizeError as exc:
             self.close(CloseReason.FRAME_TOO_LARGE, str(exc))
             return
         finally:
             view.release()
-            self._finish_run()
-            self._dispatching = False
+            try:
+                self._finish_run()
+            finally:
+                self._dispatching = False
         self._pump()  # one send for all the responses of this run of pipelined frames
         if (len(self._slots) >= MAX_QUEUED_RESPONSES or
                 self._out_bytes >= MAX_BUFFERED_OUT):
@@ -171,9 +173,16 @@ class Connection:
 
     def _answer_produce(self, slot: _Slot, correlation_id: int, version: int,
                         started: float, response: dict) -> None:
+        """Never raises: a flush calls it among the waiters of other connections."""
         if self.closed:
             return
-        slot.chunks = encode_response(correlation_id, ApiKey.PRODUCE, version, response)
+        try:
+            slot.chunks = encode_response(correlation_id, ApiKey.PRODUCE, version, response)
+        except Exception as exc:  # noqa: BLE001 - close this connection, not the others
+            log.exception("node=%d peer=%s produce answer failed", self.worker.node_id,
+                          self.peer)
+            self.close(CloseReason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+            return
         self.worker.stats.answered(ApiKey.PRODUCE, perf_counter() - started)
         if not self._dispatching:  # answered by a flush, not at the end of the run
             self._pump_soon_once()

@@ -1,10 +1,11 @@
 """Request handlers, one module per API family.
 
 A handler is `handle(ctx, request) -> response dict | asyncio.Future | AnswerAfterRun
-| None`: a dict is answered at once, a Future when it completes (long-poll fetch,
-acks=all), an AnswerAfterRun at the end of the connection's run of pipelined frames
-(produce appends written together, append_batch.py), None never (acks=0). HANDLERS is what the broker implements, so ApiVersions
-advertises exactly its keys (with the ranges in pybroker.protocol.SUPPORTED).
+| None`: a dict is answered at once, a Future when it completes (long-poll fetch), an
+AnswerAfterRun (Produce) after the connection's run of pipelined frames has written
+its appends (append_batch.py) and, for acks=all, once they are flushed; None never
+(acks=0). HANDLERS is what the broker implements, so ApiVersions advertises exactly
+its keys (with the ranges in pybroker.protocol.SUPPORTED).
 """
 from pybroker.protocol import ApiKey
 

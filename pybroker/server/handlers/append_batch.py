@@ -20,12 +20,14 @@ Invariants:
 """
 from __future__ import annotations
 
+import struct
+
 from pybroker.errors import CorruptRecordError, LogClosedError, MessageTooLarge
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.common import partition_error
-from pybroker.server.producer_state import SequenceError, is_idempotent
+from pybroker.server.producer_state import SequenceError
 
-_BASE_OFFSET_BYTES = 8  # a stamped batch starts with its base offset (int64, big-endian)
+_BASE_OFFSET = struct.Struct(">q")  # a stamped batch starts with its base offset
 
 
 def partition_result(index: int) -> dict:
@@ -34,36 +36,46 @@ def partition_result(index: int) -> dict:
             "log_append_time_ms": -1, "log_start_offset": -1}
 
 
-def append_one(worker, tp, plog, records, result: dict, durable: list | None) -> None:
-    """Append one request's records for tp now; fill result with the offset or the error
-    code. With durable, record (log, last offset) for an acks=all wait."""
-    try:
-        base, last, appended = worker.producers.append(tp, plog, records)
-    except CorruptRecordError as exc:
+def refusal_code(worker, tp, exc: Exception) -> int:
+    """The error code a client gets for an append that raised exc (logged where the
+    operator should see it); exc itself when it is not an append refusal."""
+    if isinstance(exc, (CorruptRecordError, MessageTooLarge)):
         worker.log_bad_input(tp, exc)
-        result["error_code"] = ErrorCode.CORRUPT_MESSAGE
-        return
-    except MessageTooLarge as exc:
-        worker.log_bad_input(tp, exc)
-        result["error_code"] = ErrorCode.MESSAGE_TOO_LARGE
-        return
-    except SequenceError as exc:
-        result["error_code"] = exc.error_code
-        return
-    except LogClosedError:  # deleted or moved away since the request arrived
-        result["error_code"] = partition_error(worker, *tp)
-        return
-    except OSError as exc:  # CoreIOError from the write, or the index reservation
+        return (ErrorCode.CORRUPT_MESSAGE if isinstance(exc, CorruptRecordError)
+                else ErrorCode.MESSAGE_TOO_LARGE)
+    if isinstance(exc, SequenceError):
+        return exc.error_code
+    if isinstance(exc, LogClosedError):  # deleted or moved away since the request arrived
+        return partition_error(worker, *tp)
+    if isinstance(exc, OSError):  # the write, the index reservation, a failed flush
         worker.log_storage_error(tp, exc)
-        result["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
-        return
-    if appended:
-        worker.partitions.appended(tp)
-        worker.stats.produced(tp, last - base + 1, len(records))
+        return ErrorCode.KAFKA_STORAGE_ERROR
+    raise exc
+
+
+def _appended(worker, tp, plog, first: int, last: int, size: int) -> None:
+    worker.partitions.appended(tp)
+    worker.stats.produced(tp, last - first + 1, size)
+
+
+def _answer(result: dict, base: int, plog, last: int, durable: list | None) -> None:
     result["base_offset"] = base
     result["log_start_offset"] = plog.log_start_offset
     if durable is not None:
         durable.append((plog, last))
+
+
+def append_one(worker, tp, plog, records, result: dict, durable: list | None) -> None:
+    """Append one request's records for tp now, idempotence checked; fill result with
+    the offset or the error code. With durable, add (log, last offset) for acks=all."""
+    try:
+        base, last, appended = worker.producers.append(tp, plog, records)
+    except Exception as exc:  # noqa: BLE001 - refusal_code re-raises what is not a refusal
+        result["error_code"] = refusal_code(worker, tp, exc)
+        return
+    if appended:  # not a retried duplicate answered with its first offsets
+        _appended(worker, tp, plog, base, last, len(records))
+    _answer(result, base, plog, last, durable)
 
 
 class AnswerAfterRun:
@@ -101,9 +113,6 @@ class AppendBatch:
         self.worker = worker
         self._pending: dict[tuple[str, int], list] = {}
 
-    def can_defer(self, records) -> bool:
-        return not is_idempotent(records)
-
     def add(self, tp, plog, records, result: dict, durable: list | None) -> None:
         """Append records to tp at the end of the run, filling result; with durable
         (acks=all), add (log, last offset) to it then."""
@@ -128,38 +137,25 @@ class AppendBatch:
             self._apply(tp, entries)
 
     def _apply(self, tp, entries: list) -> None:
-        worker = self.worker
-        if len(entries) == 1:
-            append_one(worker, tp, *entries[0])
-            return
-        plog = entries[0][0]
-        joined = bytearray().join(entry[1] for entry in entries)
+        """One append of the entries' records (plain batches: no sequences to check)."""
+        worker, plog = self.worker, entries[0][0]
+        joined = (entries[0][1] if len(entries) == 1 else
+                  bytearray().join(entry[1] for entry in entries))
         try:
             appended = plog.append(joined)
-        except (CorruptRecordError, MessageTooLarge):  # nothing written: find the culprit
+        except Exception as exc:  # noqa: BLE001 - refusal_code re-raises the unexpected
+            if len(entries) > 1 and isinstance(exc, (CorruptRecordError, MessageTooLarge)):
+                for entry in entries:  # nothing was written: only the culprit is refused
+                    append_one(worker, tp, *entry)
+                return
+            code = refusal_code(worker, tp, exc)
             for entry in entries:
-                append_one(worker, tp, *entry)
+                entry[2]["error_code"] = code
             return
-        except LogClosedError:
-            for entry in entries:
-                entry[2]["error_code"] = partition_error(worker, *tp)
-            return
-        except OSError as exc:
-            worker.log_storage_error(tp, exc)
-            for entry in entries:
-                entry[2]["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
-            return
-        worker.partitions.appended(tp)
-        worker.stats.produced(tp, appended.last_offset - appended.base_offset + 1,
-                              len(joined))
-        start = plog.log_start_offset
-        position = 0
-        from_bytes = int.from_bytes
         last = appended.last_offset  # all of the run's appends become durable together
+        _appended(worker, tp, plog, appended.base_offset, last, len(joined))
+        position = 0
         for _, records, result, durable in entries:
-            result["base_offset"] = from_bytes(
-                joined[position:position + _BASE_OFFSET_BYTES], "big", signed=True)
-            result["log_start_offset"] = start
+            _answer(result, _BASE_OFFSET.unpack_from(joined, position)[0], plog, last,
+                    durable)
             position += len(records)
-            if durable is not None:
-                durable.append((plog, last))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.append_batch import AnswerAfterRun, append_one, partition_result
 from pybroker.server.handlers.common import partition_error
+from pybroker.server.producer_state import is_idempotent
 
 
 VALID_ACKS = (1, -1, 0)  # anything else: INVALID_REQUIRED_ACKS, nothing appended
@@ -23,6 +24,9 @@ def handle(ctx, request):
     acks = request["acks"]
     batch = worker.appends
     durable: list | None = [] if acks == -1 else None
+    refused = (ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+               if request["transactional_id"] is not None else
+               ErrorCode.INVALID_REQUIRED_ACKS if acks not in VALID_ACKS else None)
     responses = []
     for topic in request["topic_data"]:
         name = topic["name"]
@@ -30,11 +34,8 @@ def handle(ctx, request):
         for pd in topic["partition_data"]:
             result = partition_result(pd["index"])
             parts.append(result)
-            if request["transactional_id"] is not None:
-                result["error_code"] = ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-                continue
-            if acks not in VALID_ACKS:
-                result["error_code"] = ErrorCode.INVALID_REQUIRED_ACKS
+            if refused is not None:
+                result["error_code"] = refused
                 continue
             tp = (name, pd["index"])
             plog = worker.partitions.logs.get(tp)
@@ -43,7 +44,7 @@ def handle(ctx, request):
                 result["error_code"] = partition_error(worker, *tp)
             elif records is None or len(records) == 0:
                 result["error_code"] = ErrorCode.INVALID_RECORD
-            elif batch.can_defer(records):
+            elif not is_idempotent(records):
                 batch.add(tp, plog, records, result, durable)
             else:
                 batch.apply_partition(tp)  # keep arrival order in the partition
