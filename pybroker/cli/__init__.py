@@ -126,16 +126,22 @@ def open_zk(args):
     return client
 
 
+def zk_children(client, path: str) -> list[str]:
+    """The sorted children of path; none when it does not exist."""
+    from kazoo.exceptions import NoNodeError
+    try:
+        return sorted(client.get_children(path))
+    except NoNodeError:
+        return []
+
+
 def cmd_zk(args) -> int:
     """Print the registries: brokers, controller, topics, consumers, owners, offsets."""
     from kazoo.exceptions import NoNodeError
     client = open_zk(args)
 
     def children(path):
-        try:
-            return sorted(client.get_children(path))
-        except NoNodeError:
-            return []
+        return zk_children(client, path)
 
     def value(path):
         try:

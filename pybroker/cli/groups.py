@@ -12,27 +12,14 @@ import json
 import struct
 import sys
 
-from kazoo.exceptions import NoNodeError
-
+from pybroker.cli import open_zk, zk_children
 from pybroker.client.connection import Cluster, KafkaError
 from pybroker.coord import offsets as registry
 from pybroker.protocol import ApiKey, ErrorCode
 
 
-def _zk(args):
-    from pybroker.cli import open_zk
-    return open_zk(args)
-
-
-def _children(zk, path: str) -> list[str]:
-    try:
-        return sorted(zk.get_children(path))
-    except NoNodeError:
-        return []
-
-
 def list_groups(args) -> int:
-    zk = _zk(args)
+    zk = open_zk(args)
     try:
         names = set(registry.list_groups(zk))
     finally:
@@ -136,16 +123,16 @@ def _log_ends(args, partitions) -> dict:
 
 def describe(args) -> int:
     group = args.group
-    zk = _zk(args)
+    zk = open_zk(args)
     try:
         if not registry.group_exists(zk, group) and not args.bootstrap:
             print(f"pybroker groups: no group {group!r} in the registry", file=sys.stderr)
             return 1
         paper_members = {c: json.loads(zk.get(f"/consumers/{group}/ids/{c}")[0] or b"{}")
-                         for c in _children(zk, f"/consumers/{group}/ids")}
+                         for c in zk_children(zk, f"/consumers/{group}/ids")}
         owners = {}
-        for topic in _children(zk, f"/consumers/{group}/owners"):
-            for p in _children(zk, f"/consumers/{group}/owners/{topic}"):
+        for topic in zk_children(zk, f"/consumers/{group}/owners"):
+            for p in zk_children(zk, f"/consumers/{group}/owners/{topic}"):
                 owners[(topic, int(p))] = zk.get(f"/consumers/{group}/owners/{topic}/{p}")[0].decode()
         committed = registry.fetch_offsets(zk, group)
     finally:

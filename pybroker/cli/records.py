@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from pybroker.cli import _zk_connect
 from pybroker.client.connection import Cluster, KafkaError
 
 FETCH_WAIT_MS = 500
@@ -177,7 +178,6 @@ def consume(args) -> int:
 
 
 def _consume_group(args) -> int:
-    from pybroker.cli import _zk_connect
     from pybroker.client import Consumer
     consumer = Consumer(zookeeper=_zk_connect(args), group=args.group,
                         auto_offset_reset="smallest" if args.start == "earliest" else "largest")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 from pybroker.cli import CommandError
-from pybroker.client.connection import Cluster
-from pybroker.protocol import ApiKey, ErrorCode
+from pybroker.client.connection import Cluster, KafkaError
+from pybroker.protocol import ApiKey
 
 TOPIC_RESOURCE = 2
 SET, DELETE = 0, 1
@@ -20,9 +20,8 @@ def _admin(args) -> tuple[Cluster, object]:
 
 
 def _check(code: int, message, what: str) -> None:
-    if code:
-        name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
-        raise CommandError(f"{what}: {name}" + (f": {message}" if message else ""))
+    if code:  # KafkaError names the code; main() reports it like a CommandError (exit 1)
+        raise KafkaError(code, f"{what}: {message}" if message else what)
 
 
 def _parse_configs(pairs) -> dict:

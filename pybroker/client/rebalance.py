@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -45,6 +44,7 @@ from typing import Callable
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
+from pybroker.coord.offsets import path_element_error
 from pybroker.errors import PyBrokerError
 
 log = logging.getLogger("pybroker.client.rebalance")
@@ -56,27 +56,17 @@ __all__ = ["RebalanceError", "validate_path_element", "assign_range", "stream_id
 BROKER_IDS = "/brokers/ids"
 BROKER_TOPICS = "/brokers/topics"
 
-# ZooKeeper rejects these in a path element (PathUtils.validatePath): NUL, the control
-# characters, and the ranges below; "." and ".." are relative names.
-_BAD_CHARS = re.compile("[\u0000-\u001f\u007f-\u009f\ud800-\uf8ff\ufff0-\uffff/]")
-
-
 class RebalanceError(PyBrokerError, RuntimeError):
     """The rebalance did not settle within rebalance_max_retries attempts."""
 
 
 def validate_path_element(name, what: str) -> str:
-    """`name` if it can be one ZooKeeper path element; a ValueError naming `what`
-    and the offending character otherwise."""
-    if not isinstance(name, str):
-        raise ValueError(f"{what} must be a str, not {type(name).__name__}: {name!r}")
-    if not name or name in (".", ".."):
-        raise ValueError(f"{what} {name!r} is not a valid ZooKeeper path element "
-                         f"(empty, '.' or '..')")
-    bad = _BAD_CHARS.search(name)
-    if bad:
-        raise ValueError(f"{what} {name!r} is not a valid ZooKeeper path element: "
-                         f"character {bad.group()!r} at {bad.start()} is not allowed")
+    """`name` if it can be one ZooKeeper path element under /consumers (the rule the
+    group coordinator applies, coord.offsets.path_element_error); a ValueError naming
+    `what` and the problem otherwise."""
+    problem = path_element_error(name, what)
+    if problem:
+        raise ValueError(f"{problem}: not a valid ZooKeeper path element")
     return name
 
 
@@ -172,7 +162,6 @@ class GroupRegistry:
         self.max_retries = max_retries
         self.backoff = backoff_ms / 1000          # seconds, before jitter
         self.owned: dict[tuple[str, int], str] = {}
-        self.attempts = 0                         # attempts of the last rebalance
 
     # --- registration ----------------------------------------------------------------
 
@@ -297,7 +286,6 @@ class GroupRegistry:
         max_retries conflicting attempts."""
         conflicts = []
         for attempt in range(1, self.max_retries + 1):
-            self.attempts = attempt
             self.release()
             snap = self.read()
             plan = self.plan(snap)

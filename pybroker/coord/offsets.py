@@ -39,21 +39,30 @@ class OffsetRegistryError(Exception):
     """A commit that could not be written (ZooKeeper refused it repeatedly)."""
 
 
-def group_id_error(group) -> str | None:
-    """Why `group` cannot be a ZooKeeper path element (and so a group id), or None."""
-    if not isinstance(group, str) or not group:
-        return "group id is empty"
-    if group in (".", ".."):
-        return f"group id {group!r} is not allowed"
-    if "/" in group:
-        return f"group id {group!r} contains '/'"
-    if len(group) > MAX_GROUP_ID_CHARS:
-        return f"group id is {len(group)} characters; at most {MAX_GROUP_ID_CHARS} allowed"
-    # ZooKeeper refuses \u0000-\u001f, \u007f-\u009f, \ud800-\uf8ff, \ufff0-\uffff
-    if not group.isprintable() or any(
-            "\ud800" <= c <= "\uf8ff" or "\ufff0" <= c <= "\uffff" for c in group):
-        return f"group id {group!r} has characters ZooKeeper does not allow in a path"
+def path_element_error(name, what: str) -> str | None:
+    """Why `name` cannot be one element of a path under /consumers (a group id, a
+    consumer id), or None. The paper's consumer and the group coordinator both write
+    there, so both check names with this one rule."""
+    if not isinstance(name, str) or not name:
+        return f"{what} is empty" if isinstance(name, str) or name is None else \
+            f"{what} must be a str, not {type(name).__name__}"
+    if name in (".", ".."):
+        return f"{what} {name!r} is not allowed"
+    if "/" in name:
+        return f"{what} {name!r} contains '/'"
+    if len(name) > MAX_GROUP_ID_CHARS:
+        return f"{what} is {len(name)} characters; at most {MAX_GROUP_ID_CHARS} allowed"
+    # ZooKeeper refuses \u0000-\u001f, \u007f-\u009f, \ud800-\uf8ff, \ufff0-\uffff; isprintable
+    # is stricter (other separators), which keeps the names printable in logs and the CLI
+    if not name.isprintable() or any(
+            "\ud800" <= c <= "\uf8ff" or "\ufff0" <= c <= "\uffff" for c in name):
+        return f"{what} {name!r} has characters ZooKeeper does not allow in a path"
     return None
+
+
+def group_id_error(group) -> str | None:
+    """Why `group` cannot be a group id, or None."""
+    return path_element_error(group, "group id")
 
 
 def group_path(group: str) -> str:

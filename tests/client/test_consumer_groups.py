@@ -101,7 +101,8 @@ def test_assign_range_spreads_the_remainder_and_leaves_extras_idle():
 
 
 @pytest.mark.parametrize("field", ["group", "consumer_id"])
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "x\x00y", "tab\there", "\ud800"])
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "x\x00y", "tab\there", "\ud800",
+                                 "a\xa0b", "a\u2028b", "g" * 256])  # the coordinator's rule too
 def test_bad_group_or_consumer_id_is_a_clear_value_error(zk_connect, field, bad):
     kwargs = {"group": "g", "consumer_id": "c", field: bad}
     with pytest.raises(ValueError, match="ZooKeeper path element"):

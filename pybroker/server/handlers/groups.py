@@ -78,8 +78,8 @@ def handle_find_coordinator(ctx, request) -> dict:
     problem = None
     if request.get("key_type", 0) != 0:
         code, problem = ErrorCode.INVALID_REQUEST, "only group coordinators (key type 0)"
-    elif registry.group_id_error(key):
-        code, problem = ErrorCode.INVALID_GROUP_ID, registry.group_id_error(key)
+    elif (bad_id := registry.group_id_error(key)):
+        code, problem = ErrorCode.INVALID_GROUP_ID, bad_id
     else:
         node = coordinator_node(key, worker.cluster.nodes)
         if node is None:
