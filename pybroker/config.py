@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from pybroker.errors import PyBrokerError
 from pybroker.log.config import LogConfig
+from pybroker.core import BATCH_LOG_OVERHEAD
 
 _LOG_DEFAULTS = LogConfig()
 
@@ -30,6 +31,8 @@ class Setting:
     check: Callable[[Any], bool] = lambda v: True
     allowed: str = ""        # what `check` accepts, for error messages and docs
     log_field: str = ""      # the LogConfig field this setting supplies, if any
+    topic_key: str = ""      # Kafka's per-topic name of it, if a topic may override it
+    to_log: Callable[[Any], Any] = lambda v: v  # the value as its LogConfig field holds it
 
 
 def _nonneg(v) -> bool:
@@ -55,27 +58,35 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auto.create.topics.enable", bool, True, "Create unknown topics on metadata "
             "requests."),
     Setting("message.max.bytes", int, 1 << 20, "Largest record batch accepted.",
-            lambda v: 61 <= v <= (1 << 31) - 13, "61..2147483635"),
+            lambda v: 61 <= v <= (1 << 31) - 13, "61..2147483635", "max_batch_bytes",
+            "max.message.bytes", lambda v: v + BATCH_LOG_OVERHEAD),
     Setting("socket.request.max.bytes", int, 100 << 20, "Largest request frame; larger "
             "frames are refused before their body is read.", lambda v: v >= 1024, ">= 1024"),
     Setting("log.segment.bytes", int, _LOG_DEFAULTS.segment_bytes, "Segment size (P4).",
-            lambda v: 128 <= v <= (1 << 31) - 1, "128..2147483647", "segment_bytes"),
+            lambda v: 128 <= v <= (1 << 31) - 1, "128..2147483647", "segment_bytes",
+            "segment.bytes"),
     Setting("log.roll.ms", int, _LOG_DEFAULTS.segment_ms, "Roll a segment this long after "
-            "its first append.", lambda v: v >= 1, ">= 1", "segment_ms"),
+            "its first append.", lambda v: v >= 1, ">= 1", "segment_ms",
+            "segment.ms"),
     Setting("log.flush.interval.messages", int, _LOG_DEFAULTS.flush_messages, "Flush after "
-            "this many messages (P5).", lambda v: v >= 1, ">= 1", "flush_messages"),
+            "this many messages (P5).", lambda v: v >= 1, ">= 1", "flush_messages",
+            "flush.messages"),
     Setting("log.flush.interval.ms", int, _LOG_DEFAULTS.flush_ms, "Flush this long after "
-            "the first unflushed append (P5).", _nonneg, ">= 0", "flush_ms"),
+            "the first unflushed append (P5).", _nonneg, ">= 0", "flush_ms",
+            "flush.ms"),
     Setting("log.index.interval.bytes", int, _LOG_DEFAULTS.index_interval_bytes, "Bytes of "
-            "log between sparse index entries (P8).", _nonneg, ">= 0", "index_interval_bytes"),
+            "log between sparse index entries (P8).", _nonneg, ">= 0", "index_interval_bytes",
+            "index.interval.bytes"),
     Setting("log.index.size.max.bytes", int, _LOG_DEFAULTS.index_max_bytes, "Preallocated "
             "index size.", lambda v: 64 <= v <= (1 << 31) - 1, "64..2147483647",
             "index_max_bytes"),
     Setting("log.retention.ms", int, _LOG_DEFAULTS.retention_ms, "Delete segments older than "
-            "this (P11); -1: never.", lambda v: v >= -1, ">= -1", "retention_ms"),
+            "this (P11); -1: never.", lambda v: v >= -1, ">= -1", "retention_ms",
+            "retention.ms"),
     Setting("log.retention.bytes", int, _LOG_DEFAULTS.retention_bytes, "Delete old segments "
             "beyond this size per partition; -1: no limit.", lambda v: v >= -1, ">= -1",
-            "retention_bytes"),
+            "retention_bytes",
+            "retention.bytes"),
     Setting("log.retention.check.interval.ms", int, 60_000, "How often retention runs.",
             lambda v: v >= 10, ">= 10"),
     Setting("metrics.port", int, -1, "Port of the Prometheus endpoint served by the "
@@ -85,20 +96,37 @@ SETTINGS: tuple[Setting, ...] = (
             "is older than this.", lambda v: v >= 500, ">= 500"),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
+TOPIC_SETTINGS = {s.topic_key: s for s in SETTINGS if s.topic_key}  # by Kafka topic key
 
 
-def _parse(setting: Setting, raw: Any) -> Any:
+def _parse(setting: Setting, raw: Any, name: str = "") -> Any:
+    """raw as the setting's type, checked; ConfigError naming `name` (default: the
+    setting's key), the value and what is allowed."""
+    name = name or setting.key
     if setting.type is bool and isinstance(raw, str):
         if raw.strip().lower() not in ("true", "false"):
-            raise ConfigError(f"{setting.key}={raw!r}: expected true or false")
+            raise ConfigError(f"{name}={raw!r}: expected true or false")
         return raw.strip().lower() == "true"
     try:
         value = setting.type(raw.strip() if isinstance(raw, str) else raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{setting.key}={raw!r}: expected {setting.type.__name__}") from None
+        raise ConfigError(f"{name}={raw!r}: expected {setting.type.__name__}") from None
     if not setting.check(value):
-        raise ConfigError(f"{setting.key}={raw!r}: allowed {setting.allowed}")
+        raise ConfigError(f"{name}={raw!r}: allowed {setting.allowed}")
     return value
+
+
+def topic_config_error(configs: dict) -> str | None:
+    """Why these per-topic settings (Kafka's topic keys) cannot be used, or None."""
+    for key, raw in configs.items():
+        setting = TOPIC_SETTINGS.get(key)
+        if setting is None:
+            return f"unknown topic config {key!r}; known: {', '.join(sorted(TOPIC_SETTINGS))}"
+        try:
+            _parse(setting, raw, key)
+        except ConfigError as exc:
+            return f"topic config {exc}"
+    return None
 
 
 def read_properties(path: str) -> dict[str, str]:
@@ -148,13 +176,17 @@ class BrokerConfig:
     def workers(self) -> int:
         return self["num.workers"] or os.cpu_count() or 1
 
-    def log_config(self, overrides: dict[str, Any] | None = None) -> LogConfig:
-        """The LogConfig of a partition: broker defaults, then topic-level overrides
-        (keyed by LogConfig field name)."""
-        fields = {s.log_field: self[s.key] for s in SETTINGS if s.log_field}
-        fields["max_batch_bytes"] = self["message.max.bytes"] + 12
-        fields.update(overrides or {})
-        return LogConfig(**fields)
+    def log_config(self, topic_config: dict[str, Any] | None = None) -> LogConfig:
+        """The LogConfig of a partition: the broker's settings, overridden by its topic's
+        (Kafka's topic keys, as CreateTopics and AlterConfigs store them). ConfigError
+        for a topic value these settings refuse."""
+        values = {s.log_field: s.to_log(self[s.key]) for s in SETTINGS if s.log_field}
+        for key, raw in (topic_config or {}).items():
+            setting = TOPIC_SETTINGS.get(key)
+            if setting is None:
+                raise ConfigError(f"unknown topic config {key!r}")
+            values[setting.log_field] = setting.to_log(_parse(setting, raw, key))
+        return LogConfig(**values)
 
 
 def reference_table() -> str:

@@ -24,24 +24,12 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from pybroker.config import BrokerConfig
+from pybroker.config import BrokerConfig, ConfigError
 from pybroker.coord.registry import ClusterState
-from pybroker.log import PartitionLog
+from pybroker.log import LogConfig, PartitionLog
 from pybroker.server.producer_state import ProducerStates
 
 log = logging.getLogger("pybroker.server")
-
-# Topic-level config keys (Kafka's names) -> LogConfig fields.
-TOPIC_CONFIG_FIELDS = {
-    "segment.bytes": "segment_bytes",
-    "segment.ms": "segment_ms",
-    "flush.messages": "flush_messages",
-    "flush.ms": "flush_ms",
-    "index.interval.bytes": "index_interval_bytes",
-    "retention.ms": "retention_ms",
-    "retention.bytes": "retention_bytes",
-    "max.message.bytes": "max_batch_bytes",
-}
 
 
 def partition_dir(data_dir: str, topic: str, partition: int) -> str:
@@ -75,22 +63,31 @@ class PartitionSet:
         for tp in sorted(set(self.logs) - wanted):
             self._close(tp, delete=tp[0] not in state.topics)
             changed = True
+        configs = {topic: self._log_config(topic, state) for topic, _ in wanted}
         for tp in sorted(wanted - set(self.logs)):
-            overrides = topic_log_overrides(state.topic_configs.get(tp[0], {}))
-            self._open(tp, overrides)
+            self._open(tp, configs[tp[0]])
             changed = True
         for tp, plog in self.logs.items():
-            config = self.config.log_config(
-                topic_log_overrides(state.topic_configs.get(tp[0], {})))
+            config = configs[tp[0]]
             if config != plog.config:
                 plog.reconfigure(config)
                 log.info("node=%d tp=%s-%d config now %s", self.node_id, tp[0], tp[1], config)
         return changed
 
-    def _open(self, tp: tuple[str, int], overrides: dict) -> None:
+    def _log_config(self, topic: str, state: ClusterState) -> LogConfig:
+        """The broker's log settings under the topic's overrides; without the overrides
+        (logged) if ZooKeeper holds one these settings refuse, as written by hand."""
+        try:
+            return self.config.log_config(state.topic_configs.get(topic, {}))
+        except ConfigError as exc:
+            log.error("node=%d topic=%s ignores its configs in ZooKeeper: %s", self.node_id,
+                      topic, exc)
+            return self.config.log_config()
+
+    def _open(self, tp: tuple[str, int], config: LogConfig) -> None:
         topic, partition = tp
         directory = partition_dir(self.data_dir, topic, partition)
-        plog = PartitionLog(directory, self.config.log_config(overrides),
+        plog = PartitionLog(directory, config,
                             name=f"{topic}-{partition}",
                             on_flush=lambda _hw, seconds, tp=tp: self._flushed(tp, seconds))
         self.producers.load(tp, plog)
@@ -231,12 +228,3 @@ class PartitionSet:
             deleted += plog.enforce_retention()
         return deleted
 
-
-def topic_log_overrides(topic_config: dict) -> dict:
-    """LogConfig fields from a topic's Kafka-named config entries."""
-    out = {}
-    for key, value in topic_config.items():
-        fld = TOPIC_CONFIG_FIELDS.get(key)
-        if fld is not None:
-            out[fld] = int(value)
-    return out

@@ -49,6 +49,10 @@ def test_bad_topic_configs_are_refused_with_the_key_named(broker):
     res = ConfigResource(ConfigResource.Type.TOPIC, "cfg-ok", set_config={"retention.ms": "soon"})
     with pytest.raises(KafkaException, match="retention.ms"):
         admin.alter_configs([res])[res].result(30)
+    # out of range: refused before it reaches ZooKeeper, with the range allowed
+    res = ConfigResource(ConfigResource.Type.TOPIC, "cfg-ok", set_config={"segment.bytes": "1"})
+    with pytest.raises(KafkaException, match=r"segment.bytes='1': allowed 128\.\."):
+        admin.alter_configs([res])[res].result(30)
     res = ConfigResource(ConfigResource.Type.TOPIC, "never-made", set_config={"retention.ms": "1"})
     with pytest.raises(KafkaException):
         admin.alter_configs([res])[res].result(30)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 import re
 
+from pybroker.config import topic_config_error
 from pybroker.coord.registry import TopicExists
 from pybroker.protocol import ErrorCode
-from pybroker.server.partitions import TOPIC_CONFIG_FIELDS
 
 MAX_TOPIC_NAME = 249
 _LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
@@ -30,17 +30,6 @@ def topic_name_error(name) -> str | None:
     return None
 
 
-def config_error(configs: dict) -> str | None:
-    for key, value in configs.items():
-        if key not in TOPIC_CONFIG_FIELDS:
-            return f"unknown topic config {key!r}; known: {', '.join(sorted(TOPIC_CONFIG_FIELDS))}"
-        try:
-            int(value)
-        except (TypeError, ValueError):
-            return f"topic config {key}={value!r} is not an integer"
-    return None
-
-
 def create_topic(worker, name: str, partitions: int, configs: dict,
                  validate_only: bool = False) -> tuple[ErrorCode, str | None]:
     """Validate and register a topic; (error code, message)."""
@@ -49,7 +38,7 @@ def create_topic(worker, name: str, partitions: int, configs: dict,
         return ErrorCode.INVALID_TOPIC_EXCEPTION, problem
     if partitions < 1:
         return ErrorCode.INVALID_PARTITIONS, f"num_partitions must be >= 1, got {partitions}"
-    problem = config_error(configs)
+    problem = topic_config_error(configs)
     if problem:
         return ErrorCode.INVALID_CONFIG, problem
     if name in worker.cluster.topics:

@@ -8,8 +8,7 @@ they can be described, not altered.
 from __future__ import annotations
 
 from pybroker.protocol import ErrorCode
-from pybroker.server.handlers.admin import config_error
-from pybroker.server.partitions import TOPIC_CONFIG_FIELDS
+from pybroker.config import TOPIC_SETTINGS, topic_config_error
 
 TOPIC, BROKER = 2, 4                 # resource types
 DYNAMIC_TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 4, 5   # config sources
@@ -18,13 +17,12 @@ SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3                             # operati
 
 def _topic_entries(worker, topic: str, keys) -> list[dict]:
     overrides = worker.cluster.topic_configs.get(topic, {})
-    defaults = worker.config.log_config()
     entries = []
-    for key in sorted(TOPIC_CONFIG_FIELDS):
+    for key in sorted(TOPIC_SETTINGS):
         if keys is not None and key not in keys:
             continue
         overridden = key in overrides
-        value = overrides[key] if overridden else str(getattr(defaults, TOPIC_CONFIG_FIELDS[key]))
+        value = overrides[key] if overridden else worker.config[TOPIC_SETTINGS[key].key]
         source = DYNAMIC_TOPIC_CONFIG if overridden else DEFAULT_CONFIG
         entries.append({"name": key, "value": str(value), "read_only": False,
                         "config_source": source, "is_default": not overridden,
@@ -98,7 +96,7 @@ def _alter(ctx, request, incremental: bool):
             continue
         config, problem = _new_config(worker.cluster.topic_configs.get(name, {}),
                                       res["configs"], incremental)
-        problem = problem or config_error(config)
+        problem = problem or topic_config_error(config)
         if problem:
             answer["error_code"] = ErrorCode.INVALID_CONFIG
             answer["error_message"] = problem

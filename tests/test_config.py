@@ -1,0 +1,31 @@
+"""Broker settings and the per-topic overrides read through the same table."""
+import pytest
+
+from pybroker.config import BrokerConfig, ConfigError, TOPIC_SETTINGS, topic_config_error
+
+
+def test_a_topic_override_means_what_the_broker_setting_means():
+    # message.max.bytes and max.message.bytes both bound a batch the same way
+    broker = BrokerConfig({"message.max.bytes": 5000})
+    assert (broker.log_config().max_batch_bytes ==
+            BrokerConfig().log_config({"max.message.bytes": "5000"}).max_batch_bytes)
+    for topic_key, setting in TOPIC_SETTINGS.items():
+        value = setting.default if setting.default > 0 else 1000
+        assert (BrokerConfig({setting.key: value}).log_config() ==
+                BrokerConfig().log_config({topic_key: str(value)})), topic_key
+
+
+@pytest.mark.parametrize("configs, named", [
+    ({"segment.bytes": "1"}, "segment.bytes='1': allowed 128.."),
+    ({"retention.ms": "soon"}, "retention.ms='soon': expected int"),
+    ({"flush.ms": "-5"}, "flush.ms='-5': allowed >= 0"),
+    ({"no.such.key": "1"}, "unknown topic config 'no.such.key'"),
+])
+def test_bad_topic_configs_are_named(configs, named):
+    assert named in topic_config_error(configs)
+    with pytest.raises(ConfigError, match="no.such.key|allowed|expected"):
+        BrokerConfig().log_config(configs)
+
+
+def test_good_topic_configs_pass():
+    assert topic_config_error({"segment.bytes": "2048", "retention.ms": "-1"}) is None
