@@ -124,28 +124,32 @@ class MessageStream:
         return f"MessageStream({self.stream_id!r}, topic={self.topic!r})"
 
     def _mark_processed(self) -> None:
+        """The message returned last was processed (the caller asks for the next one).
+        Call with the consumer's lock held."""
         last, self._last = self._last, None
         if last is not None:
             state, offset = last
-            with self._consumer._lock:
-                if state.valid and state.processed is not None and offset >= state.processed:
-                    state.processed = offset + 1
+            if state.valid and state.processed is not None and offset >= state.processed:
+                state.processed = offset + 1
 
     def __next__(self) -> Message:
         consumer = self._consumer
-        self._mark_processed()
         timeout = consumer.consumer_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if consumer._closed:
-                raise StopIteration
-            if consumer._error is not None:
+            if consumer._closed or consumer._error is not None:
+                if self._last is not None:
+                    with consumer._lock:
+                        self._mark_processed()
+                if consumer._closed:
+                    raise StopIteration
                 raise consumer._error
             while self._pos < len(self._chunk):
                 message = self._chunk[self._pos]
                 self._pos += 1
                 state = self._chunk_state
-                with consumer._lock:
+                with consumer._lock:  # one lock per message: mark the last, take this one
+                    self._mark_processed()
                     if not state.valid:
                         self._pos = len(self._chunk)
                         break
@@ -154,6 +158,9 @@ class MessageStream:
                     state.consumed = message.offset + 1
                 self._last = (state, message.offset)
                 return message
+            if self._last is not None:  # before waiting: commits must see it processed
+                with consumer._lock:
+                    self._mark_processed()
             wait = 0.2 if deadline is None else min(0.2, max(deadline - time.monotonic(), 0))
             try:
                 self._chunk_state, self._chunk = self._queue.get(timeout=wait)
