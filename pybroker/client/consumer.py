@@ -42,14 +42,14 @@ from typing import NamedTuple
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, ZookeeperError
 
+from pybroker.coord.offsets import commit_offsets, fetch_offsets
 from pybroker.errors import PyBrokerError
 from pybroker.protocol import ApiKey, ErrorCode
 from pybroker.records import CONTROL_BIT, parse_batches, parse_records
 
 from .connection import (FETCH_VERSION, LIST_OFFSETS_VERSION, BrokerConnection,
                          KafkaError)
-from .rebalance import (GroupRegistry, RebalanceError, Snapshot, read_offset,
-                        validate_path_element, write_offset)
+from .rebalance import GroupRegistry, RebalanceError, Snapshot, validate_path_element
 
 log = logging.getLogger("pybroker.client.consumer")
 
@@ -337,12 +337,16 @@ class Consumer:
         with self._lock:
             todo = [(s, s.processed) for s in self._states.values()
                     if s.valid and s.processed is not None and s.processed != s.committed]
-        written = {}
-        for state, offset in todo:
-            write_offset(self._zk, self.group, state.topic, state.partition, offset)
-            state.committed = offset
-            written[(state.topic, state.partition)] = offset
-        return written
+        self._commit(todo)
+        return {(state.topic, state.partition): offset for state, offset in todo}
+
+    def _commit(self, todo: list) -> None:
+        """Store [(partition state, offset)] in the offset registry in one transaction."""
+        if todo:
+            commit_offsets(self._zk, self.group, {(s.topic, s.partition): (offset, None, -1)
+                                                  for s, offset in todo})
+            for state, offset in todo:
+                state.committed = offset
 
     # --- rebalance -------------------------------------------------------------------
 
@@ -376,16 +380,15 @@ class Consumer:
             self._registry.owned.clear()      # those znodes died with the session
             self._registry.register()
         elif self.auto_commit_enable:
-            for state in old.values():
-                if state.processed is not None and state.processed != state.committed:
-                    write_offset(self._zk, self.group, state.topic, state.partition,
-                                 state.processed)
+            self._commit([(s, s.processed) for s in old.values()
+                          if s.processed is not None and s.processed != s.committed])
         snap, owned = self._registry.rebalance(sleep=self._backoff)
         stream_index = {s.stream_id: s.index for streams in self._streams.values()
                         for s in streams}
+        offsets = fetch_offsets(self._zk, self.group, owned)  # one batch of reads
         states = {}
         for (topic, partition), stream_id in owned.items():
-            committed = read_offset(self._zk, self.group, topic, partition)
+            committed = offsets.get((topic, partition), (None,))[0]
             states[(topic, partition)] = _PartitionState(
                 topic, partition, stream_index[stream_id], committed, committed)
         with self._lock:

@@ -44,13 +44,13 @@ from typing import Callable
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
-from pybroker.coord.offsets import path_element_error
+from pybroker.coord.offsets import offset_path, path_element_error
 from pybroker.errors import PyBrokerError
 
 log = logging.getLogger("pybroker.client.rebalance")
 
 __all__ = ["RebalanceError", "validate_path_element", "assign_range", "stream_ids",
-           "GroupRegistry", "Snapshot", "read_offset", "write_offset", "offset_path",
+           "GroupRegistry", "Snapshot", "offset_path",
            "owner_path", "consumer_path", "BROKER_IDS", "BROKER_TOPICS"]
 
 BROKER_IDS = "/brokers/ids"
@@ -78,39 +78,6 @@ def consumer_path(group: str, consumer_id: str | None = None) -> str:
 def owner_path(group: str, topic: str, partition: int | None = None) -> str:
     base = f"/consumers/{group}/owners/{topic}"
     return base if partition is None else f"{base}/{partition}"
-
-
-def offset_path(group: str, topic: str, partition: int) -> str:
-    return f"/consumers/{group}/offsets/{topic}/{partition}"
-
-
-def read_offset(zk: KazooClient, group: str, topic: str, partition: int) -> int | None:
-    """The committed offset of (group, topic, partition), or None if there is none."""
-    try:
-        data, _ = zk.get(offset_path(group, topic, partition))
-    except NoNodeError:
-        return None
-    text = data.decode("ascii", "replace").strip()
-    try:
-        return int(text)
-    except ValueError:
-        log.warning("group=%s tp=%s-%d offset registry holds %r, not a number; ignored",
-                    group, topic, partition, text)
-        return None
-
-
-def write_offset(zk: KazooClient, group: str, topic: str, partition: int,
-                 offset: int) -> None:
-    """Store `offset` (the next offset to consume) in the persistent offset registry."""
-    path = offset_path(group, topic, partition)
-    data = str(int(offset)).encode("ascii")
-    try:
-        zk.set(path, data)
-    except NoNodeError:
-        try:
-            zk.create(path, data, makepath=True)
-        except NodeExistsError:
-            zk.set(path, data)
 
 
 def stream_ids(consumer_id: str, count: int) -> list[str]:

@@ -150,6 +150,17 @@ def fetch_offsets(zk, group: str, partitions=None) -> dict:
     return found
 
 
+def read_offset(zk, group: str, topic: str, partition: int) -> int | None:
+    """The committed offset of one partition, or None."""
+    found = fetch_offsets(zk, group, [(topic, partition)])
+    return found[(topic, partition)][0] if found else None
+
+
+def write_offset(zk, group: str, topic: str, partition: int, offset: int) -> None:
+    """Commit one partition's offset (no metadata)."""
+    commit_offsets(zk, group, {(topic, partition): (offset, None, -1)})
+
+
 def committed_partitions(zk, group: str) -> list[tuple[str, int]]:
     """Every (topic, partition) with an offset znode in group, sorted."""
     base = f"{CONSUMERS}/{group}/offsets"

@@ -21,8 +21,8 @@ from kazoo.exceptions import NoNodeError
 
 from pybroker.client import Producer
 from pybroker.client.consumer import Consumer, ConsumerTimeout, decode_messages
-from pybroker.client.rebalance import (RebalanceError, assign_range, offset_path,
-                                       owner_path, read_offset, write_offset)
+from pybroker.client.rebalance import RebalanceError, assign_range, owner_path
+from pybroker.coord.offsets import offset_path, read_offset, write_offset
 from pybroker.testing import poll
 
 WAIT_S = 60.0
