@@ -16,7 +16,8 @@ import sys
 import time
 
 from pybroker.cli import _zk_connect
-from pybroker.client.connection import Cluster, KafkaError
+from pybroker.client.connection import FETCH_VERSION, Cluster, KafkaError
+from pybroker.protocol import ApiKey
 
 FETCH_WAIT_MS = 500
 FETCH_BYTES = 1 << 20
@@ -96,33 +97,25 @@ def _emit(args, msg) -> None:
         sys.stdout.buffer.write((msg.value or b"") + b"\n")
 
 
-def _start_offsets(cluster: Cluster, conn_for, topic: str, partitions: list[int], where: str):
-    """partition -> (first offset to read, end offset at start)."""
-    if where.startswith("time:"):
-        ts = int(where[5:])
-    else:
-        ts = {"earliest": -2, "latest": -1}.get(where)
-    out = {}
-    for p in partitions:
-        conn = conn_for(p)
+def _offsets(cluster: Cluster, topic: str, partitions: list[int], timestamp: int) -> dict:
+    """partition -> ListOffsets answer for timestamp; KafkaError naming a refused one."""
+    found = cluster.list_offsets({(topic, p): timestamp for p in partitions})
+    for (t, p), (code, _offset) in found.items():
+        if code:
+            raise KafkaError(code, f"ListOffsets {t}-{p}")
+    return {p: found[(topic, p)][1] for p in partitions}
 
-        def ask(timestamp):
-            body = {"replica_id": -1, "isolation_level": 0, "topics": [{
-                "name": topic, "partitions": [{"partition_index": p, "timestamp": timestamp,
-                                               "current_leader_epoch": -1}]}]}
-            part = conn.request(2, 2, body)["topics"][0]["partitions"][0]
-            if part["error_code"]:
-                raise KafkaError(part["error_code"], f"ListOffsets {topic}-{p}")
-            return part["offset"]
-        end = ask(-1)
-        if ts is None:
-            start = int(where)
-        else:
-            start = ask(ts)
-            if start < 0:  # no record at or after that time
-                start = end
-        out[p] = (start, end)
-    return out
+
+def _start_offsets(cluster: Cluster, topic: str, partitions: list[int], where: str):
+    """partition -> (first offset to read, end offset at start)."""
+    ends = _offsets(cluster, topic, partitions, -1)
+    named = {"earliest": -2, "latest": -1}
+    if where.startswith("time:") or where in named:
+        ts = int(where[5:]) if where.startswith("time:") else named[where]
+        found = _offsets(cluster, topic, partitions, ts)
+        # a time past every record has no offset: start at the end
+        return {p: (found[p] if found[p] >= 0 else ends[p], ends[p]) for p in partitions}
+    return {p: (int(where), ends[p]) for p in partitions}
 
 
 def consume(args) -> int:
@@ -132,15 +125,11 @@ def consume(args) -> int:
     cluster = Cluster(args.bootstrap, client_id="pybroker-cli", allow_auto_create=False)
     leaders = cluster.ensure_topic(args.topic)
     partitions = [args.partition] if args.partition is not None else sorted(leaders)
-    conns = {}
-
-    def conn_for(p):
-        node = leaders[p]
-        if node not in conns:
-            conns[node] = cluster.connection(node)
-        return conns[node]
-
-    positions = _start_offsets(cluster, conn_for, args.topic, partitions, args.start)
+    by_node: dict[int, list[int]] = {}
+    for p in partitions:
+        by_node.setdefault(leaders[p], []).append(p)
+    conns = {node: cluster.connection(node) for node in by_node}
+    positions = _start_offsets(cluster, args.topic, partitions, args.start)
     offsets = {p: s for p, (s, _e) in positions.items()}
     ends = {p: e for p, (_s, e) in positions.items()}
     printed = 0
@@ -148,20 +137,28 @@ def consume(args) -> int:
         while args.count is None or printed < args.count:
             if args.exit and all(offsets[p] >= ends[p] for p in partitions):
                 break
-            for p in partitions:
+            for node, parts in by_node.items():  # one long-polling Fetch per leader
+                if args.exit:
+                    parts = [p for p in parts if offsets[p] < ends[p]]
+                if not parts:
+                    continue
                 body = {"replica_id": -1, "max_wait_ms": FETCH_WAIT_MS, "min_bytes": 1,
                         "max_bytes": FETCH_BYTES, "isolation_level": 0, "topics": [{
                             "topic": args.topic, "partitions": [{
                                 "partition": p, "fetch_offset": offsets[p],
-                                "partition_max_bytes": FETCH_BYTES}]}]}
-                answer = conn_for(p).request(1, 4, body)["responses"][0]["partitions"][0]
-                if answer["error_code"]:
-                    raise KafkaError(answer["error_code"], f"Fetch {args.topic}-{p} at "
-                                     f"{offsets[p]}")
-                for msg in decode_messages(args.topic, p, answer["records"], offsets[p]):
-                    _emit(args, msg)
-                    offsets[p] = msg.offset + 1
-                    printed += 1
+                                "partition_max_bytes": FETCH_BYTES} for p in parts]}]}
+                answer = conns[node].request(ApiKey.FETCH, FETCH_VERSION, body)
+                for part in answer["responses"][0]["partitions"]:
+                    p = part["partition_index"]
+                    if part["error_code"]:
+                        raise KafkaError(part["error_code"], f"Fetch {args.topic}-{p} at "
+                                         f"{offsets[p]}")
+                    for msg in decode_messages(args.topic, p, part["records"], offsets[p]):
+                        _emit(args, msg)
+                        offsets[p] = msg.offset + 1
+                        printed += 1
+                        if args.count is not None and printed >= args.count:
+                            break
                     if args.count is not None and printed >= args.count:
                         break
                 if args.count is not None and printed >= args.count:

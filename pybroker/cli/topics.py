@@ -84,26 +84,10 @@ def describe(args) -> int:
 
 def _offsets(cluster: Cluster, topic: str, partitions: list) -> dict:
     """partition -> (log start, log end), asking each partition's leader."""
-    by_leader: dict[int, list[int]] = {}
-    for p in partitions:
-        by_leader.setdefault(p["leader_id"], []).append(p["partition_index"])
-    out = {}
-    for leader, indexes in by_leader.items():
-        if leader < 0:
-            continue
-        conn = cluster.connection(leader)
-        try:
-            found = {}
-            for ts in (-2, -1):
-                body = {"replica_id": -1, "isolation_level": 0, "topics": [{
-                    "name": topic, "partitions": [{"partition_index": i, "timestamp": ts,
-                                                   "current_leader_epoch": -1} for i in indexes]}]}
-                for part in conn.request(ApiKey.LIST_OFFSETS, 2, body)["topics"][0]["partitions"]:
-                    found.setdefault(part["partition_index"], []).append(part["offset"])
-            out.update({i: tuple(v) for i, v in found.items()})
-        finally:
-            conn.close()
-    return out
+    indexes = [p["partition_index"] for p in partitions if p["leader_id"] >= 0]
+    starts = cluster.list_offsets({(topic, i): -2 for i in indexes})
+    ends = cluster.list_offsets({(topic, i): -1 for i in indexes})
+    return {i: (starts[(topic, i)][1], ends[(topic, i)][1]) for i in indexes}
 
 
 def delete(args) -> int:

@@ -318,6 +318,35 @@ class Cluster:
                                  f"topic {topic!r} has no leaders after metadata retries")
             time.sleep(0.05)
 
+    def list_offsets(self, timestamps: dict) -> dict:
+        """ListOffsets for {(topic, partition): timestamp} (-2 earliest, -1 latest, or
+        ms), one request per partition leader: {(topic, partition): (error code,
+        offset)}. Leaders not known yet are looked up first."""
+        unknown = sorted({t for t, p in timestamps if self.leader(t, p) is None})
+        if unknown:
+            self.refresh(unknown)
+        by_node: dict[int, dict] = {}
+        found = {}
+        for (topic, partition), ts in timestamps.items():
+            node = self.leader(topic, partition)
+            if node is None or node < 0:
+                found[(topic, partition)] = (ErrorCode.LEADER_NOT_AVAILABLE, -1)
+            else:
+                by_node.setdefault(node, {}).setdefault(topic, []).append(
+                    {"partition_index": partition, "timestamp": ts})
+        for node, topics in by_node.items():
+            conn = self.connection(node)
+            try:
+                answer = conn.request(ApiKey.LIST_OFFSETS, LIST_OFFSETS_VERSION, {
+                    "replica_id": -1, "isolation_level": 0,
+                    "topics": [{"name": t, "partitions": ps} for t, ps in topics.items()]})
+            finally:
+                conn.close()
+            for t in answer["topics"]:
+                for p in t["partitions"]:
+                    found[(t["name"], p["partition_index"])] = (p["error_code"], p["offset"])
+        return found
+
     def close(self) -> None:
         with self._lock:
             if self._meta_conn is not None:
