@@ -303,6 +303,7 @@ class Producer:
         self._conns: dict = {}                     # node -> BrokerConnection
         self._inflight: dict[int, collections.deque] = {}  # node -> (cid, tps, sent at)
         self._busy: set = set()                    # partitions with a request in flight
+        self._stale_topics: set = set()            # retried: refresh their leaders first
         # wake-ups for the sender, which sleeps in select() on its connections
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -491,6 +492,8 @@ class Producer:
                 except (BlockingIOError, OSError):
                     pass
                 self._notified = False
+                if self._stale_topics:
+                    self._refresh_stale()
                 now = time.monotonic()
                 with self._lock:
                     ready, wait = self._take_ready(now, self._busy)
@@ -668,18 +671,15 @@ class Producer:
 
     def _retry_or_fail(self, batches: list, exc: KafkaError) -> None:
         """Put batches back at the head of their queue (in order), or fail them once
-        out of attempts. Refreshes metadata so the retry finds the current leader."""
+        out of attempts. Their topic's leaders are refreshed before the next send (one
+        refresh for all the partitions a failed node had in flight)."""
         retry = [b for b in batches if b.attempts <= self.retries]
         for b in batches:
             if b.attempts > self.retries:
                 self._finish(b, -1, exc)
         if not retry:
             return
-        try:
-            self.cluster.refresh([retry[0].topic])
-            self._grow(retry[0].topic)
-        except KafkaError as refresh_exc:
-            log.warning("producer: metadata refresh failed: %s", refresh_exc)
+        self._stale_topics.add(retry[0].topic)
         tp = (retry[0].topic, retry[0].partition)
         at = time.monotonic() + self.retry_backoff
         with self._lock:
@@ -687,6 +687,15 @@ class Producer:
             for b in reversed(retry):
                 b.retry_at = at
                 queue.appendleft(b)
+
+    def _refresh_stale(self) -> None:
+        topics, self._stale_topics = sorted(self._stale_topics), set()
+        try:
+            self.cluster.refresh(topics)
+            for topic in topics:
+                self._grow(topic)
+        except KafkaError as exc:
+            log.warning("producer: metadata refresh failed: %s", exc)
 
     def _finish(self, batch: _Batch, base_offset: int, error) -> None:
         _complete(batch, base_offset, error)
