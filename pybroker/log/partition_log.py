@@ -66,17 +66,13 @@ class FlushTicket:
     segment meanwhile neither breaks the sync nor lets it reach a reused fd. It covers
     the offsets below `offset`, the bytes below `position`."""
 
-    __slots__ = ("fd", "path", "offset", "position", "messages", "first_unflushed_ms",
-                 "seconds")
+    __slots__ = ("fd", "path", "offset", "position", "seconds")
 
-    def __init__(self, fd: int, path: str, offset: int, position: int, messages: int,
-                 first_unflushed_ms: int | None):
+    def __init__(self, fd: int, path: str, offset: int, position: int):
         self.fd = fd
         self.path = path
         self.offset = offset
         self.position = position
-        self.messages = messages                      # to count again if the sync fails
-        self.first_unflushed_ms = first_unflushed_ms
         self.seconds = 0.0
 
     def sync(self) -> None:
@@ -322,7 +318,7 @@ class PartitionLog:
             return None
         active = self._segments[-1]
         ticket = FlushTicket(os.dup(active.file.fd), active.log_path, self._next_offset,
-                             active.size, self._unflushed_messages, self._first_unflushed_ms)
+                             active.size)
         self._flush_ticket = ticket
         self._unflushed_messages = 0
         self._first_unflushed_ms = None
@@ -394,10 +390,16 @@ class PartitionLog:
         if deadline is not None and now >= deadline:
             self.flush()
             flushed = True
+        self.maybe_checkpoint(now)
+        return flushed
+
+    def maybe_checkpoint(self, now_ms: int | None = None) -> None:
+        """Record the high watermark as the recovery point if recovery_checkpoint_ms
+        has passed since the last time and it moved."""
+        now = self._now_ms() if now_ms is None else now_ms
         if (self._recovery_point < self._hw and
                 now - self._last_checkpoint_ms >= self.config.recovery_checkpoint_ms):
             self._write_checkpoint()
-        return flushed
 
     def when_durable(self, offset: int, callback: Callable[[int], None]) -> bool:
         """Call callback(high_watermark) once offset is flushed (acks=all). Returns True

@@ -126,7 +126,7 @@ class PartitionSet:
     def checkpoint(self) -> None:
         """Periodic work: recovery-point checkpoints and producer-state snapshots."""
         for tp, plog in self.logs.items():
-            plog.maybe_flush()
+            plog.maybe_checkpoint()
             self.producers.save(tp, plog)
 
     def names(self) -> list[str]:
