@@ -4,9 +4,10 @@ sees; and the coalescing of a run of pipelined requests into one write per parti
 A producer batching 1 message sends one request per message; with many of them in
 flight, one recv() brings dozens. Appending each alone costs a pwrite and an index
 update apiece (about 5 us); appending the run's records for a partition as one buffer
-costs under 1 us a request. So the Produce handler (produce.py), while its connection is inside a
-run of frames, hands plain (non-idempotent) appends to the worker's AppendBatch and
-answers after the run; the connection calls `apply()` before it takes those answers.
+costs under 1 us a request. So the Produce handler (produce.py), while its connection
+is inside a run of frames, hands plain (non-idempotent) appends to the worker's
+AppendBatch and answers after the run; the connection calls `apply()` before it takes
+those answers.
 
 Invariants:
 - Order within a partition is arrival order: anything that must append at once (an
