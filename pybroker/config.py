@@ -53,6 +53,9 @@ SETTINGS: tuple[Setting, ...] = (
             "empty: start a private ZooKeeper under the data dir."),
     Setting("zookeeper.session.timeout.ms", int, 10_000, "ZooKeeper session timeout.",
             lambda v: v >= 1000, ">= 1000"),
+    Setting("zookeeper.connection.timeout.ms", int, 18_000, "How long `serve` waits for "
+            "ZooKeeper at start before it exits 1 naming the address (Kafka's default).",
+            lambda v: v >= 100, ">= 100"),
     Setting("num.partitions", int, 1, "Partitions of an auto-created topic.",
             lambda v: v >= 1, ">= 1"),
     Setting("auto.create.topics.enable", bool, True, "Create unknown topics on metadata "
@@ -62,6 +65,16 @@ SETTINGS: tuple[Setting, ...] = (
             "max.message.bytes", lambda v: v + BATCH_LOG_OVERHEAD),
     Setting("socket.request.max.bytes", int, 100 << 20, "Largest request frame; larger "
             "frames are refused before their body is read.", lambda v: v >= 1024, ">= 1024"),
+    Setting("connections.max.idle.ms", int, 600_000, "Close a client connection idle "
+            "this long (Kafka's default); -1: never.", lambda v: v >= -1 and v != 0,
+            ">= 1, or -1"),
+    Setting("max.connections", int, (1 << 31) - 1, "Client connections one node (worker) "
+            "accepts; more are closed at once with a log line.", _nonneg, ">= 0"),
+    Setting("max.connections.per.ip", int, (1 << 31) - 1, "Client connections one node "
+            "accepts from one IP address.", _nonneg, ">= 0"),
+    Setting("max.partitions.per.request", int, 10_000, "Most partitions one CreateTopics "
+            "topic may ask for (ZooKeeper keeps a topic's assignment in one znode).",
+            lambda v: v >= 1, ">= 1"),
     Setting("log.segment.bytes", int, _LOG_DEFAULTS.segment_bytes, "Segment size (P4).",
             lambda v: 128 <= v <= (1 << 31) - 1, "128..2147483647", "segment_bytes",
             "segment.bytes"),
@@ -89,6 +102,11 @@ SETTINGS: tuple[Setting, ...] = (
             "retention.bytes"),
     Setting("log.retention.check.interval.ms", int, 60_000, "How often retention runs.",
             lambda v: v >= 10, ">= 10"),
+    Setting("log.scrub.interval.ms", int, 3_600_000, "Start a CRC scrub pass over the "
+            "sealed segments this long after the previous pass ended; -1: never.",
+            lambda v: v >= 10 or v == -1, ">= 10, or -1"),
+    Setting("log.scrub.bytes.per.second", int, 16 << 20, "Rate limit of the scrub's reads.",
+            lambda v: v >= 1024, ">= 1024"),
     Setting("metrics.port", int, -1, "Port of the Prometheus endpoint served by the "
             "supervisor (GET /metrics); -1: off, 0: any free port.",
             lambda v: -1 <= v <= 65535, "-1..65535"),
