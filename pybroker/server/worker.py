@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from pybroker.config import BrokerConfig
 from pybroker.coord.registry import ClusterState, Registry
@@ -66,6 +67,9 @@ class Worker:
         self.registry: Registry | None = None
         self.control: controlblock.ControlBlock | None = None
         self._stopped: asyncio.Event | None = None
+        # Every ZooKeeper call a request needs runs here, one at a time in arrival order,
+        # never on the event loop: a slow or lost ZooKeeper must not stall the node.
+        self._zk_executor = ThreadPoolExecutor(1, thread_name_prefix=f"zk-{self.node_id}")
 
     @property
     def producers(self):
@@ -141,6 +145,11 @@ class Worker:
                 log.exception("node=%d periodic %s failed", self.node_id, job.__name__)
             self.loop.call_later(interval, tick)
         self.loop.call_later(interval, tick)
+
+    def run_zk(self, fn, *args) -> asyncio.Future:
+        """fn(*args) on the worker's ZooKeeper thread; an asyncio Future of its result
+        (or of its exception: callers turn it into an error code)."""
+        return self.loop.run_in_executor(self._zk_executor, fn, *args)
 
     # --- connections -----------------------------------------------------------------
 
