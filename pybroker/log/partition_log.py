@@ -228,11 +228,15 @@ class PartitionLog:
 
     # --- appends, rolls and flushes (P4, P5) -----------------------------------------
 
-    def append(self, batches, append_time: int | None = None) -> AppendResult:
+    def append(self, batches, append_time: int | None = None,
+               check: Callable[[core.Scan], None] | None = None) -> AppendResult:
         """Validate (CRC included), stamp offsets into `batches` (a writable buffer of
         RecordBatch v2) and append them to the active segment. Visible to reads once
         flushed. Raises CorruptRecordError for a bad batch (nothing is written),
-        MessageTooLarge above max_batch_bytes, LogSyncFailedError once a flush failed."""
+        MessageTooLarge above max_batch_bytes, LogSyncFailedError once a flush failed.
+        `check(scan)` runs after validation and before the write (the idempotence check
+        reads the producer fields the C scan returns); what it raises is raised, and
+        nothing is written."""
         self._check_writable()
         try:
             scan = core.scan_batches(batches, stamp_offset=self._next_offset,
@@ -245,6 +249,8 @@ class PartitionLog:
             raise
         if scan.batches == 0:
             raise ValueError(f"{self.owner}: nothing to append (empty buffer)")
+        if check is not None:
+            check(scan)
         now = self._now_ms()
         if self._should_roll(len(batches), now):
             self.roll()
