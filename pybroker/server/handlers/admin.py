@@ -1,20 +1,49 @@
-"""CreateTopics (key 19) and DeleteTopics (key 20), and topic auto-creation.
+"""CreateTopics (key 19) and DeleteTopics (key 20), topic auto-creation, and the one way
+the handlers call ZooKeeper (`zk_call`).
 
 Topics without replication: a replication factor other than 1 (or -1, the default) is
 refused. Partitions are spread round-robin over the live nodes from a random start,
 and the assignment is written to ZooKeeper, from which every node opens its share.
+
+Every count a client declares is checked before anything is built from it: the
+partitions of one request (the sum over its topics, as Kafka's controller counts
+them) against the broker setting `max.partitions.per.request`, and the config
+entries of a topic against MAX_CONFIG_ENTRIES. ZooKeeper is only ever called on the
+worker's ZooKeeper thread (Worker.run_zk), so a slow or lost ZooKeeper delays the
+admin requests that need it, never the event loop and the other clients.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import re
+
+from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from pybroker.config import topic_config_error
 from pybroker.coord.registry import TopicExists
 from pybroker.protocol import ErrorCode
 
+log = logging.getLogger("pybroker.server")
+
 MAX_TOPIC_NAME = 249
 _LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+# A topic has about ten settings one can override (config.TOPIC_SETTINGS); a thousand
+# entries is no client's mistake but garbage, refused before a dict is built from it.
+MAX_CONFIG_ENTRIES = 1000
+# Waiting for the cluster view to show a created or deleted topic: Kafka's default
+# CreateTopics timeout is 60 s, but a client's own request timeout is often 30 s, and
+# the view normally follows ZooKeeper within milliseconds.
+MAX_CLUSTER_WAIT_S = 10.0
+# ZooKeeper unreachable: kazoo's calls wait for a reconnect with no deadline, so a
+# call still pending after the session timeout is answered as timed out (the call
+# itself goes on and may still take effect later, as a timed-out Kafka request may).
+# Connection loss is retriable (Kafka's answer when the controller does not respond
+# in time is REQUEST_TIMED_OUT); anything else is UNKNOWN_SERVER_ERROR.
+_RETRIABLE_ZK_ERRORS = (ConnectionLoss, OperationTimeoutError, SessionExpiredError,
+                        KazooTimeoutError)
 
 
 def topic_name_error(name) -> str | None:
@@ -30,73 +59,245 @@ def topic_name_error(name) -> str | None:
     return None
 
 
-def create_topic(worker, name: str, partitions: int, configs: dict,
-                 validate_only: bool = False) -> tuple[ErrorCode, str | None]:
-    """Validate and register a topic; (error code, message)."""
+# --- ZooKeeper ---------------------------------------------------------------------
+
+def zk_call(worker, what: str, fn, *args) -> asyncio.Future:
+    """fn(*args) on the worker's ZooKeeper thread; a Future of (error code, message,
+    result) that never holds an exception: (NONE, None, result) on success, else
+    (REQUEST_TIMED_OUT or UNKNOWN_SERVER_ERROR, message, None), logged once. Resolves
+    at the latest zookeeper.session.timeout.ms after the call is queued."""
+    out = worker.loop.create_future()
+    limit_s = worker.config["zookeeper.session.timeout.ms"] / 1000
+
+    def fail(code: ErrorCode, message: str) -> None:
+        if not out.done():
+            log.error("node=%d ZooKeeper %s failed: %s", worker.node_id, what, message)
+            out.set_result((code, message, None))
+
+    def done(f: asyncio.Future) -> None:
+        if out.done():
+            return
+        exc = f.exception()
+        if exc is None:
+            out.set_result((ErrorCode.NONE, None, f.result()))
+        elif isinstance(exc, _RETRIABLE_ZK_ERRORS):
+            fail(ErrorCode.REQUEST_TIMED_OUT,
+                 f"ZooKeeper unreachable ({type(exc).__name__}); retry")
+        else:
+            fail(ErrorCode.UNKNOWN_SERVER_ERROR,
+                 f"ZooKeeper {what} failed: {type(exc).__name__}: {exc}")
+
+    worker.run_zk(fn, *args).add_done_callback(done)
+    worker.loop.call_later(limit_s, fail, ErrorCode.REQUEST_TIMED_OUT,
+                           f"no answer from ZooKeeper within {limit_s:g} s "
+                           "(zookeeper.session.timeout.ms); the change may still happen")
+    return out
+
+
+def chain(fut: asyncio.Future, fn) -> asyncio.Future:
+    """A Future of fn(fut.result()); fn's own Future, if it returns one, is followed."""
+    out = fut.get_loop().create_future()
+
+    def step(f):
+        try:
+            value = fn(f.result())
+        except Exception as exc:  # noqa: BLE001 - the connection logs it as a handler error
+            out.set_exception(exc)
+            return
+        if isinstance(value, asyncio.Future):
+            value.add_done_callback(lambda g: out.set_result(g.result()))
+        else:
+            out.set_result(value)
+    fut.add_done_callback(step)
+    return out
+
+
+def _create_all(registry, plans: list) -> list:
+    """On the ZooKeeper thread: create each planned topic; per topic None (created),
+    TopicExists, or the exception that stopped it (one failure does not stop the rest)."""
+    outcomes = []
+    for name, assignment, configs in plans:
+        try:
+            registry.create_topic(name, assignment, configs)
+            outcomes.append(None)
+        except Exception as exc:  # noqa: BLE001 - sorted out on the loop, per topic
+            outcomes.append(exc)
+    return outcomes
+
+
+def _delete_all(registry, names: list) -> list:
+    """On the ZooKeeper thread: per name True (deleted), False (unknown) or the
+    exception that stopped it."""
+    outcomes = []
+    for name in names:
+        try:
+            outcomes.append(registry.delete_topic(name))
+        except Exception as exc:  # noqa: BLE001 - sorted out on the loop, per topic
+            outcomes.append(exc)
+    return outcomes
+
+
+def zk_error(worker, what: str, exc: Exception) -> tuple[ErrorCode, str]:
+    """The error code and message of one failed ZooKeeper write (logged)."""
+    if isinstance(exc, _RETRIABLE_ZK_ERRORS):
+        code, message = ErrorCode.REQUEST_TIMED_OUT, \
+            f"ZooKeeper unreachable ({type(exc).__name__}); retry"
+    else:
+        code, message = ErrorCode.UNKNOWN_SERVER_ERROR, \
+            f"ZooKeeper {what} failed: {type(exc).__name__}: {exc}"
+    log.error("node=%d ZooKeeper %s failed: %r", worker.node_id, what, exc)
+    return code, message
+
+
+# --- creating ----------------------------------------------------------------------
+
+def plan_topic(worker, name: str, partitions: int, configs: dict):
+    """Validate a new topic: (error code, message, assignment or None). `partitions`
+    must already be within max.partitions.per.request."""
     problem = topic_name_error(name)
     if problem:
-        return ErrorCode.INVALID_TOPIC_EXCEPTION, problem
+        return ErrorCode.INVALID_TOPIC_EXCEPTION, problem, None
     if partitions < 1:
-        return ErrorCode.INVALID_PARTITIONS, f"num_partitions must be >= 1, got {partitions}"
+        return (ErrorCode.INVALID_PARTITIONS,
+                f"num_partitions must be >= 1 (or -1 for num.partitions), got {partitions}",
+                None)
     problem = topic_config_error(configs)
     if problem:
-        return ErrorCode.INVALID_CONFIG, problem
+        return ErrorCode.INVALID_CONFIG, problem, None
     if name in worker.cluster.topics:
-        return ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists"
+        return ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists", None
     nodes = sorted(worker.cluster.nodes) or [worker.node_id]
     start = random.randrange(len(nodes))
-    assignment = {p: nodes[(start + p) % len(nodes)] for p in range(partitions)}
-    if validate_only:
-        return ErrorCode.NONE, None
-    try:
-        worker.registry.create_topic(name, assignment, configs)
-    except TopicExists:
-        return ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists"
-    return ErrorCode.NONE, None
+    return ErrorCode.NONE, None, {p: nodes[(start + p) % len(nodes)]
+                                  for p in range(partitions)}
 
 
-def handle_create_topics(ctx, request) -> dict:
+def create_topics(worker, plans: list) -> asyncio.Future:
+    """Write planned topics [(name, assignment, configs)] to ZooKeeper; a Future of
+    {name: (error code, message)}, never of an exception."""
+    def sort_out(outcome):
+        code, message, results = outcome
+        if code:
+            return {name: (code, message) for name, _, _ in plans}
+        answers = {}
+        for (name, _, _), result in zip(plans, results):
+            if result is None:
+                answers[name] = (ErrorCode.NONE, None)
+            elif isinstance(result, TopicExists):
+                answers[name] = (ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+            else:
+                answers[name] = zk_error(worker, f"create of topic {name!r}", result)
+        return answers
+    what = f"create of {len(plans)} topic(s)"
+    return chain(zk_call(worker, what, _create_all, worker.registry, plans), sort_out)
+
+
+def requested_partitions(topics: list, default: int) -> int:
+    """Partitions a CreateTopics request asks for in all, counted as Kafka's controller
+    does: num_partitions (-1: the default), or the assignments given."""
+    total = 0
+    for topic in topics:
+        if topic["assignments"]:
+            total += len(topic["assignments"])
+        elif topic["num_partitions"] == -1:
+            total += default
+        elif topic["num_partitions"] > 0:
+            total += topic["num_partitions"]
+    return total
+
+
+def _check_topic(worker, topic: dict, seen: set):
+    """(error code, message, plan or None) for one CreatableTopic."""
+    name = topic["name"]
+    partitions = topic["num_partitions"]
+    if partitions == -1:
+        partitions = worker.config["num.partitions"]
+    if name in seen:
+        return ErrorCode.INVALID_REQUEST, f"topic {name!r} appears twice in the request", None
+    if topic["replication_factor"] not in (-1, 1):
+        return (ErrorCode.INVALID_REPLICATION_FACTOR,
+                f"replication factor {topic['replication_factor']}: this broker does not "
+                "replicate; use 1", None)
+    if topic["assignments"]:   # refused whatever its length: never looped over
+        return ErrorCode.INVALID_REQUEST, "manual replica assignment is not supported", None
+    if len(topic["configs"]) > MAX_CONFIG_ENTRIES:
+        return (ErrorCode.INVALID_CONFIG, f"{len(topic['configs'])} config entries; at most "
+                f"{MAX_CONFIG_ENTRIES} allowed", None)
+    configs = {c["name"]: c["value"] for c in topic["configs"]}
+    code, message, assignment = plan_topic(worker, name, partitions, configs)
+    return code, message, (name, assignment, configs) if assignment is not None else None
+
+
+def handle_create_topics(ctx, request):
     worker = ctx.worker
-    results, created = [], []
-    for topic in request["topics"]:
-        name = topic["name"]
-        partitions = topic["num_partitions"]
-        if partitions == -1:
-            partitions = worker.config["num.partitions"]
-        if topic["replication_factor"] not in (-1, 1):
-            code, msg = (ErrorCode.INVALID_REPLICATION_FACTOR,
-                         f"replication factor {topic['replication_factor']}: this broker "
-                         "does not replicate; use 1")
-        elif topic["assignments"]:
-            code, msg = ErrorCode.INVALID_REQUEST, "manual replica assignment is not supported"
-        else:
-            configs = {c["name"]: c["value"] for c in topic["configs"]}
-            code, msg = create_topic(worker, name, partitions, configs,
-                                     request.get("validate_only", False))
-            if code == ErrorCode.NONE and not request.get("validate_only", False):
-                created.append(name)
-        results.append({"name": name, "error_code": code, "error_message": msg})
+    topics = request["topics"]
+    limit = worker.config["max.partitions.per.request"]
+    total = requested_partitions(topics, worker.config["num.partitions"])
+    if total > limit:
+        # Kafka's controller refuses the whole request (POLICY_VIOLATION, "Excessively
+        # large number of partitions per request"), before building anything.
+        message = (f"excessively large number of partitions per request: {total} "
+                   f"requested, limit {limit} (max.partitions.per.request)")
+        return {"throttle_time_ms": 0, "topics": [
+            {"name": t["name"], "error_code": ErrorCode.POLICY_VIOLATION,
+             "error_message": message} for t in topics]}
+    results, plans, seen = [], [], set()
+    for topic in topics:
+        code, message, plan = _check_topic(worker, topic, seen)
+        seen.add(topic["name"])
+        results.append({"name": topic["name"], "error_code": code, "error_message": message})
+        if plan is not None:
+            plans.append(plan)
     response = {"throttle_time_ms": 0, "topics": results}
-    if not created:
+    if not plans or request.get("validate_only", False):
         return response
-    timeout = max(0, request["timeout_ms"]) / 1000
-    return worker.when_cluster(lambda st: all(t in st.topics for t in created),
-                               min(timeout, 10.0), response)
+    wait_s = min(max(0, request["timeout_ms"]) / 1000, MAX_CLUSTER_WAIT_S)
+
+    def answer(outcomes: dict):
+        created = []
+        for result in results:
+            if result["error_code"] == ErrorCode.NONE and result["name"] in outcomes:
+                result["error_code"], result["error_message"] = outcomes[result["name"]]
+                if result["error_code"] == ErrorCode.NONE:
+                    created.append(result["name"])
+        if not created:
+            return response
+        return worker.when_cluster(lambda st: all(t in st.topics for t in created),
+                                   wait_s, response)
+    return chain(create_topics(worker, plans), answer)
 
 
-def handle_delete_topics(ctx, request) -> dict:
+# --- deleting ----------------------------------------------------------------------
+
+def handle_delete_topics(ctx, request):
     worker = ctx.worker
-    results, deleted = [], []
-    for name in request["topic_names"]:
-        if worker.registry.delete_topic(name):
-            code = ErrorCode.NONE
-            deleted.append(name)
-        else:
-            code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-        results.append({"name": name, "error_code": code})
+    names = request["topic_names"] or []
+    results, asked = [], []
+    for name in names:
+        results.append({"name": name, "error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION})
+        if not topic_name_error(name) and name not in asked:
+            asked.append(name)   # an illegal name cannot exist: no ZooKeeper round trip
     response = {"throttle_time_ms": 0, "responses": results}
-    if not deleted:
+    if not asked:
         return response
-    timeout = max(0, request["timeout_ms"]) / 1000
-    return worker.when_cluster(lambda st: not any(t in st.topics for t in deleted),
-                               min(timeout, 10.0), response)
+    wait_s = min(max(0, request["timeout_ms"]) / 1000, MAX_CLUSTER_WAIT_S)
+
+    def answer(outcome):
+        code, message, deleted = outcome
+        codes = {}
+        for name, result in zip(asked, deleted or [code] * len(asked)):
+            if isinstance(result, Exception):
+                codes[name] = zk_error(worker, f"delete of topic {name!r}", result)[0]
+            elif isinstance(result, ErrorCode):
+                codes[name] = result
+            else:
+                codes[name] = ErrorCode.NONE if result else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        for r in results:
+            r["error_code"] = codes.get(r["name"], r["error_code"])
+        gone = [n for n, c in codes.items() if c == ErrorCode.NONE]
+        if not gone:
+            return response
+        return worker.when_cluster(lambda st: not any(t in st.topics for t in gone),
+                                   wait_s, response)
+    what = f"delete of {len(asked)} topic(s)"
+    return chain(zk_call(worker, what, _delete_all, worker.registry, asked), answer)

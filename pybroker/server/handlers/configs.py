@@ -4,11 +4,17 @@ Topic configs are per-topic overrides of the broker's log defaults, kept in ZooK
 at /config/topics/<topic>; every node applies a change to its open logs when its view
 of ZooKeeper refreshes. Broker configs are static (the properties file and flags):
 they can be described, not altered.
+
+A resource may name at most admin.MAX_CONFIG_ENTRIES configs (keys to describe or
+entries to alter), checked before anything is built from them. The ZooKeeper writes
+of an alter run on the worker's ZooKeeper thread (admin.zk_call); a failed write
+answers its resources with the error code, never by dropping the connection.
 """
 from __future__ import annotations
 
-from pybroker.protocol import ErrorCode
 from pybroker.config import TOPIC_SETTINGS, topic_config_error
+from pybroker.protocol import ErrorCode
+from pybroker.server.handlers.admin import MAX_CONFIG_ENTRIES, chain, zk_call
 
 TOPIC, BROKER = 2, 4                 # resource types
 DYNAMIC_TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 4, 5   # config sources
@@ -57,6 +63,9 @@ def handle_describe(ctx, request) -> dict:
     results = []
     for res in request["resources"]:
         keys = res["configuration_keys"]
+        if keys is not None and len(keys) > MAX_CONFIG_ENTRIES:
+            results.append(_result(res, ErrorCode.INVALID_REQUEST, _too_many(len(keys))))
+            continue
         keys = set(keys) if keys is not None else None
         if res["resource_type"] == TOPIC:
             if res["resource_name"] not in worker.cluster.topics:
@@ -94,6 +103,10 @@ def _alter(ctx, request, incremental: bool):
             answer["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             answer["error_message"] = f"unknown topic {name!r}"
             continue
+        if len(res["configs"]) > MAX_CONFIG_ENTRIES:
+            answer["error_code"] = ErrorCode.INVALID_CONFIG
+            answer["error_message"] = _too_many(len(res["configs"]))
+            continue
         config, problem = _new_config(worker.cluster.topic_configs.get(name, {}),
                                       res["configs"], incremental)
         problem = problem or topic_config_error(config)
@@ -106,14 +119,23 @@ def _alter(ctx, request, incremental: bool):
     if not pending:
         return response
 
-    def write():
-        for name, config in pending.items():
-            worker.registry.set_topic_config(name, config)
-    done = worker.loop.create_future()
-    future = worker.loop.run_in_executor(None, write)
-    future.add_done_callback(lambda f: done.set_result(response) if f.exception() is None
-                             else done.set_exception(f.exception()))
-    return done
+    def write(registry, configs: dict) -> None:
+        for name, config in configs.items():
+            registry.set_topic_config(name, config)
+
+    def answer(outcome):
+        code, message, _ = outcome
+        if code:   # which of the writes happened is unknown: every resource says so
+            for entry in responses:
+                if entry["resource_name"] in pending and not entry["error_code"]:
+                    entry["error_code"], entry["error_message"] = code, message
+        return response
+    what = f"config write of {len(pending)} topic(s)"
+    return chain(zk_call(worker, what, write, worker.registry, pending), answer)
+
+
+def _too_many(count: int) -> str:
+    return f"{count} config entries; at most {MAX_CONFIG_ENTRIES} allowed per resource"
 
 
 def _new_config(current: dict, changes: list, incremental: bool) -> tuple[dict, str | None]:

@@ -2,13 +2,17 @@
 
 Every answer lists at least the answering node. Leader epochs are -1 (no replication,
 no OffsetForLeaderEpoch). Unknown topics are auto-created when the broker allows it
-and the request does (v4+ flag; always in v0-v3); the answer then waits until the new
-topic is in this node's view of ZooKeeper, so the client gets leaders at once.
+and the request does (v4+ flag; always in v0-v3): the topics are written on the
+worker's ZooKeeper thread (admin.zk_call), and the answer waits until they are in this
+node's view of ZooKeeper, so the client gets leaders at once. One request auto-creates
+at most max.partitions.per.request partitions in all (the CreateTopics bound); a topic
+beyond that, or whose ZooKeeper write failed, is answered LEADER_NOT_AVAILABLE or
+REQUEST_TIMED_OUT, which clients retry.
 """
 from __future__ import annotations
 
 from pybroker.protocol import ErrorCode
-from pybroker.server.handlers.admin import create_topic, topic_name_error
+from pybroker.server.handlers.admin import chain, create_topics, plan_topic, topic_name_error
 
 NO_AUTHORIZED_OPERATIONS = -2147483648
 AUTO_CREATE_WAIT_S = 5.0
@@ -63,24 +67,38 @@ def handle(ctx, request):
     names = [t["name"] for t in requested]
     auto = worker.config["auto.create.topics.enable"] and request.get(
         "allow_auto_topic_creation", True)
-    errors, created = {}, []
+    partitions = worker.config["num.partitions"]
+    budget = worker.config["max.partitions.per.request"]   # partitions left to create
+    errors, plans = {}, []
     for name in names:
-        if name in worker.cluster.topics:
+        if name in worker.cluster.topics or name in errors:
             continue
         if topic_name_error(name):
             errors[name] = ErrorCode.INVALID_TOPIC_EXCEPTION
         elif not auto:
             errors[name] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        elif budget < partitions:
+            errors[name] = ErrorCode.LEADER_NOT_AVAILABLE   # created by a later request
         else:
-            code, _ = create_topic(worker, name, worker.config["num.partitions"], {})
-            if code not in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
+            code, _, assignment = plan_topic(worker, name, partitions, {})
+            if assignment is not None:
+                budget -= partitions
+                plans.append((name, assignment, {}))
+                errors[name] = None   # planned: not looked at twice
+            elif code != ErrorCode.TOPIC_ALREADY_EXISTS:
                 errors[name] = code
-            else:
-                created.append(name)
-    if not created:
+    errors = {n: c for n, c in errors.items() if c is not None}
+    if not plans:
         return _response(worker, names, errors)
-    fut = worker.when_cluster(lambda st: all(t in st.topics for t in created),
-                              AUTO_CREATE_WAIT_S, None)
-    result = worker.loop.create_future()
-    fut.add_done_callback(lambda _f: result.set_result(_response(worker, names, errors)))
-    return result
+
+    def written(outcomes: dict):
+        created = []
+        for name, (code, _) in outcomes.items():
+            if code in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
+                created.append(name)
+            else:
+                errors[name] = code
+        wait = worker.when_cluster(lambda st: all(t in st.topics for t in created),
+                                   AUTO_CREATE_WAIT_S, None)
+        return chain(wait, lambda _: _response(worker, names, errors))
+    return chain(create_topics(worker, plans), written)
