@@ -1,21 +1,30 @@
 """A worker's presence in, and view of, the ZooKeeper registries (paper P16, P17).
 
 Paths, under the connect string's optional chroot (Kafka 0.8 layout):
-  /brokers/ids/<node>           ephemeral: {"host", "port", "endpoints", "partitions"}
+  /brokers/ids/<node>           ephemeral: {"host", "port", "endpoints", "partitions",
+                                "pybroker_owner"}
   /brokers/topics/<topic>       persistent: {"version": 2, "partitions": {"<p>": [node]}}
   /config/topics/<topic>        persistent: {"version": 1, "config": {key: value}}
   /controller                   ephemeral election: {"version": 1, "brokerid": node}
   /cluster/id                   persistent: {"version": "1", "id": "<cluster id>"}
   /pybroker/producer_id_block   persistent: {"next": <first unallocated producer id>}
 
-Threads: kazoo calls back on its own threads. Watches only set a flag; one refresher
-thread reads the registries whole and hands an immutable ClusterState to the owner
-through `on_change` (the worker passes a function that hops onto its event loop). A
-lost session is noticed by the same thread, which then re-creates this node's
-ephemeral znodes and stands for controller again.
+Threads: kazoo calls back on its own threads. Its listener and watches only set flags
+and wake one registry thread (`zk-registry-<node>`), which alone runs the registration
+state machine (Registry._reconcile) and reads the registries whole, handing an
+immutable ClusterState to the owner through `on_change` (the worker passes a function
+that hops onto its event loop).
+
+Which methods block (kazoo queues a call while disconnected and answers it only
+after reconnection, so "blocks" can mean for the whole outage):
+  never block, safe on an event loop:  set_partitions, state, registration
+  block, call off the event loop:      start, stop
+  block, call on the worker's ZooKeeper thread (Worker.run_zk): create_topic,
+      set_topic_config, delete_topic, next_producer_id, and anything done with `zk`
 """
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import threading
@@ -25,9 +34,17 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+
+from pybroker.errors import PyBrokerError
 
 log = logging.getLogger("pybroker.coord")
+# kazoo logs every failed reconnect attempt (twice a second during an outage); our
+# listener logs each connection transition once, so its own lines are kept to errors.
+_KAZOO_LOG = logging.getLogger("pybroker.coord.kazoo")
+_KAZOO_LOG.setLevel(logging.ERROR)
 
 IDS = "/brokers/ids"
 TOPICS = "/brokers/topics"
@@ -37,21 +54,63 @@ CLUSTER_ID = "/cluster/id"
 PRODUCER_ID_BLOCK = "/pybroker/producer_id_block"
 PRODUCER_ID_BLOCK_SIZE = 1000  # ids a worker takes per ZooKeeper round trip
 
+# Reconnect backoff: kazoo's default doubles up to an hour, so after a long outage a
+# node could stay away for many minutes after ZooKeeper is back. 0.1 s doubling to
+# 0.5 s (+-20%) costs one refused connect per 0.5 s while ZooKeeper is down and puts
+# the first attempt after recovery within 0.6 s.
+RECONNECT_DELAY_S = 0.1
+RECONNECT_MAX_DELAY_S = 0.5
+RECONNECT_JITTER = 0.2
+RECHECK_S = 2.0       # registration re-checked this often even without any event
+RETRY_S = 0.1         # after a failed ZooKeeper call on the registry thread
+JOIN_S = 5.0          # stop(): how long to wait for the registry thread
+PROBE_SESSION_S = 10.0  # session of ensure_chroot's short-lived client
+RECONCILE_ROUNDS = 5  # exists/create/delete rounds per pass before waiting for an event
+
 
 class TopicExists(Exception):
     pass
 
 
-def ensure_chroot(connect: str, timeout: float = 30.0) -> None:
-    """Create the chroot of a connect string ("h:p,h:p/chroot") if it is missing, as
-    Kafka does; kazoo itself fails every call under a missing chroot."""
-    hosts, slash, chroot = connect.partition("/")
-    if not slash or not chroot.strip("/"):
-        return
-    client = KazooClient(hosts=hosts, timeout=timeout)
-    client.start(timeout=timeout)
+class ZooKeeperUnreachable(PyBrokerError, ConnectionError):
+    """No server of a connect string answered within the timeout; names the address."""
+
+
+def _connection_retry() -> KazooRetry:
+    return KazooRetry(max_tries=-1, delay=RECONNECT_DELAY_S, backoff=2,
+                      max_delay=RECONNECT_MAX_DELAY_S, max_jitter=RECONNECT_JITTER)
+
+
+def _new_client(hosts: str, session_timeout_s: float) -> KazooClient:
+    return KazooClient(hosts=hosts, timeout=session_timeout_s,
+                       connection_retry=_connection_retry(), logger=_KAZOO_LOG)
+
+
+def _start(client: KazooClient, timeout: float, name: str) -> None:
+    """Start `client`; ZooKeeperUnreachable naming `name` (the connect string), with no
+    kazoo thread left behind, when no server answers within `timeout` seconds."""
     try:
-        client.ensure_path("/" + chroot.strip("/"))
+        client.start(timeout=timeout)
+    except KazooTimeoutError:
+        client.stop()
+        client.close()
+        raise ZooKeeperUnreachable(
+            f"ZooKeeper at {name} did not answer within {timeout * 1000:.0f} ms "
+            "(zookeeper.connection.timeout.ms): is it running, and is the address "
+            "right?") from None
+
+
+def ensure_chroot(connect: str, timeout: float = 30.0) -> None:
+    """Connect once to the servers of a connect string ("h:p,h:p/chroot") and create
+    its chroot if it is missing, as Kafka does (kazoo itself fails every call under a
+    missing chroot). ZooKeeperUnreachable, naming the whole connect string, if no
+    server answers within `timeout` seconds: this is also the start-up check."""
+    hosts, slash, chroot = connect.partition("/")
+    client = _new_client(hosts, PROBE_SESSION_S)
+    _start(client, timeout, connect)
+    try:
+        if slash and chroot.strip("/"):
+            client.ensure_path("/" + chroot.strip("/"))
     finally:
         client.stop()
         client.close()
@@ -75,80 +134,228 @@ def _dumps(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
+class Registration(enum.Enum):
+    """Where this node's /brokers/ids/<node> stands, as the registry thread last saw it."""
+
+    UNREGISTERED = "unregistered"  # no session, or the znode is missing (being created)
+    WAITING = "waiting"            # held by a session not provably ours: wait for it to go
+    REGISTERED = "registered"      # exists, ephemeralOwner == our current session
+
+
 class Registry:
+    """This node's registration in /brokers/ids and its view of the registries.
+
+    Invariant, restored by one state machine (`_reconcile`, run only on the registry
+    thread) after every CONNECTED transition, every event on our own znode and every
+    RECHECK_S: while the session is connected, /brokers/ids/<node> exists, its
+    ephemeralOwner is our current session (`self._zk.client_id[0]`) and its data
+    carries the latest set_partitions.
+
+    A znode at our path held by another session is
+      - provably ours when its ephemeralOwner is a session this client has had
+        (KAFKA-7165: after an expiry the old session's ephemeral may not be gone yet
+        when the new session looks) or when its data carries our owner token
+        (KAFKA-14845: a create whose answer was lost with its connection ran under a
+        session id we never learnt). It is deleted (by version) and created again.
+      - someone else's otherwise: a predecessor killed before its session expired, or
+        a second broker with our node id. It is never taken over: an exists-watch
+        wakes us when it goes. A dead holder's session ends within a session timeout,
+        so a holder still there after twice ours is reported once as an error (a
+        duplicate node id) and the wait goes on.
+
+    `owner` is the token written into the znode (`pybroker_owner`); two live Registry
+    objects must never share one. The default is unique per object. A supervisor may
+    give every incarnation of one worker the same token (they never overlap: a worker
+    is reaped before its successor is forked), so a restarted worker replaces its dead
+    predecessor's znode at once instead of waiting for that session to expire.
+    """
+
     def __init__(self, connect: str, node_id: int, host: str, port: int,
-                 on_change: Callable[[ClusterState], None], session_timeout_ms: int = 10_000):
+                 on_change: Callable[[ClusterState], None], session_timeout_ms: int = 10_000,
+                 owner: str | None = None):
+        # Configuration, fixed for the object's life.
         self.node_id = node_id
         self.host, self.port = host, port
+        self.path = f"{IDS}/{node_id}"
         self._on_change = on_change
         self._connect = connect
-        self._zk = KazooClient(hosts=connect, timeout=session_timeout_ms / 1000)
-        self._dirty = threading.Event()
-        self._session_lost = False
+        self._session_timeout_s = session_timeout_ms / 1000
+        self._owner = owner or uuid.uuid4().hex
+        self._zk = _new_client(connect, self._session_timeout_s)
+        # Set by any thread (kazoo's, the owner's), acted on by the registry thread.
+        self._wake = threading.Event()
+        self._views_dirty = True      # a watch fired: read the registries again
+        self._data_stale = False      # our znode's data lags set_partitions
         self._stopping = False
         self._partitions: list[str] = []
-        self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
+        # Owned by the registry thread (and by start() before that thread runs).
+        self.registration = Registration.UNREGISTERED  # read freely by others
+        self._holder = 0                    # session holding our znode, 0: none known
+        self._our_sessions: set[int] = set()  # every session id this client has had
+        self._waiting_since = 0.0           # monotonic s when WAITING began
+        self._conflict_reported = False
+        self._failing = False               # the last pass raised
+        self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"zk-registry-{node_id}")
+        # Owned by the worker's ZooKeeper thread.
         self._id_block: list[int] = [0, 0]  # [next, end) of this worker's producer ids
         self.state = ClusterState()
 
     @property
     def zk(self) -> KazooClient:
-        """The session's kazoo client, for other registries (offsets). Its calls block:
-        use it off the event loop."""
+        """The session's kazoo client, for other registries (offsets). Its calls block,
+        for a whole outage when disconnected: use it on the worker's ZooKeeper thread."""
         return self._zk
 
     # --- life cycle ------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
+        """Connect, create the persistent paths and register. Blocks (call it off the
+        event loop); ZooKeeperUnreachable after `timeout` s without an answer. On return
+        the node is registered, or waiting for a foreign holder of its znode to go, or
+        (after a connection blip) about to retry on the registry thread."""
         ensure_chroot(self._connect, timeout)
-        self._zk.start(timeout=timeout)
+        _start(self._zk, timeout, self._connect)
         self._zk.add_listener(self._on_state)
         for path in (IDS, TOPICS, TOPIC_CONFIGS, "/pybroker"):
             self._zk.ensure_path(path)
         self._ensure_cluster_id()
-        self._register()
+        try:
+            self._reconcile()
+        except Exception as exc:  # noqa: BLE001 - the registry thread retries at once
+            log.warning("node=%d first registration attempt failed (%s); retrying",
+                        self.node_id, exc)
         self._thread.start()
-        self._dirty.set()
+        self._wake.set()
 
     def stop(self) -> None:
-        """Deregister (ephemeral znodes go at once) and close the session."""
+        """Deregister (ephemeral znodes go at once) and close the session. Blocks."""
         self._stopping = True
-        self._dirty.set()
+        self._wake.set()
         try:
             self._zk.stop()
             self._zk.close()
         except Exception:  # noqa: BLE001 - best effort at shutdown
             log.exception("node=%d error closing the ZooKeeper session", self.node_id)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(JOIN_S)
 
     def _on_state(self, state) -> None:
-        if state == KazooState.LOST and not self._stopping:
-            self._session_lost = True
+        # kazoo's connection thread: no ZooKeeper call here (it would deadlock kazoo),
+        # only a log line per transition and a wake-up of the registry thread.
+        if self._stopping:
+            return
+        if state == KazooState.LOST:
             log.warning("node=%d ZooKeeper session lost; will re-register", self.node_id)
-        if state == KazooState.CONNECTED:
-            self._dirty.set()
+        elif state == KazooState.SUSPENDED:
+            log.warning("node=%d ZooKeeper connection suspended; serving on", self.node_id)
+        else:
+            session = (self._zk.client_id or (0, b""))[0]
+            log.info("node=%d ZooKeeper connected (session 0x%x)", self.node_id, session)
+            self._views_dirty = True  # an expired session's watches are gone: re-arm
+        self._wake.set()
 
-    # --- registration ----------------------------------------------------------------
+    # --- registration: the state machine ---------------------------------------------
 
     def _node_data(self) -> bytes:
         return _dumps({"version": 4, "host": self.host, "port": self.port,
                        "endpoints": [f"PLAINTEXT://{self.host}:{self.port}"],
                        "jmx_port": -1, "timestamp": str(int(time.time() * 1000)),
-                       "partitions": self._partitions})
+                       "partitions": self._partitions, "pybroker_owner": self._owner})
 
-    def _register(self) -> None:
-        path = f"{IDS}/{self.node_id}"
+    def _reconcile(self) -> None:
+        """One pass towards the class invariant. Registry thread only."""
+        state = self._zk.state
+        if state != KazooState.CONNECTED:
+            if state == KazooState.LOST:
+                self._enter(Registration.UNREGISTERED, 0)
+            return  # the CONNECTED transition wakes us
+        session = self._zk.client_id[0]
+        self._our_sessions.add(session)
+        for _ in range(RECONCILE_ROUNDS):
+            stat = self._zk.exists(self.path, watch=self._own_watch)
+            if stat is None:
+                if self._create(session):
+                    return
+                continue
+            if stat.ephemeralOwner == session:
+                if self._data_stale:
+                    self._data_stale = False  # before reading _partitions: no lost update
+                    self._zk.set(self.path, self._node_data())
+                self._enter(Registration.REGISTERED, session)
+                return
+            try:
+                data, stat = self._zk.get(self.path)
+            except NoNodeError:
+                continue
+            if stat.ephemeralOwner == session:
+                continue  # created by us between the two reads
+            why = self._why_ours(stat.ephemeralOwner, data)
+            if why is None:
+                self._enter(Registration.WAITING, stat.ephemeralOwner)
+                self._report_conflict()
+                return
+            log.warning("node=%d %s is held by session 0x%x, %s: deleting it",
+                        self.node_id, self.path, stat.ephemeralOwner, why)
+            try:
+                self._zk.delete(self.path, version=stat.version)
+            except (NoNodeError, BadVersionError):
+                pass  # gone or changed meanwhile: look again
+        log.warning("node=%d %s changed under us %d times in one pass; looking again in "
+                    "%.0f s", self.node_id, self.path, RECONCILE_ROUNDS, RECHECK_S)
+
+    def _create(self, session: int) -> bool:
+        """Create our znode; False if it appeared meanwhile (look again)."""
+        self._data_stale = False
         try:
-            self._zk.create(path, self._node_data(), ephemeral=True)
+            self._zk.create(self.path, self._node_data(), ephemeral=True)
         except NodeExistsError:
-            # our own node from a session that has not expired yet (fast restart)
-            data, stat = self._zk.get(path)
-            if stat.ephemeralOwner != self._zk.client_id[0]:
-                log.warning("node=%d %s is held by another session; replacing it",
-                            self.node_id, path)
-                self._zk.delete(path)
-                self._zk.create(path, self._node_data(), ephemeral=True)
+            return False
+        except NoNodeError:  # /brokers/ids itself is gone (ZooKeeper lost its data)
+            self._zk.ensure_path(IDS)
+            return False
+        self._enter(Registration.REGISTERED, session)
         self._elect()
+        return True
+
+    def _why_ours(self, holder: int, data: bytes) -> str | None:
+        """Why a znode held by session `holder` is provably ours, or None if it is not."""
+        if holder in self._our_sessions:
+            return "an earlier session of ours (not yet expired as we see it)"
+        try:
+            token = json.loads(data.decode()).get("pybroker_owner")
+        except (ValueError, AttributeError):
+            token = None
+        if token == self._owner:
+            return "written by us under a session we never learnt (a lost create answer)"
+        return None
+
+    def _enter(self, new: Registration, holder: int) -> None:
+        """Record a registration state; one log line per transition."""
+        if (new, holder) == (self.registration, self._holder):
+            return
+        self.registration, self._holder = new, holder
+        if new is Registration.REGISTERED:
+            log.info("node=%d registered %s (session 0x%x)", self.node_id, self.path, holder)
+        elif new is Registration.WAITING:
+            self._waiting_since = time.monotonic()
+            self._conflict_reported = False
+            log.warning("node=%d %s is held by session 0x%x, not ours; waiting for it "
+                        "to go", self.node_id, self.path, holder)
+        else:
+            log.warning("node=%d %s is not registered (no session)", self.node_id, self.path)
+
+    def _report_conflict(self) -> None:
+        waited = time.monotonic() - self._waiting_since
+        if not self._conflict_reported and waited > 2 * self._session_timeout_s:
+            self._conflict_reported = True
+            log.error("node=%d %s is still held by session 0x%x after %.0f s, longer than "
+                      "a session lasts without its client: is another broker running with "
+                      "node id %d?", self.node_id, self.path, self._holder, waited,
+                      self.node_id)
+
+    def _own_watch(self, _event=None) -> None:
+        self._wake.set()
 
     def _elect(self) -> None:
         try:
@@ -159,12 +366,12 @@ class Registry:
             pass
 
     def set_partitions(self, partitions: list[str]) -> None:
-        """Publish the partitions this node stores in its broker registry entry (P17)."""
+        """Publish the partitions this node stores in its broker registry entry (P17).
+        Never blocks: the registry thread writes them (at once when connected, else
+        after reconnection)."""
         self._partitions = sorted(partitions)
-        try:
-            self._zk.set(f"{IDS}/{self.node_id}", self._node_data())
-        except NoNodeError:
-            self._dirty.set()  # re-registration will carry them
+        self._data_stale = True
+        self._wake.set()
 
     def _ensure_cluster_id(self) -> None:
         try:
@@ -173,29 +380,43 @@ class Registry:
         except NodeExistsError:
             pass
 
-    # --- reading the registries ------------------------------------------------------
+    # --- the registry thread ---------------------------------------------------------
 
     def _watch(self, _event=None) -> None:
-        self._dirty.set()
+        self._views_dirty = True
+        self._wake.set()
 
-    def _refresh_loop(self) -> None:
+    def _run(self) -> None:
         while not self._stopping:
-            self._dirty.wait()
-            self._dirty.clear()
+            self._wake.wait(RECHECK_S)
+            self._wake.clear()
             if self._stopping:
                 return
             try:
-                if self._session_lost and self._zk.state == KazooState.CONNECTED:
-                    self._session_lost = False
-                    self._register()
-                self.state = self._read_state()
-                self._on_change(self.state)
-            except Exception:  # noqa: BLE001 - keep the refresher alive; retry shortly
+                self._reconcile()
+                if self._views_dirty and self._zk.state == KazooState.CONNECTED:
+                    self._views_dirty = False
+                    try:
+                        self.state = self._read_state()
+                    except BaseException:
+                        self._views_dirty = True
+                        raise
+                    self._on_change(self.state)
+                if self._failing:
+                    self._failing = False
+                    log.info("node=%d registry pass succeeded again", self.node_id)
+            except Exception as exc:  # noqa: BLE001 - keep the thread alive; retry shortly
                 if self._stopping:
-                    return  # the session is closing under a refresh: nothing to report
-                log.exception("node=%d registry refresh failed; retrying", self.node_id)
-                time.sleep(0.5)
-                self._dirty.set()
+                    return  # the session is closing under a pass: nothing to report
+                if not self._failing:  # one line per failing streak, not per retry
+                    self._failing = True
+                    log.warning("node=%d registry pass failed (%s: %s); retrying every "
+                                "%.1f s", self.node_id, type(exc).__name__, exc, RETRY_S,
+                                exc_info=not _is_kazoo_error(exc))
+                time.sleep(RETRY_S)
+                self._wake.set()
+
+    # --- reading the registries ------------------------------------------------------
 
     def _read_json(self, path: str, watch: bool = False):
         data, _ = self._zk.get(path, watch=self._watch if watch else None)
@@ -230,10 +451,11 @@ class Registry:
         cluster_id = self._read_json(CLUSTER_ID)["id"]
         return ClusterState(cluster_id, controller, nodes, topics, configs)
 
-    # --- changes ---------------------------------------------------------------------
+    # --- changes: blocking, call on the worker's ZooKeeper thread (Worker.run_zk) ---
 
     def create_topic(self, name: str, assignment: dict[int, int], config: dict) -> None:
-        """Write a new topic's partition assignment and config; TopicExists if taken."""
+        """Write a new topic's partition assignment and config; TopicExists if taken.
+        Blocks: call on the ZooKeeper thread."""
         tx = self._zk.transaction()
         tx.create(f"{TOPICS}/{name}", _dumps({"version": 2, "partitions": {
             str(p): [node] for p, node in sorted(assignment.items())}}))
@@ -246,7 +468,8 @@ class Registry:
                 raise r
 
     def set_topic_config(self, name: str, config: dict) -> None:
-        """Replace a topic's config overrides (every node applies them on refresh)."""
+        """Replace a topic's config overrides (every node applies them on refresh).
+        Blocks: call on the ZooKeeper thread."""
         path = f"{TOPIC_CONFIGS}/{name}"
         data = _dumps({"version": 1, "config": config})
         try:
@@ -255,7 +478,8 @@ class Registry:
             self._zk.create(path, data, makepath=True)
 
     def delete_topic(self, name: str) -> bool:
-        """Remove a topic's registry entries; False if it did not exist."""
+        """Remove a topic's registry entries; False if it did not exist. Blocks: call
+        on the ZooKeeper thread."""
         if not self._zk.exists(f"{TOPICS}/{name}"):
             return False  # kazoo's recursive delete hides NoNodeError, so ask first
         try:
@@ -269,7 +493,9 @@ class Registry:
         return True
 
     def next_producer_id(self) -> int:
-        """A cluster-unique producer id, taking blocks of ids from ZooKeeper by CAS."""
+        """A cluster-unique producer id, taking blocks of ids from ZooKeeper by CAS.
+        Blocks once per PRODUCER_ID_BLOCK_SIZE ids: call on the ZooKeeper thread (one
+        caller thread only: the block is not locked)."""
         if self._id_block[0] >= self._id_block[1]:
             self._id_block = self._take_id_block()
         pid = self._id_block[0]
@@ -293,3 +519,8 @@ class Registry:
                 return [start, end]
             except BadVersionError:
                 continue
+
+
+def _is_kazoo_error(exc: BaseException) -> bool:
+    """A ZooKeeper-side failure (connection loss, expiry...), as opposed to our bug."""
+    return isinstance(exc, (KazooException, KazooTimeoutError))
