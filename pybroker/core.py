@@ -40,6 +40,10 @@ INDEX_OFFSET = lib.PB_INDEX_OFFSET
 INDEX_TIME = lib.PB_INDEX_TIME
 assert (INDEX_OFFSET, INDEX_TIME) == (0, 1)  # segment_seek passes by_time as the kind
 ATTR_LOG_APPEND_TIME = lib.PB_ATTR_LOG_APPEND_TIME
+# Where each RecordBatch header field starts (csrc/batch.h): pybroker/records.py derives
+# its own from its struct declaration and checks them against these.
+BATCH_FIELD_OFFSETS = {name[len("PB_OFF_"):].lower(): getattr(lib, name)
+                       for name in dir(lib) if name.startswith("PB_OFF_")}
 
 _RECORD_ERRORS = {
     lib.PB_E_TRUNCATED,
@@ -66,12 +70,16 @@ def _check(code: int, what: str, position: int = -1, scan=None) -> None:
         raise CoreIOError(code, f"{message}: {errno_mod.errorcode.get(err, err)} "
                                 f"({os.strerror(err)})", err) from OSError(err, os.strerror(err))
     if code in _RECORD_ERRORS:
-        if position >= 0:
-            message += f" at byte {position}"
-        exc = CorruptRecordError(code, message, position)
-        exc.scan = scan
-        raise exc
+        raise _record_error(code, message, position, scan)
     raise CoreError(code, message)
+
+
+def _record_error(code: int, message: str, position: int, scan) -> CorruptRecordError:
+    if position >= 0:
+        message += f" at byte {position}"
+    exc = CorruptRecordError(code, message, position)
+    exc.scan = scan
+    return exc
 
 
 def is_code(exc: BaseException, name: str) -> bool:
@@ -116,7 +124,9 @@ _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new
 
 
 class Scan(NamedTuple):
-    """What pb_batches_scan found (see csrc/batch.h)."""
+    """What pb_batches_scan found (see csrc/batch.h). The producer fields are the first
+    batch's, -1 when there is none (they default so that the nine-field form still
+    builds a Scan)."""
 
     batches: int
     records: int
@@ -127,11 +137,15 @@ class Scan(NamedTuple):
     offset_of_max_timestamp: int
     max_batch_bytes: int
     attributes_or: int
+    producer_id: int = -1
+    producer_epoch: int = -1
+    base_sequence: int = -1
 
 
-# pb_scan as bytes: seven int64 then two int32 (csrc/batch.h), read in one unpack
-_SCAN_LAYOUT = struct.Struct("=7q2i")
+# pb_scan as bytes: seven int64, two int32, one int64, two int32 (csrc/batch.h), one unpack
+_SCAN_LAYOUT = struct.Struct("=7q2iq2i")
 assert _SCAN_LAYOUT.size == ffi.sizeof("pb_scan")
+assert len(Scan._fields) == len(_SCAN_LAYOUT.unpack(bytes(_SCAN_LAYOUT.size)))
 
 
 def _scan_tuple() -> Scan:
@@ -160,10 +174,68 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
     with ffi.from_buffer("uint8_t[]", buf, require_writable=writable) as cbuf:
         code = lib.pb_batches_scan(cbuf, len(cbuf), flags, next_offset,
                                    append_time if append_time is not None else -1,
-                                   max_batch, out)
+                                   max_batch, out, ffi.NULL, 0)
     if code:
         _check(code, "record batch", out.valid_bytes, _scan_tuple())
     return _scan_tuple()
+
+
+class BatchInfo(NamedTuple):
+    """One batch's header fields as pb_batch_info carries them (csrc/batch.h)."""
+
+    base_offset: int
+    producer_id: int
+    last_offset_delta: int
+    base_sequence: int
+    producer_epoch: int
+    attributes: int
+    batch_length: int  # the batch is batch_length + BATCH_LOG_OVERHEAD bytes
+
+
+# pb_batch_info as bytes: two int64, two int32, two int16, one int32 (csrc/batch.h)
+BATCH_INFO_LAYOUT = struct.Struct("=2q2i2hi")
+assert BATCH_INFO_LAYOUT.size == ffi.sizeof("pb_batch_info")
+assert len(BatchInfo._fields) == len(BATCH_INFO_LAYOUT.unpack(bytes(BATCH_INFO_LAYOUT.size)))
+
+
+class BatchInfos:
+    """An output array for scan_batch_infos, sized for buffers up to max_bytes; one per
+    thread (a storage thread's replay), reused across calls."""
+
+    __slots__ = ("max_bytes", "capacity", "_array", "_view")
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.capacity = max_bytes // BATCH_HEADER_SIZE  # the most batches that many bytes hold
+        self._array = ffi.new("pb_batch_info[]", max(self.capacity, 1))
+        self._view = memoryview(ffi.buffer(self._array))
+
+
+def scan_batch_infos(buf, infos: BatchInfos) -> tuple[Scan, memoryview,
+                                                      CorruptRecordError | None]:
+    """Validate buf (len(buf) <= infos.max_bytes) without changing it, as scan_batches does
+    with no stamping, and return (scan, packed, error): packed holds scan.batches entries
+    of BATCH_INFO_LAYOUT (read them with BATCH_INFO_LAYOUT.iter_unpack), one per valid
+    batch; error is the CorruptRecordError of the first bad batch (scan and packed then
+    describe the batches before it), None when all of buf is whole valid batches.
+    packed is a view of infos, valid until its next use."""
+    with ffi.from_buffer("uint8_t[]", buf) as cbuf:
+        if len(cbuf) > infos.max_bytes:
+            raise ValueError(f"{len(cbuf)} bytes exceed the {infos.max_bytes} the infos "
+                             "array is sized for")
+        out = ffi.new("pb_scan *")  # not _SCAN_OUT: replay runs on a storage thread
+        code = lib.pb_batches_scan(cbuf, len(cbuf), 0, -1, -1, 0, out, infos._array,
+                                   infos.capacity)
+    scan = _tuple_new(Scan, _SCAN_LAYOUT.unpack(ffi.buffer(out)))
+    packed = infos._view[:scan.batches * BATCH_INFO_LAYOUT.size]
+    if not code:
+        return scan, packed, None
+    if code not in _RECORD_ERRORS:
+        _check(code, "record batch")
+    return scan, packed, _record_error(code, f"record batch: {strerror(code)}",
+                                       scan.valid_bytes, scan)
 
 
 # --- indexes and segments --------------------------------------------------------------

@@ -13,7 +13,23 @@ from typing import NamedTuple, Sequence
 
 from pybroker import core
 
-_HEADER = struct.Struct(">qiiBIhiqqqhii")  # the 61-byte batch header
+# The 61-byte batch header, declared once for Python (csrc/batch.h declares it for C):
+# every Python reader of header fields takes its struct and offsets from here.
+HEADER_FIELDS = (
+    ("base_offset", "q"), ("batch_length", "i"), ("leader_epoch", "i"), ("magic", "B"),
+    ("crc", "I"), ("attributes", "h"), ("last_offset_delta", "i"), ("base_timestamp", "q"),
+    ("max_timestamp", "q"), ("producer_id", "q"), ("producer_epoch", "h"),
+    ("base_sequence", "i"), ("record_count", "i"),
+)
+HEADER = struct.Struct(">" + "".join(code for _, code in HEADER_FIELDS))
+FIELD_OFFSETS = {name: struct.calcsize(">" + "".join(c for _, c in HEADER_FIELDS[:i]))
+                 for i, (name, _) in enumerate(HEADER_FIELDS)}
+FIELDS = {name: struct.Struct(">" + code) for name, code in HEADER_FIELDS}  # one field each
+HEADER_SIZE = HEADER.size
+assert HEADER_SIZE == core.BATCH_HEADER_SIZE, (HEADER_SIZE, core.BATCH_HEADER_SIZE)
+assert FIELD_OFFSETS == core.BATCH_FIELD_OFFSETS, (FIELD_OFFSETS, core.BATCH_FIELD_OFFSETS)
+PRODUCER_ID_AT = FIELD_OFFSETS["producer_id"]
+_HEADER = HEADER  # the older private name
 COMPRESSION_MASK = 0x07
 TIMESTAMP_TYPE_BIT = 0x08
 TRANSACTIONAL_BIT = 0x10
