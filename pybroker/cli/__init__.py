@@ -67,33 +67,42 @@ def cmd_serve(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from pybroker.server.controlblock import STATES, ControlBlock
+    from pybroker.server.controlblock import STATES, ControlBlock, monotonic_ms
     try:
         block = ControlBlock.in_dir(args.data_dir)
     except FileNotFoundError:
         print(f"pybroker stats: no control block in {args.data_dir} (is a broker running "
               "with this --data-dir?)", file=sys.stderr)
         return EXIT_FAILURE
-    now = time.time() * 1000
+    except ValueError as exc:  # another layout version, or not a control block at all
+        print(f"pybroker stats: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    def age(ms: int, now: int) -> str:  # monotonic ms, the clock the workers write
+        return f"{(now - ms) / 1000:.1f}s ago" if ms else "-"
+
     print(f"{'worker':>6} {'node':>6} {'port':>6} {'pid':>8} {'state':>9} {'heartbeat':>10} "
-          f"{'restarts':>8} {'conns':>6} {'requests':>10} {'msgs in':>12} {'bytes in':>14} "
-          f"{'bytes out':>14}")
+          f"{'loop':>10} {'restarts':>8} {'conns':>6} {'requests':>10} {'msgs in':>12} "
+          f"{'bytes in':>14} {'bytes out':>14} {'parts':>6} {'opening':>7} {'offline':>7}")
     for i in range(block.workers):
         w = block.read_worker(i)
-        age = f"{(now - w['heartbeat_ms']) / 1000:.1f}s ago" if w["heartbeat_ms"] else "-"
+        now = monotonic_ms()
         print(f"{i:>6} {w['node_id']:>6} {w['port']:>6} {w['pid']:>8} "
-              f"{STATES.get(w['state'], '?'):>9} {age:>10} {w['restarts']:>8} "
+              f"{STATES.get(w['state'], '?'):>9} {age(w['heartbeat_ms'], now):>10} "
+              f"{age(w['loop_ms'], now):>10} {w['restarts']:>8} "
               f"{w['connections']:>6} {w['requests']:>10} {w['messages_in']:>12} "
-              f"{w['bytes_in']:>14} {w['bytes_out']:>14}")
+              f"{w['bytes_in']:>14} {w['bytes_out']:>14} {w['partitions']:>6} "
+              f"{w['opening']:>7} {w['offline']:>7}")
     rows = block.partitions()
+    block.close()
     if rows:
         print()
-        print(f"{'partition':<32} {'node':>6} {'log start':>12} {'log end':>12} "
+        print(f"{'partition':<32} {'node':>6} {'state':>8} {'log start':>12} {'log end':>12} "
               f"{'high wm':>12} {'msgs in':>12} {'bytes in':>14} {'flushes':>8}")
         for r in rows:
-            print(f"{r.topic + '-' + str(r.partition):<32} {r.node_id:>6} {r.log_start:>12} "
-                  f"{r.log_end:>12} {r.high_watermark:>12} {r.messages_in:>12} "
-                  f"{r.bytes_in:>14} {r.flushes:>8}")
+            print(f"{r.topic + '-' + str(r.partition):<32} {r.node_id:>6} {r.state_label:>8} "
+                  f"{r.log_start:>12} {r.log_end:>12} {r.high_watermark:>12} "
+                  f"{r.messages_in:>12} {r.bytes_in:>14} {r.flushes:>8}")
     return EXIT_OK
 
 

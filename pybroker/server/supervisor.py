@@ -146,18 +146,12 @@ class Supervisor:
         return 0
 
     def _wait(self, seconds: float) -> None:
-        """Sleep, answering metrics scrapes meanwhile."""
+        """Sleep, answering metrics scrapes meanwhile (any number at once, none able to
+        hold the loop: MetricsServer.poll never blocks on a client)."""
         if self.metrics is None:
             time.sleep(seconds)
             return
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                ready, _, _ = select.select([self.metrics], [], [], left)
-            except InterruptedError:
-                return
-            if ready:
-                self.metrics.handle_one()
+        self.metrics.poll(seconds)
 
     def _on_signal(self, signum, _frame) -> None:
         log.info("supervisor got signal %d: stopping", signum)
@@ -199,23 +193,27 @@ class Supervisor:
                 continue
             log.warning("worker %d (pid %d) exited with status %d; restarting", index, pid,
                         os.waitstatus_to_exitcode(status))
-            restarts = self.control.read_worker(index)["restarts"] + 1
-            self.control.write_worker(index, restarts=restarts, state=0)
+            # the supervisor's own part of the row: the worker part is the worker's alone
+            restarts = self.control.read_supervisor(index)["restarts"] + 1
+            self.control.write_supervisor(index, restarts=restarts)
             self._fork(index)
 
     def _check_heartbeats(self) -> None:
+        """Kill (SIGKILL) a worker whose heartbeat or event loop is older than
+        worker.heartbeat.timeout.ms (heartbeat.stale_reason); all clocks monotonic. Also
+        records each fork in the worker's supervisor part (forked pid, fork time)."""
+        from pybroker.server import heartbeat  # at the top once supervisor.py is free
         timeout_ms = self.config["worker.heartbeat.timeout.ms"]
-        now_ms = time.time() * 1000
         for pid, index in list(self.children.items()):
+            if self.control.read_supervisor(index)["forked_pid"] != pid:
+                self.control.write_supervisor(index, forked_pid=pid,
+                                              forked_ms=int(self.started[index] * 1000))
             row = self.control.read_worker(index)
-            since_fork_ms = (time.monotonic() - self.started[index]) * 1000
-            if row["pid"] != pid:
-                stale = since_fork_ms > max(timeout_ms, 30_000)  # never came up
-            else:
-                stale = now_ms - row["heartbeat_ms"] > timeout_ms
-            if stale and row["state"] != controlblock.STOPPING:
-                log.error("worker %d (pid %d) missed its heartbeat for %d ms; killing it",
-                          index, pid, timeout_ms)
+            now_ms = controlblock.monotonic_ms()  # after the read: ages are never negative
+            since_fork_ms = now_ms - self.started[index] * 1000
+            reason = heartbeat.stale_reason(row, pid, now_ms, timeout_ms, since_fork_ms)
+            if reason is not None:
+                log.error("worker %d (pid %d): %s; killing it", index, pid, reason)
                 os.kill(pid, signal.SIGKILL)
 
     # --- stopping --------------------------------------------------------------------

@@ -304,9 +304,8 @@ class Broker:
         raise last_error
 
     def _spawn(self) -> None:
-        # A stale control block from the previous run could be truncated under our
-        # mapping by the new supervisor (SIGBUS); remove it so we only ever map the
-        # new one, after it has reached its full size.
+        # Remove the previous run's control block, so that until the new supervisor
+        # publishes its own, there is none to read (its rows would look alive).
         try:
             os.unlink(self.data_dir / controlblock.FILE_NAME)
         except FileNotFoundError:
@@ -346,9 +345,7 @@ class Broker:
         """Worker rows of our supervisor's control block, or None if it is not there
         (or not fully written) yet."""
         path = self.data_dir / controlblock.FILE_NAME
-        try:
-            if path.stat().st_size != controlblock.SIZE:
-                return None
+        try:  # published whole (os.replace after sizing): no partial file to skip
             block = controlblock.ControlBlock(str(path))
         except (FileNotFoundError, ValueError):
             return None
