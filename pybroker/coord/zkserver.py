@@ -13,12 +13,14 @@ Files under `data_dir` (rewritten on every start, except the data and the log):
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,14 +150,47 @@ def pick_free_port(host: str = HOST) -> int:
         return sock.getsockname()[1]
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Loaded in the parent, never after a fork: dlopen in a forked child of a threaded
+# process may deadlock on the loader's lock.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
+    """In a just-forked child: have the kernel send `signum` when the parent dies, and
+    exit at once if it already has. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a
+    no-op.
+
+    Why prctl and not a lifeline pipe: it also covers a child that execs a program we
+    cannot teach to watch a pipe (the JVM), costs no fd and no thread, and the kernel
+    delivers it even when the parent is SIGKILLed. Its two traps: (1) the parent dying
+    between fork and prctl is missed, hence the getppid() check after setting it;
+    (2) "parent" is the forking *thread*, so the caller must fork from a thread that
+    lives as long as the child should (the main thread). The setting survives execve.
+    """
+    if _LIBC is None:
+        return
+    if _LIBC.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before prctl took effect: nobody to serve
+
+
 class EmbeddedZooKeeper:
     """A standalone ZooKeeper server running as a child process of this Python process.
 
     Ownership: the object that started the JVM owns it; only `stop()` (or the context
     manager's exit, or the interpreter's exit as a last resort) ends it. The child runs
     in its own session, so a Ctrl-C meant for us does not reach the JVM before we
-    decide to stop it. If this process is SIGKILLed, the JVM is orphaned; its pid is
-    in the header line that each start writes to `log_path`.
+    decide to stop it. The JVM never outlives us: it gets SIGKILL from the kernel when
+    the thread that called start() ends (die_with_parent), so call start() from the
+    main thread, or from a thread that outlives the server. Its pid is in the header
+    line that each start writes to `log_path`.
+
+    `hold_fds`: file descriptors the JVM inherits and keeps open for its whole life,
+    e.g. the supervisor's flock on its data dir, so the lock outlives no holder and
+    no holder outlives the lock.
 
     Readiness: `start()` returns only once the port answers `ruok` with `imok` and
     `srvr` reports the server serving (polled with a short backoff, never a fixed
@@ -180,7 +215,8 @@ class EmbeddedZooKeeper:
     def __init__(self, data_dir: Path | str, port: int = 0, tick_ms: int = DEFAULT_TICK_MS,
                  log_path: Path | str | None = None, *, fast_unsafe: bool = False,
                  env_file: Path | str = DEFAULT_ENV_FILE,
-                 jvm_flags: tuple[str, ...] = DEFAULT_JVM_FLAGS):
+                 jvm_flags: tuple[str, ...] = DEFAULT_JVM_FLAGS,
+                 hold_fds: tuple[int, ...] = ()):
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is outside 0..65535")
         if tick_ms <= 0:
@@ -192,6 +228,7 @@ class EmbeddedZooKeeper:
         self.fast_unsafe = fast_unsafe
         self.env_file = Path(env_file)
         self.jvm_flags = tuple(jvm_flags)
+        self.hold_fds = tuple(hold_fds)
         # Chosen at the first start, kept across restarts.
         self._port = port
         # Per run of the child; None/0 while stopped.
@@ -327,10 +364,12 @@ class EmbeddedZooKeeper:
                 f"-Dzookeeper.log.dir={self.log_path.parent}",
                 "-cp", _with_log_binding(install.classpath), *install.main, str(config)]
         self._open_log()
+        parent = os.getpid()
         try:
             self._proc = subprocess.Popen(
                 argv, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                pass_fds=self.hold_fds, preexec_fn=lambda: die_with_parent(parent))
         except OSError as exc:
             self._reap()
             raise ZooKeeperStartError(f"cannot run {install.java}: {exc}") from exc

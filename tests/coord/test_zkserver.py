@@ -1,6 +1,7 @@
 """The ZooKeeper launcher, the session-expiry helper and the pytest plugin, against a
 real ZooKeeper (Debian's package). No timing assertions: only behaviour."""
 
+import fcntl
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from pybroker.coord.zkserver import (EmbeddedZooKeeper, ZooKeeperNotInstalled,
                                      ZooKeeperStartError, find_installation,
                                      four_letter_word)
 from pybroker.errors import PyBrokerError
+from pybroker.testing.poll import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -249,3 +251,52 @@ def test_script_prints_connect_string_and_stops_on_sigterm(tmp_path):
             proc.wait()
     assert_port_closed(int(port))
     assert "pybroker: ZooKeeper pid" in (tmp_path / "zookeeper.log").read_text()
+
+
+# -- the JVM never outlives its parent, and can hold its parent's lock --------------------
+
+def _gone(pid: int) -> bool:
+    """No such process, or only a zombie (dead, waiting for whoever is its parent now)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_jvm_dies_when_its_parent_is_sigkilled(tmp_path):
+    script = textwrap.dedent(f"""\
+        import sys, time
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from pybroker.coord.zkserver import EmbeddedZooKeeper
+        server = EmbeddedZooKeeper({str(tmp_path)!r}, fast_unsafe=True).start()
+        print(server.pid, server.port, flush=True)
+        time.sleep(600)
+        """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        jvm, port = map(int, parent.stdout.readline().split())
+        assert four_letter_word(port, "ruok") == b"imok"
+    finally:
+        parent.kill()  # SIGKILL: no atexit, no stop(); only the kernel can end the JVM
+        parent.wait()
+    wait_for(lambda: _gone(jvm), f"ZooKeeper pid {jvm} to die with its parent", 30.0)
+    assert_port_closed(port)
+
+
+def test_held_fd_keeps_the_lock_for_the_jvm_life(tmp_path):
+    lock_path = tmp_path / ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    server = EmbeddedZooKeeper(tmp_path / "zk", fast_unsafe=True, hold_fds=(fd,)).start()
+    os.close(fd)  # our copy is gone; the JVM's copy of the open file still holds the lock
+    probe = os.open(lock_path, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        server.stop()
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with its last holder
+    finally:
+        server.stop()
+        os.close(probe)
