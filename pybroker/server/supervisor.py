@@ -24,7 +24,8 @@ import socket
 import time
 
 from pybroker.config import BrokerConfig, ConfigError
-from pybroker.coord.zkserver import ZooKeeperError
+from pybroker.coord.registry import ZooKeeperUnreachable, ensure_chroot
+from pybroker.coord.zkserver import ZooKeeperError, die_with_parent
 from pybroker.errors import PyBrokerError
 from pybroker.server import controlblock
 from pybroker.server.worker import Worker, node_id_for
@@ -62,10 +63,14 @@ class Supervisor:
         self._bind()
         if not self.zk_connect:
             from pybroker.coord.zkserver import EmbeddedZooKeeper
-            self.zookeeper = EmbeddedZooKeeper(os.path.join(self.data_dir, "zookeeper"))
+            # The JVM holds the data dir's lock too, and dies with us (die_with_parent):
+            # no restart can meet an orphaned private ZooKeeper.
+            self.zookeeper = EmbeddedZooKeeper(os.path.join(self.data_dir, "zookeeper"),
+                                               hold_fds=(self._lock_fd,))
             self.zookeeper.start()
             self.zk_connect = self.zookeeper.connect_string
             log.info("embedded ZooKeeper on %s (pid %s)", self.zk_connect, self.zookeeper.pid)
+        _wait_for_zookeeper(self.zk_connect, self.config["zookeeper.connection.timeout.ms"])
         self.control = controlblock.ControlBlock.in_dir(self.data_dir, create=True,
                                                         workers=self.workers)
         if self.config["metrics.port"] >= 0:
@@ -83,10 +88,14 @@ class Supervisor:
             f.write(self.zk_connect + "\n")
 
     def _claim_data_dir(self) -> None:
+        """flock <data-dir>/.lock for the life of every process of this broker: the
+        workers inherit the open file across fork, the private ZooKeeper via hold_fds,
+        so the lock is free only when all of them are gone (and they all die with us).
+        Our pid is written into the file, to name us to a refused second supervisor."""
+        lock_path = os.path.join(self.data_dir, ".lock")
         try:
             os.makedirs(self.data_dir, exist_ok=True)
-            self._lock_fd = os.open(os.path.join(self.data_dir, ".lock"),
-                                    os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StartupError(f"data dir {self.data_dir} is not usable: {exc.strerror}") from None
         if not os.access(self.data_dir, os.W_OK):
@@ -94,8 +103,10 @@ class Supervisor:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StartupError(f"data dir {self.data_dir} is in use by another pybroker "
-                               "process") from None
+            raise StartupError(f"data dir {self.data_dir} is in use by another pybroker: "
+                               f"{_describe_holders(lock_path, self._lock_fd)}") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         meta = os.path.join(self.data_dir, META_FILE)
         broker_id = self.config["broker.id"]
         if os.path.exists(meta):
@@ -127,7 +138,11 @@ class Supervisor:
     # --- running ---------------------------------------------------------------------
 
     def run(self) -> int:
-        self.prepare()
+        try:
+            self.prepare()
+        except BaseException:
+            self._stop_all()  # no private ZooKeeper or bound socket outlives a failed start
+            raise
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         for i in range(self.workers):
@@ -158,10 +173,18 @@ class Supervisor:
         self.stopping = True
 
     def _fork(self, index: int) -> None:
+        """Fork worker `index`. Invariant: a worker never outlives this supervisor (it
+        would serve unsupervised and keep the data dir's lock). The kernel SIGKILLs it
+        when we die, however we die (die_with_parent). SIGKILL rather than SIGTERM:
+        nobody is left to escalate a SIGTERM that a hung worker ignores, and its logs
+        are recovered at the next start as after any crash. Called from the main thread
+        only (the death signal follows the forking thread)."""
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                die_with_parent(parent)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 for i, sock in enumerate(self.sockets):
@@ -244,9 +267,64 @@ class Supervisor:
         log.info("supervisor stopped")
 
 
+def _wait_for_zookeeper(connect: str, timeout_ms: int) -> None:
+    """Before any fork: return once a server of `connect` answers (its chroot created),
+    or raise ZooKeeperUnreachable naming the address after `timeout_ms`. Without this a
+    worker fails its registry start, is restarted, and fails again, forever."""
+    ensure_chroot(connect, timeout_ms / 1000)
+
+
+def _lock_holders(path: str) -> list[int]:
+    """Pids of the other processes that have `path` open, from /proc (processes we may
+    not inspect are missed). Only for the refusal message: the failure path."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return []
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue  # gone, or not ours to look at
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{entry}/fd/{fd}")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                found.append(int(entry))
+                break
+    return sorted(found)
+
+
+def _describe_holders(lock_path: str, lock_fd: int) -> str:
+    """Who holds the lock, as far as we can tell: "<lock> is held by pid 12, 13
+    (supervisor 12)"."""
+    try:
+        recorded = int(os.pread(lock_fd, 32, 0).decode().strip() or 0)
+    except (OSError, ValueError):
+        recorded = 0
+    holders = _lock_holders(lock_path)
+    if not holders:
+        who = "held by a process we cannot inspect"
+    else:
+        who = f"held by pid {', '.join(map(str, holders))}"
+    if recorded and recorded in holders:
+        who += f" (supervisor {recorded})"
+    elif recorded:
+        who += f" (its supervisor, pid {recorded}, has exited)"
+    return f"{lock_path} is {who}"
+
+
 def serve(config: BrokerConfig) -> int:
     try:
         return Supervisor(config).run()
+    except ZooKeeperUnreachable as exc:
+        log.error("%s", exc)
+        return 1  # a runtime failure (exit 1), not bad usage: the address may be right
     except (StartupError, ConfigError, ZooKeeperError) as exc:
         log.error("%s", exc)
         return 2

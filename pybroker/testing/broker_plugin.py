@@ -5,7 +5,9 @@ Enable it next to the ZooKeeper plugin in the root conftest:
 `pytest_plugins = ["pybroker.testing.zk_plugin", "pybroker.testing.broker_plugin"]`.
 
 Fixtures
-    broker_factory   test: `start(workers=2, settings=None, broker_id=0) -> Broker`. Each
+    broker_factory   test: `start(workers=2, settings=None, broker_id=0, zk_connect=None)
+                     -> Broker`. zk_connect defaults to the test's chroot; "" runs
+                     the broker's private ZooKeeper (no --zookeeper). Each
                      call starts one supervisor (a subprocess) with its own data dir
                      under the test's tmp_path and waits until every worker serves; all
                      are stopped after the test (SIGTERM; exit code 0 is asserted).
@@ -312,7 +314,9 @@ class Broker:
             pass
         cmd = [sys.executable, "-m", "pybroker", "serve", "--data-dir", str(self.data_dir),
                "--port", str(self.ports[0]), "--workers", str(self.workers),
-               "--broker-id", str(self.broker_id), "--zookeeper", self.zk_connect]
+               "--broker-id", str(self.broker_id)]
+        if self.zk_connect:  # else: the supervisor starts its private ZooKeeper
+            cmd += ["--zookeeper", self.zk_connect]
         for key, value in self.settings.items():
             cmd += ["--set", f"{key}={value}"]
         with open(self.log_path, "ab") as log:
@@ -501,14 +505,17 @@ def _parent_pid(pid: int) -> int | None:
 
 @pytest.fixture
 def broker_factory(request, tmp_path, zk_connect):
-    """start(workers=2, settings=None, broker_id=0) -> a serving Broker; all stopped
-    after the test, each asserted to exit 0."""
+    """start(workers=2, settings=None, broker_id=0, zk_connect=None) -> a serving Broker;
+    all stopped after the test, each asserted to exit 0."""
+    default_zk_connect = zk_connect
     started: list[Broker] = []
     request.node.stash[_BROKERS] = started
 
-    def start(workers: int = 2, settings: dict | None = None, broker_id: int = 0) -> Broker:
+    def start(workers: int = 2, settings: dict | None = None, broker_id: int = 0,
+              zk_connect: str | None = None) -> Broker:
         n = len(started)
-        b = Broker(tmp_path / f"broker{n}-data", tmp_path / f"broker{n}.log", zk_connect,
+        b = Broker(tmp_path / f"broker{n}-data", tmp_path / f"broker{n}.log",
+                   default_zk_connect if zk_connect is None else zk_connect,
                    workers=workers, settings=settings, broker_id=broker_id)
         started.append(b)
         return b.start()
