@@ -462,8 +462,9 @@ def _from_legacy_worker(fields: dict) -> None:
 
 def _from_legacy_row(row) -> PartitionRow:
     """(topic, partition, log_start, log_end, hw, messages_in, bytes_in, bytes_out,
-    flushes) of a partition the worker has open: ONLINE in this worker's terms."""
+    flushes[, state]): without a state, a partition the worker has open is ONLINE."""
     if isinstance(row, PartitionRow):
         return row
     topic, partition, *counters = row
-    return PartitionRow(topic, partition, 0, *counters, state=PartitionState.ONLINE)
+    state = counters.pop() if len(counters) == 8 else PartitionState.ONLINE
+    return PartitionRow(topic, partition, 0, *counters, state=state)

@@ -1,6 +1,7 @@
 """The pybroker command line against a real broker: every command, its output and its
 exit code, and the refusals a person must be able to act on."""
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -90,6 +91,18 @@ def test_stats_and_zk_read_a_running_broker(broker):
     stats = run("stats", "--data-dir", broker.data_dir)
     assert stats.returncode == 0
     assert b"serving" in stats.stdout and b"seen-0" in stats.stdout
+    workers, partitions = stats.stdout.decode().split("\n\n")
+    header, *rows = workers.splitlines()
+    assert header.split()[-3:] == ["parts", "opening", "offline"]
+    assert len(rows) == 2
+    for line in rows:
+        # heartbeat and loop ages: both monotonic, so never negative (a wall-clock
+        # heartbeat read against the monotonic clock, or the reverse, would be)
+        ages = [float(a[:-1]) for a in re.findall(r"(-?[0-9.]+s) ago", line)]
+        assert len(ages) == 2 and all(a >= 0 for a in ages), line
+        assert line.split()[-2:] == ["0", "0"]  # nothing opening, nothing offline
+    seen = next(line for line in partitions.splitlines() if line.startswith("seen-0 "))
+    assert seen.split()[2] == "online"
     zk = run("zk", "--zookeeper", broker.zk_connect)
     assert zk.returncode == 0
     text = zk.stdout.decode()
