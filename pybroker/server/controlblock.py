@@ -416,11 +416,13 @@ def _create(path: str, workers: int) -> mmap.mmap:
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"control block for {workers} workers: 1..{MAX_WORKERS} allowed")
     size = layout_size(workers)
+    directory, name = os.path.split(os.path.abspath(path))
+    # temporaries left by a supervisor that crashed mid-create: only the supervisor
+    # (one per data dir, under its flock) creates blocks, so none is in use
+    for entry in os.listdir(directory):
+        if entry.startswith(name + ".") and entry.endswith(".tmp"):
+            os.unlink(os.path.join(directory, entry))
     tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.unlink(tmp)  # left by a crashed supervisor whose pid we reuse
-    except FileNotFoundError:
-        pass
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.ftruncate(fd, size)  # a new, empty inode: zeros, nobody maps it yet

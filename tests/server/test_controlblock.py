@@ -210,6 +210,7 @@ def test_a_row_left_mid_write_is_returned_flagged_and_the_next_write_repairs_it(
 
 def test_a_new_block_never_truncates_one_still_mapped(tmp_path):
     old = new_block(tmp_path)
+    (tmp_path / f"{controlblock.FILE_NAME}.999999.tmp").write_bytes(b"half-made")  # a crash
     old.write_worker(1, requests=123)
     old.write_partitions(1, [row("kept", 3, flushes=4)])
     reader = ControlBlock(old.path)  # e.g. `pybroker stats` or a worker mid-restart
