@@ -5,8 +5,9 @@ Enable it next to the ZooKeeper plugin in the root conftest:
 `pytest_plugins = ["pybroker.testing.zk_plugin", "pybroker.testing.broker_plugin"]`.
 
 Fixtures
-    broker_factory   test: `start(workers=2, settings=None, broker_id=0, zk_connect=None)
-                     -> Broker`. zk_connect defaults to the test's chroot; "" runs
+    broker_factory   test: `start(workers=2, settings=None, broker_id=0, zk_connect=None,
+                     env=None) -> Broker` (env: extra environment variables of the
+                     broker, e.g. PYBROKER_FAILPOINTS). zk_connect defaults to the test's chroot; "" runs
                      the broker's private ZooKeeper (no --zookeeper). Each
                      call starts one supervisor (a subprocess) with its own data dir
                      under the test's tmp_path and waits until every worker serves; all
@@ -57,6 +58,7 @@ START_ATTEMPTS = 3        # fresh ports tried when a picked port is taken before
 PORT_RANGE = (20_000, 32_000)  # below Linux's ephemeral range (32768+): no client collides
 LOG_REPORT_BYTES = 64 * 1024
 EXIT_USAGE = 2            # pybroker's exit code for bad usage, e.g. a port in use
+_RETRIABLE = {3, 5, 6}     # UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER
 _SIZE = struct.Struct(">i")
 
 _BROKERS = pytest.StashKey[list]()
@@ -200,13 +202,14 @@ class Broker:
     """
 
     def __init__(self, data_dir: Path, log_path: Path, zk_connect: str, workers: int = 2,
-                 settings: dict | None = None, broker_id: int = 0):
+                 settings: dict | None = None, broker_id: int = 0, env: dict | None = None):
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.zk_connect = zk_connect
         self.workers = workers
         self.settings = dict(settings or {})
         self.broker_id = broker_id
+        self.env = dict(env or {})         # extra environment, e.g. PYBROKER_FAILPOINTS
         self.ports: list[int] = []
         self.proc: subprocess.Popen | None = None
         self.returncodes: list[int] = []   # exit codes of the supervisors we stopped
@@ -250,6 +253,57 @@ class Broker:
             assert len(cluster.ensure_topic(name)) == partitions
         finally:
             cluster.close()
+
+    def leaders(self, topic: str) -> dict[int, int]:
+        """{partition: leader node id} from worker 0's Metadata (-1: a leader that is
+        not registered in that worker's view)."""
+        with self.client() as c:
+            [t] = c.request(ApiKey.METADATA, 8, {"topics": [{"name": topic}],
+                                                "allow_auto_topic_creation": False})["topics"]
+        assert t["error_code"] == 0, t
+        return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
+
+    def _leader_worker(self, topic: str, partition: int, deadline: float) -> int:
+        """The worker index leading the partition, waiting (to `deadline`) while worker
+        0's view has no registered leader for it."""
+        while (leader := self.leaders(topic).get(partition, -1)) not in self.node_ids:
+            assert time.monotonic() < deadline, f"{topic}-{partition} has no leader"
+            time.sleep(POLL_S)
+        return self.node_ids.index(leader)
+
+    def produce_one(self, topic: str, partition: int, value: bytes,
+                    timeout: float = START_TIMEOUT_S) -> None:
+        """One acks=all record to the partition's leader; retried while the answer is
+        retriable (unknown partition, leader not available, not leader: a partition
+        still opening), asserted to succeed within `timeout`."""
+        from pybroker.records import build_batch
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.client(self._leader_worker(topic, partition, deadline)) as c:
+                body = c.request(ApiKey.PRODUCE, 7, {
+                    "transactional_id": None, "acks": -1, "timeout_ms": 10_000,
+                    "topic_data": [{"name": topic, "partition_data": [
+                        {"index": partition, "records": bytes(build_batch([value]))}]}]})
+            answer = body["responses"][0]["partition_responses"][0]
+            if answer["error_code"] == 0:
+                return
+            assert answer["error_code"] in _RETRIABLE and time.monotonic() < deadline, answer
+            time.sleep(POLL_S)
+
+    def fetch_values(self, topic: str, partition: int,
+                     timeout: float = START_TIMEOUT_S) -> list[bytes]:
+        """Every record value of the partition (up to 1 MiB), from its leader."""
+        from pybroker.records import parse_batches, parse_records
+        worker = self._leader_worker(topic, partition, time.monotonic() + timeout)
+        with self.client(worker) as c:
+            body = c.request(ApiKey.FETCH, 11, {
+                "replica_id": -1, "max_wait_ms": 0, "min_bytes": 0, "max_bytes": 1 << 20,
+                "topics": [{"topic": topic, "partitions": [{
+                    "partition": partition, "fetch_offset": 0,
+                    "partition_max_bytes": 1 << 20}]}]})
+        part = body["responses"][0]["partitions"][0]
+        assert part["error_code"] == 0, part
+        return [r.value for b in parse_batches(part["records"]) for r in parse_records(b)]
 
     def client(self, worker: int = 0, timeout: float = 10.0) -> RawClient:
         """A new RawClient connected to worker's port."""
@@ -323,7 +377,8 @@ class Broker:
             log.write(f"=== {' '.join(cmd)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self.env})
         _LIVE.add(self)
 
     def _wait_serving(self, deadline: float) -> None:
@@ -512,11 +567,11 @@ def broker_factory(request, tmp_path, zk_connect):
     request.node.stash[_BROKERS] = started
 
     def start(workers: int = 2, settings: dict | None = None, broker_id: int = 0,
-              zk_connect: str | None = None) -> Broker:
+              zk_connect: str | None = None, env: dict | None = None) -> Broker:
         n = len(started)
         b = Broker(tmp_path / f"broker{n}-data", tmp_path / f"broker{n}.log",
                    default_zk_connect if zk_connect is None else zk_connect,
-                   workers=workers, settings=settings, broker_id=broker_id)
+                   workers=workers, settings=settings, broker_id=broker_id, env=env)
         started.append(b)
         return b.start()
 

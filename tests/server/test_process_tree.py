@@ -9,12 +9,9 @@ import signal
 import subprocess
 import sys
 
-from pybroker.protocol import ApiKey
-from pybroker.records import build_batch, parse_batches, parse_records
 from pybroker.testing.broker_plugin import EXIT_USAGE, free_port_run
 from pybroker.testing.poll import wait_for
 
-NONE = 0
 DIE_TIMEOUT_S = 30.0   # SIGKILL of a parent -> the kernel's death signal to its children
 SERVE_TIMEOUT_S = 60.0
 
@@ -36,50 +33,11 @@ def private_zookeeper_pid(broker) -> int:
     return int(re.findall(r"ZooKeeper pid (\d+)", text)[-1])
 
 
-def leaders(broker, topic: str) -> dict[int, int]:
-    with broker.client() as c:
-        [t] = c.request(ApiKey.METADATA, 8, {"topics": [{"name": topic}],
-                                            "allow_auto_topic_creation": False})["topics"]
-    assert t["error_code"] == NONE, t
-    return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
-
-
-RETRIABLE = {3, 5, 6}  # unknown topic/partition, leader not available, not leader: yet
-
-
-def produce(broker, topic: str, partition: int, value: bytes) -> None:
-    """acks=all produce of one record to the partition's leader; asserts success. A
-    partition still opening (or not yet known everywhere) answers a retriable error."""
-    def attempt():
-        port = broker.port_of_node(leaders(broker, topic)[partition])
-        with broker.client(broker.ports.index(port)) as c:
-            body = c.request(ApiKey.PRODUCE, 7, {
-                "transactional_id": None, "acks": -1, "timeout_ms": 10_000,
-                "topic_data": [{"name": topic, "partition_data": [
-                    {"index": partition, "records": bytes(build_batch([value]))}]}]})
-        answer = body["responses"][0]["partition_responses"][0]
-        assert answer["error_code"] in RETRIABLE | {NONE}, answer
-        return answer["error_code"] == NONE
-    wait_for(attempt, f"a produce to {topic}-{partition} to succeed", SERVE_TIMEOUT_S)
-
-
-def fetch_values(broker, topic: str, partition: int) -> list[bytes]:
-    port = broker.port_of_node(leaders(broker, topic)[partition])
-    with broker.client(broker.ports.index(port)) as c:
-        body = c.request(ApiKey.FETCH, 11, {
-            "replica_id": -1, "max_wait_ms": 0, "min_bytes": 0, "max_bytes": 1 << 20,
-            "topics": [{"topic": topic, "partitions": [{
-                "partition": partition, "fetch_offset": 0, "partition_max_bytes": 1 << 20}]}]})
-    part = body["responses"][0]["partitions"][0]
-    assert part["error_code"] == NONE, part
-    return [r.value for b in parse_batches(part["records"]) for r in parse_records(b)]
-
-
 def test_sigkilled_supervisor_takes_its_workers_and_zookeeper_along(broker_factory):
     broker = broker_factory(workers=2, zk_connect="")  # the private ZooKeeper
     broker.create_topic("tree", 2)
     for p in range(2):
-        produce(broker, "tree", p, b"before-%d" % p)
+        broker.produce_one("tree", p, b"before-%d" % p)
     supervisor, workers = broker.pid, broker.worker_pids()
     zookeeper = private_zookeeper_pid(broker)
     assert all(alive(pid) for pid in (supervisor, zookeeper, *workers))
@@ -94,8 +52,8 @@ def test_sigkilled_supervisor_takes_its_workers_and_zookeeper_along(broker_facto
     broker.start(SERVE_TIMEOUT_S)  # same data dir: the lock is free, nothing holds a port
     assert private_zookeeper_pid(broker) != zookeeper
     for p in range(2):
-        produce(broker, "tree", p, b"after-%d" % p)
-        assert fetch_values(broker, "tree", p) == [b"before-%d" % p, b"after-%d" % p]
+        broker.produce_one("tree", p, b"after-%d" % p)
+        assert broker.fetch_values("tree", p) == [b"before-%d" % p, b"after-%d" % p]
 
 
 def test_second_supervisor_is_refused_naming_the_data_dir_and_every_holder(
@@ -117,5 +75,5 @@ def test_second_supervisor_is_refused_naming_the_data_dir_and_every_holder(
     assert f"(supervisor {broker.pid})" in line
     # and the first broker was not disturbed
     broker.create_topic("still", 1)
-    produce(broker, "still", 0, b"v")
-    assert fetch_values(broker, "still", 0) == [b"v"]
+    broker.produce_one("still", 0, b"v")
+    assert broker.fetch_values("still", 0) == [b"v"]
