@@ -11,10 +11,10 @@ producers (producerId i % 100, sequences rising), built as a block of 1,000 batc
 by records.build_batch repeated 3,000 times and appended in joined buffers of 100,000
 (the CRC does not cover the base offset, which the append stamps), about 1 s. The file
 is in the page cache.
-- path:      load          ProducerStates.load: a 16 MiB PartitionLog.read + pread,
+- path:      load          ProducerStates.load: a 4 MiB PartitionLog.read + pread,
                            one C walk filling a pb_batch_info per batch (CRC checked),
                            the Python loop applying them, per piece
-- floor:     pread         os.pread of the same bytes in the same 16 MiB pieces
+- floor:     pread         os.pread of the same bytes in the same 4 MiB pieces
 - reference: c_walk        core.scan_batch_infos of the same pieces: the C walk alone
              python_parse  the old replay (records.parse_batches + the same apply) on
                            the first 100,000 batches; per batch, so it compares as is
