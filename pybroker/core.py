@@ -2,8 +2,9 @@
 
 Every call is validated here before it reaches C, and every status code becomes a
 Python exception right after, in `_check`. Nothing else in pybroker touches `ffi`;
-the rest of the package sees plain ints, buffers, named tuples and two opaque handles
-(`Pinned`, a buffer pinned for C, and `IndexCursor`, the cursor struct with int fields).
+the rest of the package sees plain ints, buffers, named tuples and three opaque handles
+(`Pinned`, a buffer pinned for C, `IndexCursor`, the cursor struct with int fields, and
+`BatchInfos`, the per-batch output array of a scan).
 """
 from __future__ import annotations
 
