@@ -61,6 +61,7 @@ ATTR_LOG_APPEND_TIME = 8
 # field offsets
 OFF_BASE, OFF_LENGTH, OFF_MAGIC, OFF_CRC, OFF_ATTRS = 0, 8, 16, 17, 21
 OFF_LAST_DELTA, OFF_BASE_TS, OFF_MAX_TS, OFF_COUNT = 23, 27, 35, 57
+OFF_PRODUCER_ID, OFF_PRODUCER_EPOCH, OFF_BASE_SEQUENCE = 43, 51, 53
 
 
 def make_batch(count: int = 1, *, base_offset: int = 0, base_timestamp: int = 0,
@@ -139,6 +140,9 @@ class ScanResult(NamedTuple):
     offset_of_max_timestamp: int = -1
     max_batch_bytes: int = 0
     attributes_or: int = 0
+    producer_id: int = -1      # the first batch's producer fields
+    producer_epoch: int = -1
+    base_sequence: int = -1
 
 
 def _check_batch(buf, pos: int, max_batch: int) -> tuple[str | None, int]:
@@ -200,6 +204,9 @@ def scan(buf, *, stamp_offset: int | None = None, append_time: int | None = None
         max_ts = get_i64(buf, pos + OFF_MAX_TS)
         if r["batches"] == 0:
             r["first_offset"] = base
+            r["producer_id"] = get_i64(buf, pos + OFF_PRODUCER_ID)
+            r["producer_epoch"] = get_i16(buf, pos + OFF_PRODUCER_EPOCH)
+            r["base_sequence"] = get_i32(buf, pos + OFF_BASE_SEQUENCE)
         if max_ts > r["max_timestamp"]:
             r["max_timestamp"] = max_ts
             r["offset_of_max_timestamp"] = last
