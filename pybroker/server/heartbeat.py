@@ -130,8 +130,11 @@ def stale_reason(row: dict, pid: int, now_ms: int, timeout_ms: int,
     - stopping or stopped: never (it is draining or exiting on its own);
     - no row of its own yet (another pid, or no heartbeat): only after
       max(timeout_ms, STARTUP_GRACE_MS) since the fork;
-    - heartbeat_ms older than timeout_ms: the process does not run;
-    - loop_ms older than timeout_ms: the event loop is hung (the thread still beats).
+    - heartbeat_ms older than timeout_ms: the process does not run (stopped, wedged);
+    - loop_ms older than timeout_ms at the last heartbeat: the event loop is hung while
+      the thread still beats. Measured against heartbeat_ms, not now: in a stopped
+      process the loop's record is always a little older than the thread's, and that
+      must read as a stopped process, not a hung loop.
     A row that could not be read whole (torn) still has whole 8-byte fields; its
     heartbeat is at worst one beat old."""
     if row["state"] in (controlblock.STOPPING, controlblock.STOPPED):
@@ -146,10 +149,10 @@ def stale_reason(row: dict, pid: int, now_ms: int, timeout_ms: int,
     if heartbeat_age > timeout_ms:
         return f"heartbeat is {heartbeat_age} ms old (timeout {timeout_ms} ms)"
     if row["loop_ms"]:
-        loop_age = now_ms - row["loop_ms"]
-        if loop_age > timeout_ms:
-            return (f"event loop made no progress for {loop_age} ms while its heartbeat "
-                    f"is {heartbeat_age} ms old (timeout {timeout_ms} ms)")
+        loop_stuck = row["heartbeat_ms"] - row["loop_ms"]
+        if loop_stuck > timeout_ms:
+            return (f"event loop made no progress for {loop_stuck} ms before its last "
+                    f"heartbeat, {heartbeat_age} ms ago (timeout {timeout_ms} ms)")
     return None
 
 

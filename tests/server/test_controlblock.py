@@ -313,12 +313,14 @@ def test_stale_reason_kills_on_either_age_and_spares_a_busy_worker():
 
     # busy (recovering, serving) but progressing: both fresh
     assert stale_reason(worker(250, 400), pid, now, timeout, 60_000) is None
-    # the process is stopped: nothing beats
-    assert "heartbeat is 10001 ms old" in stale_reason(worker(10_001, 10_001), pid, now,
+    # the process is stopped: nothing beats, and the loop's last record is a little
+    # older than the thread's; that is a stopped process, not a hung loop
+    assert "heartbeat is 10001 ms old" in stale_reason(worker(10_001, 10_201), pid, now,
                                                        timeout, 60_000)
-    # the loop is hung: the thread beats on
+    # the loop is hung: the thread beats on, seeing the loop's record age
     assert "event loop made no progress for 10001 ms" in \
-        stale_reason(worker(250, 10_001), pid, now, timeout, 60_000)
+        stale_reason(worker(250, 10_251), pid, now, timeout, 60_000)
+    assert stale_reason(worker(250, 10_250), pid, now, timeout, 60_000) is None
     # draining or exiting: left alone
     assert stale_reason(worker(50_000, 50_000, controlblock.STOPPING), pid, now, timeout,
                         60_000) is None
