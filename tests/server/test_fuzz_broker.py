@@ -12,16 +12,17 @@ fetch still works.
 from __future__ import annotations
 
 import os
-import random
 import socket
+import struct
 import time
 from pathlib import Path
 
 import pytest
 
-from pybroker.protocol import ApiKey
+from pybroker.protocol import (ApiKey, DecodeError, UnknownApiKey, UnsupportedVersion,
+                               decode_request)
 from pybroker.records import build_batch, parse_batches, parse_records
-from pybroker.testing.frames import (RecordingProxy, capture_clients, load_frames,
+from pybroker.testing.frames import (Mutator, RecordingProxy, capture_clients, load_frames,
                                      save_frames, select_frames)
 
 FRAMES_FILE = Path(__file__).parent.parent / "data" / "frames" / "clients.json"
@@ -48,3 +49,211 @@ def test_capture_client_frames(broker):
     if os.environ.get("PYBROKER_WRITE_FRAMES") == "1":
         FRAMES_FILE.parent.mkdir(parents=True, exist_ok=True)
         save_frames(frames, FRAMES_FILE)
+
+
+# --- fuzzing a live broker --------------------------------------------------------------
+
+LANES = 4                 # connections at a time, two per worker
+BATCH = 20                # decodable mutants pipelined per round trip (bounded batches)
+SOCKET_TIMEOUT_S = 5.0    # a batch not answered by then holds a long wait (a fetch's
+                          # max_wait_ms, a join's rebalance timeout): reconnect, go on
+# What the fuzz broker is set to. Mutated CreateTopics and Metadata frames create
+# topics with mutated names; these keep that growth to what a worker's RSS bound can
+# tell apart from a leak (a few hundred small topics), without refusing the requests.
+FUZZ_SETTINGS = {"max.partitions.per.request": 4, "auto.create.topics.enable": "false",
+                 "log.index.size.max.bytes": 4096}
+SEED_TOPICS = {"cap-confluent": 2, "cap-kafka-python": 2, "cap-kcat": 1}
+
+
+def _seed() -> int:
+    return int(os.environ.get("PYBROKER_FUZZ_SEED") or time.time_ns() % 2**32)
+
+
+def _vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def _tracebacks(log: str) -> list[str]:
+    """Each distinct traceback in a broker log, with the log line before it (it names
+    the node, the peer, the api and version); distinct by their last lines."""
+    lines = log.splitlines()
+    found: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback"):
+            continue
+        end = i + 1
+        while end < len(lines) and not lines[end][:4].isdigit() and \
+                not lines[end].startswith("==="):
+            end += 1
+        block = lines[max(0, i - 1):end]
+        found.setdefault("\n".join(block[-3:]), "\n".join(block))
+    return list(found.values())
+
+
+def _with_correlation_id(body: bytes, cid: int) -> bytes:
+    """The mutant with its correlation id (bytes 4-8) replaced, so an answer or a log
+    line can be traced to the input."""
+    return body[:4] + cid.to_bytes(4, "big", signed=True) + body[8:]
+
+
+class Lane:
+    """One connection to one worker, reopened whenever the broker closes it."""
+
+    def __init__(self, port: int, number: int):
+        self.port = port
+        self.number = number
+        self.sock: socket.socket | None = None
+        self.sentinels = 0
+        self.stats = {"batches": 0, "answered": 0, "closed": 0, "stalled": 0}
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.sock.settimeout(SOCKET_TIMEOUT_S)
+
+    def _drop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    def run(self, frames: list[bytes]) -> None:
+        """Send frames then an ApiVersions sentinel in one write; read answers until the
+        sentinel's (answers come in request order) or until the broker closes."""
+        if self.sock is None:
+            self._connect()
+        self.sentinels += 1
+        sentinel = -(self.number * 1_000_000 + self.sentinels)   # mutants' ids are >= 0
+        header = (struct.pack(">hhi", ApiKey.API_VERSIONS, 0, sentinel) +
+                  struct.pack(">h", 4) + b"fuzz")
+        wire = b"".join(struct.pack(">i", len(f)) + f for f in frames)
+        wire += struct.pack(">i", len(header)) + header
+        self.stats["batches"] += 1
+        try:
+            self.sock.sendall(wire)
+            while True:
+                prefix = self._recv_exact(4)
+                body = prefix and self._recv_exact(struct.unpack(">i", prefix)[0])
+                if not body:
+                    self.stats["closed"] += 1
+                    self._drop()
+                    return
+                (cid,) = struct.unpack_from(">i", body)
+                if cid == sentinel:
+                    return
+                self.stats["answered"] += 1
+        except socket.timeout:
+            self.stats["stalled"] += 1
+            self._drop()
+        except OSError:   # reset while we were still sending: the broker closed it
+            self.stats["closed"] += 1
+            self._drop()
+
+
+def _batches(count: int, seed: int):
+    """Batches of mutants (correlation ids 0, 1, 2...): up to BATCH that decode, then
+    on every other batch one that does not (it closes the connection, after the
+    others were answered), until `count` frames."""
+    mutator = Mutator([f.body for f in load_frames(FRAMES_FILE)], seed)
+    sent = 0
+    flip = False
+    while sent < count:
+        batch, closer = [], None
+        while len(batch) < BATCH and sent + len(batch) < count:
+            body = _with_correlation_id(mutator.mutant(), sent + len(batch))
+            if len(body) < 8:
+                continue
+            try:
+                decode_request(body)
+            except (DecodeError, UnsupportedVersion, UnknownApiKey):
+                if closer is None:
+                    closer = body
+                continue
+            batch.append(body)
+        flip = not flip
+        if flip and closer is not None and sent + len(batch) < count:
+            batch.append(_with_correlation_id(closer, sent + len(batch)))
+        sent += len(batch)
+        yield batch
+
+
+def _produce_and_fetch(broker) -> None:
+    broker.create_topic("after-fuzz", 1)
+    with broker.client() as c:
+        body = c.request(ApiKey.METADATA, 8, {"topics": [{"name": "after-fuzz"}],
+                                              "allow_auto_topic_creation": False})
+        leader = body["topics"][0]["partitions"][0]["leader_id"]
+    with broker.client(broker.node_ids.index(leader)) as c:
+        body = c.request(ApiKey.PRODUCE, 7, {
+            "transactional_id": None, "acks": -1, "timeout_ms": 10_000,
+            "topic_data": [{"name": "after-fuzz", "partition_data": [
+                {"index": 0, "records": bytes(build_batch([b"still", b"works"]))}]}]})
+        assert body["responses"][0]["partition_responses"][0]["error_code"] == 0, body
+        body = c.request(ApiKey.FETCH, 11, {
+            "replica_id": -1, "max_wait_ms": 0, "min_bytes": 0, "max_bytes": 1 << 20,
+            "topics": [{"topic": "after-fuzz", "partitions": [
+                {"partition": 0, "fetch_offset": 0, "partition_max_bytes": 1 << 20}]}]})
+        answer = body["responses"][0]["partitions"][0]
+        values = [r.value for b in parse_batches(answer["records"] or b"")
+                  for r in parse_records(b)]
+        assert values == [b"still", b"works"], answer
+
+
+def fuzz_broker(broker, count: int, seed: int) -> dict:
+    for name, partitions in SEED_TOPICS.items():
+        broker.create_topic(name, partitions)
+    rows = broker.worker_rows()
+    pids = [r["pid"] for r in rows]
+    rss_start = {pid: _vm_rss_kib(pid) for pid in pids}
+    lanes = [Lane(broker.ports[i % broker.workers], i) for i in range(LANES)]
+    frames = 0
+    for n, batch in enumerate(_batches(count, seed)):
+        lanes[n % LANES].run(batch)
+        frames += len(batch)
+    for lane in lanes:
+        lane._drop()
+    totals = {k: sum(lane.stats[k] for lane in lanes) for k in lanes[0].stats}
+    rss_end = {pid: _vm_rss_kib(pid) for pid in pids}
+    print(f"\nbroker fuzz seed={seed}: {frames} frames, {totals}, "
+          f"worker RSS KiB start {rss_start} end {rss_end}")
+
+    log = broker.log_text()
+    handler_errors = [line for line in log.splitlines()
+                      if "internal error in a request handler" in line]
+    tracebacks = _tracebacks(log)
+    # Findings in files other engineers own (the codec, connection.py, the produce,
+    # fetch and group handlers) make these fail until they are fixed: a known failure
+    # stays a failure. The close lines and the distinct tracebacks are in the message.
+    assert not handler_errors and not tracebacks, (
+        f"seed={seed}: {len(handler_errors)} handler errors, {len(tracebacks)} distinct "
+        "tracebacks:\n" + "\n".join(handler_errors[:20]) + "\n\n" +
+        "\n\n".join(tracebacks[:10]))
+    after = broker.worker_rows()
+    assert [r["pid"] for r in after] == pids, f"seed={seed}: workers replaced: {after}"
+    assert [r["restarts"] for r in after] == [r["restarts"] for r in rows] == \
+        [0] * broker.workers, f"seed={seed}: worker restarts: {after}"
+    for pid in pids:
+        assert rss_end[pid] <= 2 * rss_start[pid], \
+            f"seed={seed}: worker pid {pid} RSS {rss_start[pid]} -> {rss_end[pid]} KiB"
+    _produce_and_fetch(broker)
+    return totals
+
+
+def test_fuzz_broker(broker_factory):
+    fuzz_broker(broker_factory(workers=2, settings=FUZZ_SETTINGS), 3_000, _seed())
+
+
+@pytest.mark.slow
+def test_fuzz_broker_20000(broker_factory):
+    fuzz_broker(broker_factory(workers=2, settings=FUZZ_SETTINGS), 20_000, _seed())
