@@ -25,7 +25,7 @@ import logging
 import threading
 
 from pybroker.server import controlblock
-from pybroker.server.controlblock import ControlBlock, PartitionRow, monotonic_ms
+from pybroker.server.controlblock import ControlBlock, monotonic_ms
 from pybroker.server.partition_state import PartitionState
 
 log = logging.getLogger("pybroker.server")
@@ -155,5 +155,3 @@ def stale_reason(row: dict, pid: int, now_ms: int, timeout_ms: int,
                     f"heartbeat, {heartbeat_age} ms ago (timeout {timeout_ms} ms)")
     return None
 
-
-__all__ = ["Heartbeat", "PartitionRow", "stale_reason", "INTERVAL_S"]
