@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import (BadVersionError, ConnectionClosedError, ConnectionLoss,
+                              KazooException, NodeExistsError, NoNodeError,
+                              SessionExpiredError)
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
@@ -66,6 +68,8 @@ RETRY_S = 0.1         # after a failed ZooKeeper call on the registry thread
 JOIN_S = 5.0          # stop(): how long to wait for the registry thread
 PROBE_SESSION_S = 10.0  # session of ensure_chroot's short-lived client
 RECONCILE_ROUNDS = 5  # exists/create/delete rounds per pass before waiting for an event
+# Failures of a call cut short by the connection itself: expected in any outage.
+_CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
 
 class TopicExists(Exception):
@@ -125,9 +129,21 @@ class ClusterState:
     nodes: dict = field(default_factory=dict)          # node id -> (host, port)
     topics: dict = field(default_factory=dict)         # topic -> {partition: node}
     topic_configs: dict = field(default_factory=dict)  # topic -> {key: value}
+    serving: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" online
 
     def leader(self, topic: str, partition: int) -> int | None:
         return self.topics.get(topic, {}).get(partition)
+
+    def served(self, topic: str, partition: int) -> bool:
+        """The partition's leader is registered and says it has the log online (it
+        publishes its online partitions in /brokers/ids/<node>, P17)."""
+        leader = self.leader(topic, partition)
+        return f"{topic}-{partition}" in self.serving.get(leader, ())
+
+    def topic_served(self, topic: str) -> bool:
+        """The topic exists and every partition's leader serves it."""
+        parts = self.topics.get(topic)
+        return parts is not None and all(self.served(topic, p) for p in parts)
 
 
 def _dumps(obj) -> bytes:
@@ -394,7 +410,9 @@ class Registry:
                 return
             try:
                 self._reconcile()
-                if self._views_dirty and self._zk.state == KazooState.CONNECTED:
+                if self._zk.state != KazooState.CONNECTED:
+                    continue  # nothing to read; the CONNECTED transition wakes us
+                if self._views_dirty:
                     self._views_dirty = False
                     try:
                         self.state = self._read_state()
@@ -408,11 +426,15 @@ class Registry:
             except Exception as exc:  # noqa: BLE001 - keep the thread alive; retry shortly
                 if self._stopping:
                     return  # the session is closing under a pass: nothing to report
-                if not self._failing:  # one line per failing streak, not per retry
+                if isinstance(exc, _CONNECTION_ERRORS):
+                    # the connection went while a call was out: the listener has logged
+                    # that transition, and the next CONNECTED one wakes us
+                    log.debug("node=%d registry pass cut short: %r", self.node_id, exc)
+                elif not self._failing:  # one line per failing streak, not per retry
                     self._failing = True
                     log.warning("node=%d registry pass failed (%s: %s); retrying every "
                                 "%.1f s", self.node_id, type(exc).__name__, exc, RETRY_S,
-                                exc_info=not _is_kazoo_error(exc))
+                                exc_info=not isinstance(exc, KazooException))
                 time.sleep(RETRY_S)
                 self._wake.set()
 
@@ -424,11 +446,12 @@ class Registry:
 
     def _read_state(self) -> ClusterState:
         zk = self._zk
-        nodes = {}
+        nodes, serving = {}, {}
         for child in zk.get_children(IDS, watch=self._watch):
             try:
                 info = self._read_json(f"{IDS}/{child}", watch=True)
                 nodes[int(child)] = (info["host"], int(info["port"]))
+                serving[int(child)] = frozenset(info.get("partitions", ()))
             except NoNodeError:
                 continue
         topics, configs = {}, {}
@@ -449,7 +472,7 @@ class Registry:
             self._elect()
             controller = int(self._read_json(CONTROLLER, watch=True)["brokerid"])
         cluster_id = self._read_json(CLUSTER_ID)["id"]
-        return ClusterState(cluster_id, controller, nodes, topics, configs)
+        return ClusterState(cluster_id, controller, nodes, topics, configs, serving)
 
     # --- changes: blocking, call on the worker's ZooKeeper thread (Worker.run_zk) ---
 
@@ -519,8 +542,3 @@ class Registry:
                 return [start, end]
             except BadVersionError:
                 continue
-
-
-def _is_kazoo_error(exc: BaseException) -> bool:
-    """A ZooKeeper-side failure (connection loss, expiry...), as opposed to our bug."""
-    return isinstance(exc, (KazooException, KazooTimeoutError))

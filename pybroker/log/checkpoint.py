@@ -3,8 +3,9 @@
 recovery-point-offset-checkpoint: "0\n<offset>\n" (format version, then the offset
 below which every message was flushed when it was written). A missing or unreadable
 checkpoint reads as 0, which only makes recovery scan more. Written atomically.
-.clean-shutdown: present only between a clean close and the next open; it is removed
-durably at open, so a crash after that is treated as unclean.
+.clean-shutdown: present only between a clean close and the next successful open; it
+is removed durably when that open has succeeded, before any append, so a crash after
+that is treated as unclean.
 """
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def mark_clean_shutdown(directory: str) -> None:
     files.write_atomic(os.path.join(directory, files.CLEAN_SHUTDOWN_FILE), b"")
 
 
-def take_clean_shutdown_marker(directory: str) -> bool:
-    """True if the last close was clean; the marker is gone (durably) afterwards."""
-    return files.remove_durably(os.path.join(directory, files.CLEAN_SHUTDOWN_FILE))
+def has_clean_shutdown_marker(directory: str) -> bool:
+    """True if the last close was clean. The marker stays until the open that relies on
+    it has succeeded (remove_clean_shutdown_marker), so a failed open fails the same
+    way again instead of being retried as if after a crash."""
+    return os.path.exists(os.path.join(directory, files.CLEAN_SHUTDOWN_FILE))
+
+
+def remove_clean_shutdown_marker(directory: str) -> None:
+    """Remove the marker durably: from now on a crash is an unclean stop."""
+    files.remove_durably(os.path.join(directory, files.CLEAN_SHUTDOWN_FILE))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from pybroker import failpoints
+
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
@@ -56,6 +58,7 @@ def fdatasync(fd: int, path: str, covers: int | None = None) -> None:
     """fdatasync(fd), reporting the synced size to the power-loss test hook if set: the
     file's size, or `covers` when appends may run during the sync (a flush off the event
     loop) and only the bytes below it count as synced."""
+    failpoints.hit("fdatasync")
     os.fdatasync(fd)
     if _sync_log_path:
         size = os.fstat(fd).st_size if covers is None else covers
@@ -83,7 +86,9 @@ def write_atomic(path: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    failpoints.hit("checkpoint.before_rename")
     os.replace(tmp, path)
+    failpoints.hit("checkpoint.after_rename")
     fsync_dir(os.path.dirname(path) or ".")
 
 

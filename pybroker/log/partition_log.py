@@ -4,7 +4,15 @@ Offsets (P6): log_start_offset <= high_watermark <= log_end_offset, where
 - log_end_offset is the next offset to assign,
 - high_watermark is one past the last flushed message: reads never pass it, so a
   message is visible only once flushed (P5), and acks=all waits for it (`when_durable`).
-Only the active (last) segment ever holds unflushed bytes: a roll flushes first.
+The flushed bytes end at position _hw_position of the segment based at _hw_base; only
+that segment and the ones after it hold unflushed bytes.
+Two ways to flush. Standalone (no `on_flush_due`): the flush policy flushes in place,
+inside append, and a roll flushes first, so only the active segment holds unflushed
+bytes. Owner-driven (a worker's LogManager passes `on_flush_due`): the log never
+syncs on the caller's thread; it calls on_flush_due() when the policy says a flush is
+due, and the owner runs a FlushTicket (begin_flush / end_flush) on a storage thread. A
+roll then seals a segment that may still hold unflushed bytes: the next ticket syncs
+every segment from the high watermark's on, and the directory entry of a new segment.
 Segments are found by bisecting the in-memory sorted list of base offsets (P8); the
 page cache is the only cache (P9). Retention deletes whole non-active segments by age
 or total size and advances the log start offset (P11); any retained offset can be read
@@ -22,7 +30,7 @@ import os
 import time
 from typing import Callable, NamedTuple
 
-from pybroker import core
+from pybroker import core, failpoints
 from pybroker.errors import (CoreError, CorruptLogError, CorruptRecordError, LogClosedError,
                              LogSyncFailedError,
                              MessageTooLarge, OffsetOutOfRange)
@@ -62,48 +70,79 @@ class FileSlice(NamedTuple):
 
 class FlushTicket:
     """A group commit under way off the owner's thread (PartitionLog.begin_flush): an
-    fdatasync of the active segment through a duplicate of its fd, so closing the
-    segment meanwhile neither breaks the sync nor lets it reach a reused fd. It covers
-    the offsets below `offset`, the bytes below `position`."""
+    fdatasync of each segment holding unflushed bytes, through duplicates of their fds
+    (closing a segment meanwhile neither breaks the sync nor lets it reach a reused fd),
+    then an fsync of the directory when a segment was created since the last ticket.
+    It covers the offsets below `offset`: the bytes below `position` of the segment
+    based at `base`, and all of the segments before it."""
 
-    __slots__ = ("fd", "path", "offset", "position", "seconds")
+    __slots__ = ("syncs", "directory", "offset", "base", "position", "seconds")
 
-    def __init__(self, fd: int, path: str, offset: int, position: int):
-        self.fd = fd
-        self.path = path
+    def __init__(self, syncs: list[tuple[int, str, int]], directory: str | None,
+                 offset: int, base: int, position: int):
+        self.syncs = syncs          # (dup fd, path, bytes covered) per segment
+        self.directory = directory  # fsync'd after the segments, when not None
         self.offset = offset
+        self.base = base
         self.position = position
         self.seconds = 0.0
 
     def sync(self) -> None:
-        """fdatasync and release the fd; safe on any thread, once."""
+        """fdatasync and release the fds; safe on any thread, once."""
         started = time.perf_counter()
         try:
-            files.fdatasync(self.fd, self.path, self.position)
+            for fd, path, covers in self.syncs:
+                files.fdatasync(fd, path, covers)
+            if self.directory is not None:
+                files.fsync_dir(self.directory)
         finally:
-            os.close(self.fd)
+            self.release()
         self.seconds = time.perf_counter() - started
+
+    def release(self) -> None:
+        """Close the duplicated fds without syncing (a ticket dropped unsynced)."""
+        syncs, self.syncs = self.syncs, []
+        for fd, _path, _covers in syncs:
+            os.close(fd)
+
+
+def write_recovery_point(directory: str, point: int, owner: str) -> bool:
+    """Write a recovery-point checkpoint durably; False (logged) when it failed, e.g. on
+    a full disk, which leaves the older one: recovery then only scans more. Safe on any
+    thread (an owner's storage thread writes what checkpoint_due returned)."""
+    try:
+        checkpoint.write_recovery_point(directory, point)
+    except OSError as exc:
+        log.error("%s cannot write the recovery point %d: %s", owner, point, exc)
+        return False
+    return True
 
 
 class PartitionLog:
     def __init__(self, directory: str, config: LogConfig | None = None, *,
                  name: str | None = None, clock: Callable[[], float] = time.time,
-                 on_flush: Callable[[int, float], None] | None = None):
+                 on_flush: Callable[[int, float], None] | None = None,
+                 on_flush_due: Callable[[], None] | None = None,
+                 monotonic: Callable[[], float] | None = None):
         self.directory = directory
         self.config = config or LogConfig()
         self.name = name or os.path.basename(os.path.normpath(directory))
         self.owner = f"tp={self.name}"
-        self._clock = clock
+        self._clock = clock                  # wall clock: record times, rolls, retention
+        self._monotonic = monotonic or clock  # flush deadlines (tests inject one clock)
+        self._on_flush_due = on_flush_due    # owner-driven flushes (see the module doc)
         self._segments: list[LogSegment] = []
         self._bases: list[int] = []          # base offsets of _segments, for bisect (P8)
         self._next_offset = 0                # log end offset
         self._hw = 0                         # high watermark: one past the last flushed
-        self._hw_position = 0                # bytes of the active segment that are flushed
+        self._hw_base = 0                    # base offset of the segment the flushed bytes end in
+        self._hw_position = 0                # bytes of that segment that are flushed
+        self._dir_dirty = False              # a segment was created since the last ticket
         self._unflushed_messages = 0
         self._first_unflushed_ms: int | None = None
         self._recovery_point = 0             # last checkpointed offset
         self._last_checkpoint_ms = 0
-        self._durable_waiters: list[tuple[int, int, Callable[[int], None]]] = []  # heap
+        self._durable_waiters: list[tuple[int, int, Callable]] = []  # heap by offset
         self._waiter_seq = 0                 # tie-break: equal offsets wake in call order
         self._on_flush = on_flush            # (new high watermark, fdatasync seconds)
         self.flush_count = 0                 # fdatasyncs done (group commits)
@@ -140,10 +179,17 @@ class PartitionLog:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    def _mono_ms(self) -> int:
+        return int(self._monotonic() * 1000)
+
+    def _flushed_end(self, seg: LogSegment) -> int:
+        """Bytes of seg below the high watermark (for segments at or below its segment)."""
+        return self._hw_position if seg.base_offset == self._hw_base else seg.size
+
     # --- opening and recovery (P22) --------------------------------------------------
 
     def _open(self) -> None:
-        clean = checkpoint.take_clean_shutdown_marker(self.directory)
+        clean = checkpoint.has_clean_shutdown_marker(self.directory)
         recovery_point = checkpoint.read_recovery_point(self.directory)
         self._remove_strays()
         bases = files.list_base_offsets(self.directory)
@@ -176,8 +222,10 @@ class PartitionLog:
                 f"{recovery_point}, so durable data is missing. Nothing was truncated. To "
                 "accept the loss, remove the partition's recovery-point checkpoint and reopen")
         self._next_offset = self._hw = active.next_offset
-        self._hw_position = active.size
+        self._hw_base, self._hw_position = active.base_offset, active.size
         self._write_checkpoint()
+        if clean:
+            checkpoint.remove_clean_shutdown_marker(self.directory)
         log.info("%s opened %s: segments=%d log_start=%d log_end=%d", self.owner,
                  "cleanly" if clean else "after recovery", len(self._segments),
                  self.log_start_offset, self._next_offset)
@@ -264,9 +312,12 @@ class PartitionLog:
         self._next_offset = scan.last_offset + 1
         self._unflushed_messages += scan.records
         if self._first_unflushed_ms is None:
-            self._first_unflushed_ms = now
+            self._first_unflushed_ms = self._mono_ms()
         if self._unflushed_messages >= self.config.flush_messages or self.config.flush_ms == 0:
-            self.flush()
+            if self._on_flush_due is None:
+                self.flush()
+            else:
+                self._on_flush_due()
         return AppendResult(scan.first_offset, scan.last_offset, scan.records,
                             scan.max_timestamp)
 
@@ -281,36 +332,58 @@ class PartitionLog:
         return active.opened_ms >= 0 and now - active.opened_ms >= self.config.segment_ms
 
     def roll(self) -> None:
-        """Close the active segment for appends and start a new one at the log end."""
+        """Close the active segment for appends and start a new one at the log end.
+        Standalone, it flushes first and checkpoints after; owner-driven, the next
+        flush ticket syncs the sealed segment and the new directory entry, and the
+        owner's periodic checkpoint records the recovery point."""
         self._check_open()
         active = self._segments[-1]
         if active.size == 0:
             return
-        self.flush()  # keeps the invariant: only the active segment holds unflushed data
+        standalone = self._on_flush_due is None
+        if standalone:
+            self.flush()  # keeps only the active segment holding unflushed data
         active.seal()
+        failpoints.hit("roll.after_seal")
         self._add_segment(LogSegment.create(self.directory, self._next_offset, self.config,
-                                            self.owner))
-        self._hw_position = 0
-        self._write_checkpoint()
+                                            self.owner, sync_dir=standalone))
+        failpoints.hit("roll.after_create")
+        if standalone:
+            self._hw_base, self._hw_position = self._next_offset, 0
+            self._write_checkpoint()
+        else:
+            self._dir_dirty = True
         log.info("%s rolled %s at offset %d", self.owner, self._segments[-1], self._next_offset)
 
     def flush(self) -> int:
-        """fdatasync the active segment (one group commit for every append since the last
-        flush) and advance the high watermark to the log end. Returns the high watermark."""
+        """fdatasync every segment holding unflushed bytes, here and now (one group commit
+        for every append since the last flush), and advance the high watermark to the
+        log end. Returns the high watermark."""
         self._check_writable()
         if self._hw == self._next_offset:
             return self._hw
-        active = self._segments[-1]
-        started = time.perf_counter()
+        ticket = self._ticket()
         try:
-            active.flush()
+            ticket.sync()
         except OSError as exc:
             self._fence(exc)
             raise
+        self._advance_hw(ticket.offset, ticket.base, ticket.position, ticket.seconds)
+        return self._hw
+
+    def _ticket(self) -> FlushTicket:
+        """A ticket covering everything appended so far; resets the flush policy."""
+        first = bisect.bisect_right(self._bases, self._hw_base) - 1
+        syncs = [(os.dup(seg.file.fd), seg.log_path, seg.size)
+                 for seg in self._segments[max(first, 0):]
+                 if seg.active or self._flushed_end(seg) < seg.size]
+        active = self._segments[-1]
+        ticket = FlushTicket(syncs, self.directory if self._dir_dirty else None,
+                             self._next_offset, active.base_offset, active.size)
+        self._dir_dirty = False
         self._unflushed_messages = 0
         self._first_unflushed_ms = None
-        self._advance_hw(self._next_offset, active.size, time.perf_counter() - started)
-        return self._hw
+        return ticket
 
     def begin_flush(self) -> FlushTicket | None:
         """Start a group commit of everything appended so far without waiting for it: the
@@ -322,12 +395,7 @@ class PartitionLog:
         if (self._hw == self._next_offset or self._flush_ticket is not None or
                 self._sync_error is not None):
             return None
-        active = self._segments[-1]
-        ticket = FlushTicket(os.dup(active.file.fd), active.log_path, self._next_offset,
-                             active.size)
-        self._flush_ticket = ticket
-        self._unflushed_messages = 0
-        self._first_unflushed_ms = None
+        self._flush_ticket = ticket = self._ticket()
         return ticket
 
     def end_flush(self, ticket: FlushTicket, error: BaseException | None = None) -> bool:
@@ -341,11 +409,12 @@ class PartitionLog:
         if error is not None:
             self._fence(error)
             return False
+        if self._sync_error is not None:
+            # a later sync can "succeed" without the pages an earlier failure lost
+            return False
         if ticket.offset <= self._hw:
-            return False  # a synchronous flush (roll, flush.messages) overtook it
-        # Only a synchronous flush changes the active segment (roll flushes first), and
-        # none has run since begin_flush: the ticket's position is in the active segment.
-        self._advance_hw(ticket.offset, ticket.position, ticket.seconds)
+            return False  # a synchronous flush (standalone roll or policy) overtook it
+        self._advance_hw(ticket.offset, ticket.base, ticket.position, ticket.seconds)
         return True
 
     @property
@@ -366,9 +435,18 @@ class PartitionLog:
         self._sync_error = error
         self._unflushed_messages = 0      # nothing for the flush policy to retry
         self._first_unflushed_ms = None
+        self.fail_durable_waiters(LogSyncFailedError(
+            f"{self.owner}: fdatasync failed ({error}); not durable"))
 
-    def _advance_hw(self, offset: int, position: int, seconds: float) -> None:
+    def fail_durable_waiters(self, error: BaseException) -> None:
+        """Answer every acks=all waiter with error now (a fenced or closing log)."""
+        waiters, self._durable_waiters = self._durable_waiters, []
+        for _offset, _seq, callback in sorted(waiters):
+            callback(error)
+
+    def _advance_hw(self, offset: int, base: int, position: int, seconds: float) -> None:
         self._hw = offset
+        self._hw_base = base
         self._hw_position = position
         self.flush_count += 1
         self._wake_durable_waiters()
@@ -383,14 +461,19 @@ class PartitionLog:
             seg.config = config
 
     def flush_deadline_ms(self) -> int | None:
-        """When the time-based flush policy (flush_ms) next needs maybe_flush, or None."""
+        """When (monotonic ms) the flush policy next wants a flush, or None: the time
+        bound (flush_ms after the first unflushed append), or at once when the message
+        bound was reached meanwhile (an owner's ticket was out)."""
         if self._first_unflushed_ms is None:
             return None
+        if self._unflushed_messages >= self.config.flush_messages:
+            return self._first_unflushed_ms
         return self._first_unflushed_ms + self.config.flush_ms
 
     def maybe_flush(self, now_ms: int | None = None) -> bool:
-        """Apply the time-based flush policy and the periodic checkpoint; True if flushed."""
-        now = self._now_ms() if now_ms is None else now_ms
+        """Apply the time-based flush policy and the periodic checkpoint; True if flushed.
+        now_ms is on the flush clock (`monotonic`, or the one clock tests inject)."""
+        now = self._mono_ms() if now_ms is None else now_ms
         flushed = False
         deadline = self.flush_deadline_ms()
         if deadline is not None and now >= deadline:
@@ -402,16 +485,20 @@ class PartitionLog:
     def maybe_checkpoint(self, now_ms: int | None = None) -> None:
         """Record the high watermark as the recovery point if recovery_checkpoint_ms
         has passed since the last time and it moved."""
-        now = self._now_ms() if now_ms is None else now_ms
+        now = self._mono_ms() if now_ms is None else now_ms
         if (self._recovery_point < self._hw and
                 now - self._last_checkpoint_ms >= self.config.recovery_checkpoint_ms):
             self._write_checkpoint()
 
-    def when_durable(self, offset: int, callback: Callable[[int], None]) -> bool:
-        """Call callback(high_watermark) once offset is flushed (acks=all). Returns True
-        and calls it at once if it already is."""
+    def when_durable(self, offset: int, callback: Callable[[BaseException | None], None]) -> bool:
+        """Call callback(None) once offset is flushed (acks=all), or callback(error) when
+        it never will be (the log is fenced by a failed sync, or closing). Returns True
+        and calls it at once if that is already known."""
         if offset < self._hw:
-            callback(self._hw)
+            callback(None)
+            return True
+        if self._sync_error is not None:
+            callback(LogSyncFailedError(f"{self.owner}: an earlier fdatasync failed"))
             return True
         self._waiter_seq += 1
         heapq.heappush(self._durable_waiters, (offset, self._waiter_seq, callback))
@@ -420,18 +507,24 @@ class PartitionLog:
     def _wake_durable_waiters(self) -> None:
         waiters = self._durable_waiters  # a heap by offset: any registration order works
         while waiters and waiters[0][0] < self._hw:
-            heapq.heappop(waiters)[2](self._hw)
+            heapq.heappop(waiters)[2](None)
 
     def _write_checkpoint(self) -> None:
         """Record the high watermark as the recovery point. A failure (a full disk) is
         logged and leaves the older recovery point, which only makes recovery scan more."""
-        self._last_checkpoint_ms = self._now_ms()
-        try:
-            checkpoint.write_recovery_point(self.directory, self._hw)
-        except OSError as exc:
-            log.error("%s cannot write the recovery point %d: %s", self.owner, self._hw, exc)
-            return
-        self._recovery_point = self._hw
+        self._last_checkpoint_ms = self._mono_ms()
+        point = self._hw
+        if write_recovery_point(self.directory, point, self.owner):
+            self._recovery_point = point
+
+    def checkpoint_due(self) -> int | None:
+        """The recovery point an owner's checkpoint should write (the high watermark,
+        when it moved past the last one written), or None: nothing changed."""
+        return self._hw if self._hw > self._recovery_point else None
+
+    def checkpointed(self, point: int) -> None:
+        """An owner wrote `point` as the recovery point (checkpoint_due, off this thread)."""
+        self._recovery_point = max(self._recovery_point, point)
 
     # --- reads (P7, P8, P10, P12) ----------------------------------------------------
 
@@ -452,11 +545,11 @@ class PartitionLog:
             self._check_offset(offset)
             return None
         if offset >= bases[-1]:  # the common case: a consumer near the end of the log
-            seg, end = self._segments[-1], self._hw_position
+            seg, end = self._segments[-1], self._hw_position  # offset < hw: hw is here
         else:
             i = bisect.bisect_right(bases, offset) - 1
             seg = self._segments[i]
-            end = seg.size
+            end = seg.size if seg.base_offset != self._hw_base else self._hw_position
         batch = seg.seek(offset, end)
         if batch is None:
             if seg is self._segments[-1]:
@@ -479,7 +572,9 @@ class PartitionLog:
         by time), or None if there is none."""
         self._check_open()
         for seg in self._segments:
-            end = self._hw_position if seg is self._segments[-1] else seg.size
+            if seg.base_offset >= self._hw:
+                break
+            end = self._flushed_end(seg)
             if end == 0 or seg.max_timestamp() < timestamp:
                 continue
             batch = seg.seek_time(timestamp, end)
@@ -499,7 +594,7 @@ class PartitionLog:
             self.roll()
         deleted = 0
         total = self.size_bytes()
-        while len(self._segments) > 1:
+        while len(self._segments) > 1 and self._bases[1] <= self._hw:  # flushed whole
             seg = self._segments[0]
             over_size = (self.config.retention_bytes >= 0 and
                          total - seg.size >= self.config.retention_bytes)
@@ -512,6 +607,7 @@ class PartitionLog:
             deleted += 1
             log.info("%s retention deleted %s; log start offset now %d", self.owner, seg,
                      self.log_start_offset)
+            failpoints.hit("retention.after_delete")
         return deleted
 
     def _expired(self, seg: LogSegment, now: int) -> bool:
@@ -524,7 +620,9 @@ class PartitionLog:
         a description of each problem found, empty when the log is intact."""
         problems = []
         for seg in self._segments:
-            end = self._hw_position if seg is self._segments[-1] else seg.size
+            if seg.base_offset > self._hw_base:
+                break
+            end = self._flushed_end(seg)
             expected = seg.base_offset
             pos = 0
             while pos < end:
@@ -550,7 +648,7 @@ class PartitionLog:
                 if scan.batches:
                     expected = scan.last_offset + 1
             else:
-                if seg is not self._segments[-1] and expected != seg.next_offset:
+                if seg.base_offset < self._hw_base and expected != seg.next_offset:
                     problems.append(f"{self.owner} {seg} file={seg.log_path} position={end}: "
                                     f"the segment ends at offset {expected}, but the next "
                                     f"segment starts at {seg.next_offset}")

@@ -21,7 +21,7 @@ import mmap
 import os
 from typing import NamedTuple
 
-from pybroker import core
+from pybroker import core, failpoints
 from pybroker.errors import CorruptLogError, CorruptRecordError
 from pybroker.log import files
 from pybroker.log.config import LogConfig
@@ -101,14 +101,18 @@ class LogSegment:
     # --- life cycle ------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str, base_offset: int, config: LogConfig, owner: str):
+    def create(cls, directory: str, base_offset: int, config: LogConfig, owner: str,
+               sync_dir: bool = True):
+        """A new empty active segment. sync_dir=False leaves the directory entry's
+        fsync to the caller (a partition log's next flush ticket does it)."""
         seg = cls(directory, base_offset, config, owner)
         fd = os.open(seg.log_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         seg.file = SegmentFile(seg.log_path, fd)
         for index in (seg.offset_index, seg.time_index):
             index.delete()  # a leftover from a crash between create and use
         seg._load_fresh_indexes()
-        files.fsync_dir(directory)
+        if sync_dir:
+            files.fsync_dir(directory)
         return seg
 
     @classmethod
@@ -138,10 +142,12 @@ class LogSegment:
             self.file.close()
 
     def delete(self) -> None:
-        """Remove the files; the fd closes when the last in-flight FileSlice lets go."""
+        """Remove the files, the log first: a crash in between leaves stray indexes, which
+        the next open removes. The fd closes when the last in-flight FileSlice lets go."""
+        os.unlink(self.log_path)
+        failpoints.hit("retention.after_log_unlink")
         self.offset_index.delete()
         self.time_index.delete()
-        os.unlink(self.log_path)
         self.file = None
         self.cursor = None
 

@@ -169,7 +169,7 @@ class Connection:
             return
         for slot, correlation_id, version, answer, started in late:
             answer.when_ready(partial(self._answer_produce, slot, correlation_id, version,
-                                      started))
+                                      started), self.loop)
 
     def _answer_produce(self, slot: _Slot, correlation_id: int, version: int,
                         started: float, response: dict) -> None:

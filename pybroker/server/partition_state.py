@@ -1,4 +1,4 @@
-"""The life cycle of a partition on the node that stores it (one storage owner per
+r"""The life cycle of a partition on the node that stores it (one storage owner per
 worker, pybroker.server.log_manager):
 
     opening --(recovered, replayed)--> online --> closing

@@ -27,7 +27,8 @@ from pybroker.server.connection import CloseReason, Connection
 from pybroker.server.handlers import HANDLERS
 from pybroker.server.handlers.append_batch import AppendBatch
 from pybroker.server.handlers.api_versions import advertised
-from pybroker.server.partitions import PartitionSet
+from pybroker.server.log_manager import LogManager
+from pybroker.server.partition_state import PartitionState
 from pybroker.server.stats import WorkerStats
 
 log = logging.getLogger("pybroker.server")
@@ -63,7 +64,7 @@ class Worker:
         self._listen = listen_socket
         self._cluster_waiters: list = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.partitions: PartitionSet | None = None
+        self.partitions: LogManager | None = None
         self.registry: Registry | None = None
         self.control: controlblock.ControlBlock | None = None
         self._stopped: asyncio.Event | None = None
@@ -88,8 +89,8 @@ class Worker:
         self.control = controlblock.ControlBlock.in_dir(self.data_dir)
         self.control.write_worker(self.index, pid=os.getpid(), node_id=self.node_id,
                                   port=self.port, state=0, heartbeat_ms=_now_ms())
-        self.partitions = PartitionSet(self.data_dir, self.config, self.node_id, self.loop,
-                                       self.stats)
+        self.partitions = LogManager(self.data_dir, self.config, self.node_id, self.loop,
+                                     self.stats, on_change=self._partitions_changed)
         sock = self._listen or _listen_socket(self.config["listeners.host"], self.port)
         sock.setblocking(False)
         self._listen = sock
@@ -123,14 +124,16 @@ class Worker:
         self._listen.close()
         for conn in self.connections:
             conn.stop_reading()
-        self.partitions.flush_all()  # answers acks=all and wakes long-polling fetches
+        self.partitions.flush_all()  # answers acks=all
+        self.partitions.wake_all()   # long-polling fetches answer with what they have
         deadline = time.monotonic() + DRAIN_S
         while any(c.busy() for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.close(CloseReason.SHUTDOWN)
-        self.partitions.close_all()
+        await self.partitions.close_all()
         await self.loop.run_in_executor(None, self.registry.stop)
+        self._zk_executor.shutdown(wait=False)
         self._publish()
         self.control.write_worker(self.index, state=controlblock.STOPPED)
         log.info("node=%d stopped cleanly", self.node_id)
@@ -174,9 +177,8 @@ class Worker:
         coordinator = getattr(self, "group_coordinator", None)  # made by the group handlers
         if coordinator is not None:
             coordinator.cluster_changed()
-        if not self.stopping and self.partitions.sync(state):
-            self.registry.set_partitions(self.partitions.names())
-            self._publish()  # `pybroker stats` shows a new partition before it is first used
+        if not self.stopping:
+            self.partitions.sync(state)
         waiters, self._cluster_waiters = self._cluster_waiters, []
         for predicate, fut, value in waiters:
             if fut.done():
@@ -197,6 +199,14 @@ class Worker:
         self.loop.call_later(timeout, lambda: fut.done() or fut.set_result(value))
         return fut
 
+    def _partitions_changed(self) -> None:
+        """A partition was added, removed or changed state: publish it in ZooKeeper (P17)
+        and in the control block, so `pybroker stats` shows it at once."""
+        if self.stopping:
+            return
+        self.registry.set_partitions(self.partitions.online_names())  # never blocks
+        self._publish()
+
     # --- observability ---------------------------------------------------------------
 
     def _heartbeat(self) -> None:
@@ -207,11 +217,13 @@ class Worker:
     def _publish(self) -> None:
         stats = self.stats
         rows = []
-        for tp, plog in sorted(self.partitions.logs.items()):
+        for tp, part in sorted(self.partitions.partitions.items()):
+            plog = part.log
             msgs, size = stats.partition_in.get(tp, (0, 0))
-            rows.append((tp[0], tp[1], plog.log_start_offset, plog.log_end_offset,
-                         plog.high_watermark, msgs, size, stats.partition_out.get(tp, 0),
-                         plog.flush_count))
+            rows.append((tp[0], tp[1], plog.log_start_offset if plog else -1,
+                         plog.log_end_offset if plog else -1,
+                         plog.high_watermark if plog else -1, msgs, size,
+                         stats.partition_out.get(tp, 0), plog.flush_count if plog else 0))
         self.control.write_worker(
             self.index, heartbeat_ms=_now_ms(), state=controlblock.STOPPING if self.stopping
             else controlblock.SERVING, connections=len(self.connections),

@@ -11,7 +11,7 @@ first line is "open <log end offset>". Segment and index sizes are tiny so rolls
 during the run, and the recovery point is checkpointed every few milliseconds. Stops
 appending at MAX_OFFSET and waits to be killed.
 
---skip-fsync replaces the segment flush by a no-op: the log still reports flushes, but
+--skip-fsync replaces the segments' fdatasync by a no-op: the log still reports flushes, but
 nothing reaches the disk, and the sync log (PYBROKER_SYNC_LOG) records none of it. The
 power-loss test runs it to show that its check catches a missing fsync.
 """
@@ -45,8 +45,8 @@ def plan(seed: int, start: int):
 def main() -> None:
     directory, seed = sys.argv[1], int(sys.argv[2])
     if "--skip-fsync" in sys.argv[3:]:
-        from pybroker.log.segment import LogSegment
-        LogSegment.flush = lambda self: None
+        from pybroker.log import files
+        files.fdatasync = lambda fd, path, covers=None: None
     log = PartitionLog(directory, CONFIG, name="crash-0")
     out = sys.stdout
     out.write(f"open {log.log_end_offset}\n")

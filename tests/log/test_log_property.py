@@ -112,7 +112,7 @@ class LogMachine(RuleBasedStateMachine):
             return
         # as if the fdatasync had failed: nothing more becomes visible, appends are refused,
         # and only a reopen (recovery; the page cache kept the writes) brings the log back
-        os.close(ticket.fd)
+        ticket.release()
         assert self.log.end_flush(ticket, OSError(5, "Input/output error")) is False
         assert self.log.high_watermark == self.model.hw
         with pytest.raises(LogSyncFailedError):
@@ -124,7 +124,7 @@ class LogMachine(RuleBasedStateMachine):
     def _drop_ticket(self):
         ticket, self.ticket = getattr(self, "ticket", None), None
         if ticket is not None:
-            os.close(ticket.fd)
+            ticket.release()
 
     @rule()
     def roll(self):

@@ -347,7 +347,7 @@ def test_a_flush_begun_off_thread_covers_the_log_end_of_its_start(log_dir):
     assert log.begin_flush() is None               # nothing unflushed
     append_values(log, 2)
     woken = []
-    log.when_durable(1, woken.append)
+    log.when_durable(1, lambda error: woken.append(error or log.high_watermark))
     ticket = log.begin_flush()
     assert ticket.offset == 2 and log.flushing and log.begin_flush() is None
     assert log.flush_deadline_ms() is None         # the ticket took the pending appends
@@ -369,7 +369,7 @@ def test_a_failed_off_thread_flush_fences_the_log_until_reopened(log_dir, overta
     log = open_log(log_dir, clock=clock, flush_messages=10**9, flush_ms=10)
     append_values(log, 2)
     ticket = log.begin_flush()
-    os.close(ticket.fd)                            # as if the fdatasync had failed
+    ticket.release()                               # as if the fdatasync had failed
     if overtaken:
         log.flush()                                # a synchronous flush got there first
     append_values(log, 1)
@@ -430,8 +430,8 @@ def test_when_durable_fires_once_each_in_order(log_dir):
     log = open_log(log_dir, flush_messages=7)
     fired = []
 
-    def waiter(name):
-        return lambda hw: fired.append((name, hw))
+    def waiter(name):  # success is callback(None): record the high watermark then
+        return lambda error: fired.append((name, error or log.high_watermark))
 
     for name in "abc":
         result = log.append(batch_for(log.log_end_offset, 2))
@@ -452,22 +452,37 @@ def test_when_durable_fires_once_each_in_order(log_dir):
 def test_when_durable_partial_flush_wakes_only_the_flushed(log_dir):
     log = open_log(log_dir)
     fired = []
+    hw = lambda error: fired.append(error or log.high_watermark)  # noqa: E731
     log.append(batch_for(0))
-    log.when_durable(0, fired.append)
+    log.when_durable(0, hw)
     log.flush()
     log.append(batch_for(1))
-    log.when_durable(1, fired.append)
+    log.when_durable(1, hw)
     assert fired == [1]
     log.roll()  # a roll flushes too
     assert fired == [1, 2]
     # an offset not yet written waits for its own flush, not for the next one
     log.append(batch_for(2))
-    log.when_durable(3, fired.append)
+    log.when_durable(3, hw)
     log.flush()  # high watermark 3: offset 3 does not exist yet
     assert fired == [1, 2]
     log.append(batch_for(3))
     log.flush()
     assert fired == [1, 2, 4]
+    log.close()
+
+
+def test_when_durable_waiters_of_a_fenced_log_are_answered_with_the_error(log_dir):
+    log = open_log(log_dir, flush_messages=10**9, flush_ms=10**9)
+    fired = []
+    log.append(batch_for(0))
+    log.when_durable(0, fired.append)
+    ticket = log.begin_flush()
+    ticket.release()                              # as if the fdatasync had failed
+    log.end_flush(ticket, OSError(5, "Input/output error"))
+    assert len(fired) == 1 and isinstance(fired[0], LogSyncFailedError)
+    assert log.when_durable(0, fired.append) is True  # known at once now
+    assert isinstance(fired[1], LogSyncFailedError) and log.high_watermark == 0
     log.close()
 
 

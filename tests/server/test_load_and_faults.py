@@ -41,7 +41,8 @@ def create_topic(broker, name: str, partitions: int) -> dict[int, int]:
             for _ in range(200):   # bounded: 200 metadata round trips, 20 ms apart
                 [t] = c.request(ApiKey.METADATA, 8, {"topics": [{"name": name}],
                                                      "allow_auto_topic_creation": False})["topics"]
-                if t["error_code"] == NONE and len(t["partitions"]) == partitions:
+                if (t["error_code"] == NONE and len(t["partitions"]) == partitions and
+                        all(p["error_code"] == NONE for p in t["partitions"])):
                     owners = {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
                     break
                 time.sleep(0.02)

@@ -77,7 +77,8 @@ def create_topic(broker, name: str, partitions: int, configs: dict | None = None
         with broker.client(worker) as client:
             for _ in range(200):   # bounded: 200 metadata round trips, 20 ms apart
                 [t] = metadata(client, [name])["topics"]
-                if t["error_code"] == NONE and len(t["partitions"]) == partitions:
+                if (t["error_code"] == NONE and len(t["partitions"]) == partitions and
+                        all(p["error_code"] == NONE for p in t["partitions"])):
                     break
                 time.sleep(0.02)
             else:
@@ -339,7 +340,9 @@ def test_a_pipelined_run_of_produces_is_written_as_one_append(broker, acks):
                                  True) for v in values])
         assert [a["error_code"] for a in answers] == [NONE] * 40
         assert [a["base_offset"] for a in answers] == list(range(40))
-        assert [r.value for r in records_of(fetch(c, name, 0, 0))] == values
+        # acks=1 answers before the flush: wait (bounded) for the data to be visible
+        assert [r.value for r in records_of(fetch(c, name, 0, 0, max_wait_ms=10_000,
+                                                  min_bytes=1))] == values
     row = _partition_row(broker, name, 0, 40)
     # one recv() on loopback brings the whole 4 KB write; a split run still only adds one
     assert row.flushes <= 4, f"{row.flushes} flushes for 40 requests: not coalesced"

@@ -262,7 +262,7 @@ def handle_create_topics(ctx, request):
                     created.append(result["name"])
         if not created:
             return response
-        return worker.when_cluster(lambda st: all(t in st.topics for t in created),
+        return worker.when_cluster(lambda st: all(st.topic_served(t) for t in created),
                                    wait_s, response)
     return chain(create_topics(worker, plans), answer)
 

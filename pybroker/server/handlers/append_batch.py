@@ -13,7 +13,10 @@ Invariants:
 - Order within a partition is arrival order: anything that must append at once (an
   idempotent batch) or look at a log (any other request) first applies what is
   pending (`apply_partition`, `apply`).
-- acks=all answers wait, after the run, for the flush of the run's appends.
+- acks=all answers wait, after the run, for the flush of the run's appends, at most
+  the request's timeout_ms (then REQUEST_TIMED_OUT for the partitions not yet durable);
+  a log fenced by a failed sync, or closing, answers its partitions at once
+  (KAFKA_STORAGE_ERROR).
 - A joined append is all or nothing (PartitionLog.append). When it fails on bad input,
   each request is appended alone, so only the bad request gets the error.
 - Nothing is pending between runs: the connection applies at the end of every run,
@@ -22,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+from functools import partial
 
 from pybroker.errors import CorruptRecordError, LogClosedError, MessageTooLarge
 from pybroker.protocol import ErrorCode
@@ -63,7 +67,7 @@ def _answer(result: dict, base: int, plog, last: int, durable: list | None) -> N
     result["base_offset"] = base
     result["log_start_offset"] = plog.log_start_offset
     if durable is not None:
-        durable.append((plog, last))
+        durable.append((plog, last, result))
 
 
 def append_one(worker, tp, plog, records, result: dict, durable: list | None) -> None:
@@ -83,28 +87,61 @@ class AnswerAfterRun:
     """A Produce response whose offsets are filled in when the run's appends are
     applied: the connection then calls `when_ready`."""
 
-    __slots__ = ("response", "durable")
+    __slots__ = ("response", "durable", "timeout_ms")
 
-    def __init__(self, response: dict, durable: list | None):
+    def __init__(self, response: dict, durable: list | None, timeout_ms: int = 0):
         self.response = response
-        self.durable = durable  # acks=all: (log, last offset) to wait for, once applied
+        self.durable = durable  # acks=all: (log, last offset, partition result), once applied
+        self.timeout_ms = timeout_ms
 
-    def when_ready(self, callback) -> None:
+    def when_ready(self, callback, loop) -> None:
         """callback(response) now, or for acks=all once every log in durable has flushed
-        its offset (at once if it already has)."""
-        durable = self.durable
-        if not durable:
+        its offset (at once if it already has), a log refused to, or timeout_ms passed."""
+        if not self.durable:
             callback(self.response)
             return
-        remaining = [len(durable)]
+        _DurableWait(self, callback, loop)
 
-        def one_done(_hw):
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                callback(self.response)
 
-        for plog, last in durable:
-            plog.when_durable(last, one_done)
+class _DurableWait:
+    """One acks=all answer waiting for its partitions' flushes (Kafka's DelayedProduce):
+    each partition's result is final once its log says durable or failed; the answer
+    goes when all are, or at the deadline with REQUEST_TIMED_OUT for the rest."""
+
+    __slots__ = ("answer", "callback", "pending", "timer")
+
+    def __init__(self, answer: AnswerAfterRun, callback, loop):
+        self.answer = answer
+        self.callback = callback
+        self.pending = {id(result) for _plog, _last, result in answer.durable}
+        self.timer = None
+        for plog, last, result in answer.durable:
+            plog.when_durable(last, partial(self._one_done, result))
+        if self.pending:
+            self.timer = loop.call_later(max(answer.timeout_ms, 0) / 1000, self._expire)
+
+    def _one_done(self, result: dict, error) -> None:
+        if id(result) not in self.pending:
+            return  # answered already (timed out), or a second entry of this partition
+        if error is not None:
+            result["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
+        self.pending.discard(id(result))
+        if not self.pending:
+            self._finish()
+
+    def _expire(self) -> None:
+        self.timer = None
+        for _plog, _last, result in self.answer.durable:
+            if id(result) in self.pending:
+                result["error_code"] = ErrorCode.REQUEST_TIMED_OUT
+        self.pending.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.callback(self.answer.response)
 
 
 class AppendBatch:

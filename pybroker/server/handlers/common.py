@@ -8,6 +8,9 @@ def partition_error(worker, topic: str, partition: int) -> ErrorCode:
     """Why this node cannot serve topic/partition (NONE when it can)."""
     if (topic, partition) in worker.partitions.logs:
         return ErrorCode.NONE
+    stored = worker.partitions.error_for((topic, partition))  # opening, offline, closing
+    if stored is not None:
+        return stored
     leader = worker.cluster.leader(topic, partition)
     if leader is None:
         return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION

@@ -25,10 +25,13 @@ def _brokers(worker, state) -> list[dict]:
             for node, (host, port) in sorted(nodes.items())]
 
 
-def _topic(state, name: str) -> dict:
+def _topic(worker, state, name: str) -> dict:
     partitions = []
     for index, leader in sorted(state.topics[name].items()):
-        alive = leader in state.nodes
+        # a leader counts once it serves the log: this node knows its own partitions,
+        # the others publish theirs in ZooKeeper (opening or offline: not yet / not now)
+        alive = ((name, index) in worker.partitions.logs if leader == worker.node_id
+                 else leader in state.nodes and state.served(name, index))
         partitions.append({
             "error_code": ErrorCode.NONE if alive else ErrorCode.LEADER_NOT_AVAILABLE,
             "partition_index": index, "leader_id": leader if alive else -1,
@@ -50,7 +53,7 @@ def _response(worker, names: list[str] | None, errors: dict) -> dict:
         if name in errors:
             topics.append(_error_topic(name, errors[name]))
         elif name in state.topics:
-            topics.append(_topic(state, name))
+            topics.append(_topic(worker, state, name))
         else:
             topics.append(_error_topic(name, ErrorCode.LEADER_NOT_AVAILABLE))
     return {"throttle_time_ms": 0, "brokers": _brokers(worker, state),
@@ -98,7 +101,7 @@ def handle(ctx, request):
                 created.append(name)
             else:
                 errors[name] = code
-        wait = worker.when_cluster(lambda st: all(t in st.topics for t in created),
+        wait = worker.when_cluster(lambda st: all(st.topic_served(t) for t in created),
                                    AUTO_CREATE_WAIT_S, None)
         return chain(wait, lambda _: _response(worker, names, errors))
     return chain(create_topics(worker, plans), written)

@@ -10,11 +10,15 @@ partition (append_batch.py).
 """
 from __future__ import annotations
 
+import logging
+
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.append_batch import AnswerAfterRun, append_one, partition_result
 from pybroker.server.handlers.common import partition_error
 from pybroker.server.producer_state import is_idempotent
 
+
+log = logging.getLogger("pybroker.server")
 
 VALID_ACKS = (1, -1, 0)  # anything else: INVALID_REQUIRED_ACKS, nothing appended
 
@@ -53,12 +57,25 @@ def handle(ctx, request):
     if acks == 0:
         return None
     response = {"responses": responses, "throttle_time_ms": 0}
-    return AnswerAfterRun(response, durable)  # answered after the run's appends
+    return AnswerAfterRun(response, durable, request["timeout_ms"])  # after the run's appends
 
 
-def handle_init_producer_id(ctx, request) -> dict:
+def handle_init_producer_id(ctx, request):
     if request["transactional_id"] is not None:
-        return {"throttle_time_ms": 0, "producer_id": -1, "producer_epoch": -1,
-                "error_code": ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
-    return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE,
-            "producer_id": ctx.worker.registry.next_producer_id(), "producer_epoch": 0}
+        return _producer_id_answer(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    worker = ctx.worker
+    answer = worker.loop.create_future()
+
+    def done(fut):
+        if fut.exception() is not None:  # ZooKeeper unreachable: the client retries
+            log.warning("node=%d producer id block: %r", worker.node_id, fut.exception())
+            answer.set_result(_producer_id_answer(ErrorCode.COORDINATOR_NOT_AVAILABLE))
+        else:
+            answer.set_result(_producer_id_answer(ErrorCode.NONE, fut.result(), 0))
+    worker.run_zk(worker.registry.next_producer_id).add_done_callback(done)
+    return answer
+
+
+def _producer_id_answer(code: ErrorCode, producer_id: int = -1, epoch: int = -1) -> dict:
+    return {"throttle_time_ms": 0, "error_code": code, "producer_id": producer_id,
+            "producer_epoch": epoch}

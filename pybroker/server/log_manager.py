@@ -1,0 +1,481 @@
+"""The one storage owner of a worker: every partition log the node stores, a state per
+partition (pybroker.server.partition_state), the flush policy, checkpoints, retention,
+and the wake-ups of fetches waiting for data.
+
+    opening --(recovered, replayed)--> online --> closing
+        \\                                |
+         `--(open failed)--> offline <---'  (failed sync, damaged durable data)
+
+Threads. The event loop owns this object and every log in state ONLINE; nothing here
+blocks it. Blocking work runs on two threads and comes back as a completion on the loop:
+- the flusher runs FlushTickets (every fdatasync of a running log: the time and message
+  bounds of the flush policy, rolls, shutdown), one ticket per log at a time;
+- the storage thread opens logs (recovery and producer-state replay), closes and deletes
+  them, and writes checkpoints. While a partition is OPENING or CLOSING its log belongs
+  to the storage thread: the loop does not touch it (it is not in `logs`).
+Jobs of one partition run in submission order on the storage thread, so a topic deleted
+and created again closes before it reopens.
+
+Handlers read `logs` (the ONLINE logs) and ask `error_for(tp)` why a partition they
+cannot serve is not there: OPENING answers a retriable LEADER_NOT_AVAILABLE, OFFLINE
+answers KAFKA_STORAGE_ERROR (its acks=all waiters too), CLOSING NOT_LEADER_OR_FOLLOWER.
+Every state change is one log line naming the partition, its directory and the reason.
+
+A partition is stored here exactly when the ZooKeeper assignment names this node as
+its leader; its directory is `<data-dir>/<topic>-<partition>`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from pybroker.config import BrokerConfig, ConfigError
+from pybroker.coord.registry import ClusterState
+from pybroker.errors import LogSyncFailedError
+from pybroker.log import LogConfig, PartitionLog
+from pybroker.log.partition_log import write_recovery_point
+from pybroker.protocol import ErrorCode
+from pybroker.server.partition_state import PartitionState
+from pybroker.server.producer_state import ProducerStates, write_snapshot
+
+log = logging.getLogger("pybroker.server")
+
+ERROR_BY_STATE = {
+    PartitionState.OPENING: ErrorCode.LEADER_NOT_AVAILABLE,   # retriable: try again soon
+    PartitionState.OFFLINE: ErrorCode.KAFKA_STORAGE_ERROR,
+    PartitionState.CLOSING: ErrorCode.NOT_LEADER_OR_FOLLOWER,
+}
+
+
+def partition_dir(data_dir: str, topic: str, partition: int) -> str:
+    return os.path.join(data_dir, f"{topic}-{partition}")
+
+
+class Partition:
+    """A partition this node stores: its state, its log once opened, and why it is
+    offline when it is."""
+
+    __slots__ = ("tp", "directory", "state", "log", "reason", "wanted", "delete", "successor")
+
+    def __init__(self, tp: tuple[str, int], directory: str):
+        self.tp = tp
+        self.directory = directory
+        self.state = PartitionState.OPENING
+        self.log: PartitionLog | None = None
+        self.reason = ""
+        self.wanted = True     # False once unassigned: close when the open completes
+        self.delete = False    # the topic is gone: delete the directory after closing
+        self.successor = None  # (partition, config) to open once this one has closed
+
+    @property
+    def name(self) -> str:
+        return f"{self.tp[0]}-{self.tp[1]}"
+
+
+class LogManager:
+    def __init__(self, data_dir: str, config: BrokerConfig, node_id: int,
+                 loop: asyncio.AbstractEventLoop, stats=None,
+                 on_change: Callable[[], None] | None = None):
+        self.data_dir = data_dir
+        self.config = config
+        self.node_id = node_id
+        self.loop = loop
+        self.stats = stats                     # WorkerStats: fsync latencies go there
+        self.on_change = on_change             # the set or a state changed (publish stats)
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self.logs: dict[tuple[str, int], PartitionLog] = {}  # the ONLINE ones
+        self.producers = ProducerStates()
+        self._dirty: set[tuple[str, int]] = set()     # logs with a flush deadline pending
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_timer_ms = 0                       # monotonic ms the armed timer fires
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix=f"flusher-{node_id}")
+        self._storage = ThreadPoolExecutor(1, thread_name_prefix=f"storage-{node_id}")
+        self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
+        self._checkpointing = False
+        self._replaced: set[Partition] = set()  # closing, while a new open of tp runs
+        self._stopping = False
+
+    # --- what handlers ask -----------------------------------------------------------
+
+    def error_for(self, tp: tuple[str, int]) -> ErrorCode | None:
+        """Why tp is not served here although this node stores it; None when it is
+        online or not stored here at all."""
+        part = self.partitions.get(tp)
+        if part is None or part.state == PartitionState.ONLINE:
+            return None
+        return ERROR_BY_STATE[part.state]
+
+    def count(self, state: PartitionState) -> int:
+        return sum(1 for p in self.partitions.values() if p.state == state)
+
+    def online_names(self) -> list[str]:
+        """"topic-partition" of every online partition: what the node publishes in its
+        ZooKeeper registration, so Metadata anywhere shows a leader only once it serves."""
+        return [f"{t}-{p}" for t, p in self.logs]
+
+    # --- ownership -------------------------------------------------------------------
+
+    def sync(self, state: ClusterState) -> bool:
+        """Open the logs newly assigned to this node, close those no longer assigned and
+        delete those whose topic is gone. True if the stored set changed."""
+        wanted = {(t, p) for t, parts in state.topics.items()
+                  for p, node in parts.items() if node == self.node_id}
+        changed = False
+        for tp in sorted(tp for tp, part in self.partitions.items()
+                         if tp not in wanted and part.wanted):
+            self._unassign(self.partitions[tp], delete=tp[0] not in state.topics)
+            changed = True
+        configs = {topic: self._log_config(topic, state) for topic, _ in wanted}
+        for tp in sorted(wanted):
+            part = self.partitions.get(tp)
+            if part is None or not part.wanted:
+                self._start_open(tp, configs[tp[0]])
+                changed = True
+        for tp, plog in self.logs.items():
+            config = configs[tp[0]]
+            if config != plog.config:
+                plog.reconfigure(config)
+                log.info("node=%d tp=%s-%d config now %s", self.node_id, tp[0], tp[1], config)
+        return changed
+
+    def _log_config(self, topic: str, state: ClusterState) -> LogConfig:
+        """The broker's log settings under the topic's overrides; without the overrides
+        (logged) if ZooKeeper holds one these settings refuse, as written by hand."""
+        try:
+            return self.config.log_config(state.topic_configs.get(topic, {}))
+        except ConfigError as exc:
+            log.error("node=%d topic=%s ignores its configs in ZooKeeper: %s", self.node_id,
+                      topic, exc)
+            return self.config.log_config()
+
+    def _transition(self, part: Partition, state: PartitionState, reason: str) -> None:
+        old = part.state
+        part.state = state
+        part.reason = reason
+        level = logging.ERROR if state == PartitionState.OFFLINE else logging.INFO
+        log.log(level, "node=%d tp=%s dir=%s %s -> %s: %s", self.node_id, part.name,
+                part.directory, old.label, state.label, reason)
+        if self.on_change is not None:
+            self.on_change()
+
+    # --- opening ---------------------------------------------------------------------
+
+    def _start_open(self, tp: tuple[str, int], config: LogConfig) -> None:
+        directory = partition_dir(self.data_dir, *tp)
+        previous = self.partitions.get(tp)
+        part = Partition(tp, directory)
+        self.partitions[tp] = part
+        log.info("node=%d tp=%s dir=%s opening", self.node_id, part.name, directory)
+        if previous is not None:
+            # still opening or closing (deleted and created again): open once it has
+            # closed, so the new log never sees the old files or their deletion
+            previous.wanted = False
+            previous.successor = (part, config)
+            self._replaced.add(previous)
+            return
+        self._submit_open(part, config)
+
+    def _submit_open(self, part: Partition, config: LogConfig) -> None:
+        fut = self.loop.run_in_executor(self._storage, self._open_blocking, part, config)
+        fut.add_done_callback(lambda f: self._opened(part, f))
+
+    def _open_blocking(self, part: Partition, config: LogConfig) -> PartitionLog:
+        """On the storage thread: recover the log and replay its producer state."""
+        tp = part.tp
+        plog = PartitionLog(part.directory, config, name=part.name,
+                            on_flush=lambda _hw, seconds: self._flushed(tp, seconds),
+                            on_flush_due=lambda: self._flush_due(tp),
+                            monotonic=time.monotonic)
+        try:
+            self.producers.load(tp, plog)
+        except BaseException:
+            plog.close()
+            raise
+        return plog
+
+    def _opened(self, part: Partition, fut: asyncio.Future) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self._transition(part, PartitionState.OFFLINE,
+                             f"open failed: {type(exc).__name__}: {exc}")
+            if not part.wanted:
+                self._begin_close(part, "unassigned")
+            return
+        part.log = plog = fut.result()
+        if not part.wanted:  # unassigned while it opened
+            self._begin_close(part, "unassigned while opening")
+            return
+        self.logs[part.tp] = plog
+        self._transition(part, PartitionState.ONLINE,
+                         f"log_start={plog.log_start_offset} log_end={plog.log_end_offset}")
+        self._wake(part.tp)
+
+    # --- closing ---------------------------------------------------------------------
+
+    def _unassign(self, part: Partition, delete: bool) -> None:
+        part.wanted = False
+        part.delete = part.delete or delete
+        if part.state in (PartitionState.OPENING, PartitionState.CLOSING):
+            return  # _opened closes it; a close under way goes on
+        self._begin_close(part, "topic deleted" if part.delete else
+                          "unassigned" if not self._stopping else "shutdown")
+
+    def _begin_close(self, part: Partition, reason: str) -> None:
+        """Take the log from the loop, flush what it holds (which answers the waiting
+        acks=all requests), then close it on the storage thread."""
+        if self.logs.get(part.tp) is part.log:
+            self.logs.pop(part.tp, None)
+        self._dirty.discard(part.tp)
+        self._transition(part, PartitionState.CLOSING, reason)
+        self._wake(part.tp)
+        self._continue_close(part)
+
+    def _continue_close(self, part: Partition) -> None:
+        """The next step of a close; called again when a flush ticket of it ends."""
+        plog = part.log
+        if plog is not None and not plog.sync_failed:
+            if plog.flushing or self._start_flush(part, plog):
+                return
+        snapshot = None
+        if plog is not None:
+            plog.fail_durable_waiters(LogSyncFailedError(f"tp={part.name} is closing"))
+            if not plog.sync_failed:
+                snapshot = self.producers.snapshot(part.tp, plog)
+        self.producers.forget(part.tp)
+        fut = self.loop.run_in_executor(self._storage, _close_blocking, part, snapshot)
+        fut.add_done_callback(lambda f: self._closed(part, f))
+
+    def _closed(self, part: Partition, fut: asyncio.Future) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            log.error("node=%d tp=%s dir=%s close failed: %s: %s", self.node_id, part.name,
+                      part.directory, type(exc).__name__, exc)
+        else:
+            log.info("node=%d tp=%s dir=%s closed%s", self.node_id, part.name, part.directory,
+                     " and deleted" if part.delete else "")
+        self._forget(part)
+
+    def _forget(self, part: Partition) -> None:
+        self._replaced.discard(part)
+        if self.partitions.get(part.tp) is part:
+            del self.partitions[part.tp]
+            if self.on_change is not None:
+                self.on_change()
+        self._wake(part.tp)
+        if part.successor is not None:
+            successor, config = part.successor
+            part.successor = None
+            if self.partitions.get(part.tp) is successor:
+                if successor.wanted:
+                    self._submit_open(successor, config)
+                else:
+                    self._forget(successor)  # unassigned again before it ever opened
+
+    async def close_all(self) -> None:
+        """Shutdown: flush, checkpoint and mark every log cleanly closed (opens under way
+        close once they have finished)."""
+        self._stopping = True
+        closing = list(self.partitions.values()) + list(self._replaced)
+        for part in closing:
+            self._unassign(part, delete=False)
+        while any(self.partitions.get(p.tp) is p or p in self._replaced for p in closing):
+            await asyncio.sleep(0.01)
+        if self._flush_timer:
+            self._flush_timer.cancel()
+        await self.loop.run_in_executor(None, self._shutdown_threads)
+
+    def _shutdown_threads(self) -> None:
+        self._flusher.shutdown(wait=True)
+        self._storage.shutdown(wait=True)
+
+    def wake_all(self) -> None:
+        """Wake every waiting fetch (shutdown: they answer with what they have)."""
+        for tp in list(self._waiters):
+            self._wake(tp)
+
+    # --- flush policy (P5) -----------------------------------------------------------
+
+    def appended(self, tp: tuple[str, int]) -> None:
+        """Note an append: arm the flush timer if the log holds unflushed data."""
+        if self._flush_timer is not None and tp in self._dirty:
+            return  # the armed timer will look at this log (hot path)
+        plog = self.logs[tp]
+        deadline = plog.flush_deadline_ms()
+        if deadline is None:
+            return
+        self._dirty.add(tp)
+        self._arm_flush_timer(deadline)
+
+    def _flush_due(self, tp: tuple[str, int]) -> None:
+        """The log's message bound (or flush_ms=0) wants a flush now (called in append)."""
+        part = self.partitions.get(tp)
+        if part is not None and part.state == PartitionState.ONLINE:
+            self._start_flush(part, part.log)
+
+    def _arm_flush_timer(self, deadline_ms: int) -> None:
+        if self._flush_timer is not None:
+            if self._flush_timer_ms <= deadline_ms:
+                return
+            self._flush_timer.cancel()  # an earlier deadline (a ticket ended)
+        delay = max(0.0, deadline_ms / 1000 - time.monotonic())
+        self._flush_timer_ms = deadline_ms
+        self._flush_timer = self.loop.call_later(delay, self._on_flush_timer)
+
+    def _on_flush_timer(self) -> None:
+        self._flush_timer = None
+        now = int(time.monotonic() * 1000)
+        next_deadline = None
+        for tp in list(self._dirty):
+            plog = self.logs.get(tp)
+            deadline = None if plog is None else plog.flush_deadline_ms()
+            if deadline is not None and now >= deadline:
+                self._start_flush(self.partitions[tp], plog)
+                deadline = plog.flush_deadline_ms()
+            if deadline is None or plog.flushing:
+                self._dirty.discard(tp)  # nothing due, or the ticket's end looks again
+            else:
+                next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+        if next_deadline is not None:
+            self._arm_flush_timer(next_deadline)
+
+    def _start_flush(self, part: Partition, plog: PartitionLog) -> bool:
+        """Run a flush ticket of plog on the flusher thread; False when there is nothing
+        to flush, a ticket is already out, or the log is fenced."""
+        ticket = plog.begin_flush()
+        if ticket is None:
+            return False
+        synced = self.loop.run_in_executor(self._flusher, ticket.sync)
+        synced.add_done_callback(lambda fut: self._end_flush(part, plog, ticket, fut))
+        return True
+
+    def _end_flush(self, part: Partition, plog: PartitionLog, ticket,
+                   fut: asyncio.Future) -> None:
+        error = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        plog.end_flush(ticket, error)  # the high watermark, acks=all, fetches; or fenced
+        if part.state == PartitionState.CLOSING:
+            self._continue_close(part)
+            return
+        if part.state != PartitionState.ONLINE:
+            return
+        if error is not None:
+            self.logs.pop(part.tp, None)
+            self._dirty.discard(part.tp)
+            self._transition(part, PartitionState.OFFLINE,
+                             f"fdatasync failed: {error}; produce and fetch answer "
+                             "KAFKA_STORAGE_ERROR until the worker restarts and recovers it")
+            self._wake(part.tp)
+            return
+        deadline = plog.flush_deadline_ms()
+        if deadline is not None:  # appends came during the sync
+            self._dirty.add(part.tp)
+            self._arm_flush_timer(deadline)
+
+    def flush_all(self) -> None:
+        """Start a flush of every online log now (shutdown answers acks=all early)."""
+        for tp, plog in list(self.logs.items()):
+            self._start_flush(self.partitions[tp], plog)
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Periodic work: the recovery points and producer-state snapshots that changed,
+        written on the storage thread."""
+        if self._checkpointing:
+            return  # the previous round is still writing
+        jobs = []
+        for tp, plog in self.logs.items():
+            point = plog.checkpoint_due()
+            snapshot = self.producers.snapshot(tp, plog)
+            if point is not None or snapshot is not None:
+                jobs.append((plog, point, snapshot))
+        if not jobs:
+            return
+        self._checkpointing = True
+        fut = self.loop.run_in_executor(self._storage, _write_checkpoints, jobs)
+        fut.add_done_callback(lambda f: self._checkpointed(jobs, f))
+
+    def _checkpointed(self, jobs, fut: asyncio.Future) -> None:
+        self._checkpointing = False
+        if fut.exception() is not None:
+            log.error("node=%d checkpoint failed: %r", self.node_id, fut.exception())
+            return
+        for (plog, point, _snapshot), ok in zip(jobs, fut.result()):
+            if ok and point is not None and not plog.closed:
+                plog.checkpointed(point)
+
+    # --- waiting for data (fetch long-poll) ------------------------------------------
+
+    def wait_for_data(self, tps: list[tuple[str, int]], timeout: float) -> asyncio.Future:
+        """A future that completes when any of tps gets newly flushed data (or changes
+        state), or after timeout seconds."""
+        fut = self.loop.create_future()
+        for tp in tps:
+            self._waiters.setdefault(tp, set()).add(fut)
+
+        def done(_f=None):
+            for tp in tps:
+                waiters = self._waiters.get(tp)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[tp]
+            if not fut.done():
+                fut.set_result(None)
+        timer = self.loop.call_later(timeout, done)
+        fut.add_done_callback(lambda _f: (timer.cancel(), done()))
+        return fut
+
+    def _flushed(self, tp: tuple[str, int], seconds: float) -> None:
+        if self.stats is not None:
+            self.stats.fsync.observe(seconds)
+        self._wake(tp)
+
+    def _wake(self, tp: tuple[str, int]) -> None:
+        for fut in list(self._waiters.get(tp, ())):
+            if not fut.done():
+                fut.set_result(None)
+
+    # --- retention (P11) -------------------------------------------------------------
+
+    def enforce_retention(self) -> int:
+        deleted = 0
+        for plog in list(self.logs.values()):
+            deleted += plog.enforce_retention()
+        return deleted
+
+
+def _close_blocking(part: Partition, snapshot: bytes | None) -> None:
+    """On the storage thread: the last producer snapshot, then seal, checkpoint and mark
+    the log clean (PartitionLog.close); rename and remove the directory when the topic
+    is gone (renamed first, so a crash mid-delete never leaves a half-deleted live dir)."""
+    plog = part.log
+    if plog is not None:
+        if snapshot is not None:
+            write_snapshot(plog.directory, snapshot)
+        plog.close()
+    if part.delete and os.path.isdir(part.directory):
+        doomed = f"{part.directory}.{uuid.uuid4().hex[:8]}-delete"
+        os.rename(part.directory, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _write_checkpoints(jobs) -> list[bool]:
+    """On the storage thread: each job's recovery point and producer snapshot."""
+    results = []
+    for plog, point, snapshot in jobs:
+        ok = True
+        if point is not None:
+            ok = write_recovery_point(plog.directory, point, plog.owner)
+        if snapshot is not None:
+            try:
+                write_snapshot(plog.directory, snapshot)
+            except OSError as exc:
+                log.error("%s cannot write the producer-state snapshot: %s", plog.owner, exc)
+        results.append(ok)
+    return results
