@@ -129,9 +129,21 @@ class ClusterState:
     nodes: dict = field(default_factory=dict)          # node id -> (host, port)
     topics: dict = field(default_factory=dict)         # topic -> {partition: node}
     topic_configs: dict = field(default_factory=dict)  # topic -> {key: value}
+    serving: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" online
 
     def leader(self, topic: str, partition: int) -> int | None:
         return self.topics.get(topic, {}).get(partition)
+
+    def served(self, topic: str, partition: int) -> bool:
+        """The partition's leader is registered and says it has the log online (it
+        publishes its online partitions in /brokers/ids/<node>, P17)."""
+        leader = self.leader(topic, partition)
+        return f"{topic}-{partition}" in self.serving.get(leader, ())
+
+    def topic_served(self, topic: str) -> bool:
+        """The topic exists and every partition's leader serves it."""
+        parts = self.topics.get(topic)
+        return parts is not None and all(self.served(topic, p) for p in parts)
 
 
 def _dumps(obj) -> bytes:
@@ -434,11 +446,12 @@ class Registry:
 
     def _read_state(self) -> ClusterState:
         zk = self._zk
-        nodes = {}
+        nodes, serving = {}, {}
         for child in zk.get_children(IDS, watch=self._watch):
             try:
                 info = self._read_json(f"{IDS}/{child}", watch=True)
                 nodes[int(child)] = (info["host"], int(info["port"]))
+                serving[int(child)] = frozenset(info.get("partitions", ()))
             except NoNodeError:
                 continue
         topics, configs = {}, {}
@@ -459,7 +472,7 @@ class Registry:
             self._elect()
             controller = int(self._read_json(CONTROLLER, watch=True)["brokerid"])
         cluster_id = self._read_json(CLUSTER_ID)["id"]
-        return ClusterState(cluster_id, controller, nodes, topics, configs)
+        return ClusterState(cluster_id, controller, nodes, topics, configs, serving)
 
     # --- changes: blocking, call on the worker's ZooKeeper thread (Worker.run_zk) ---
 
