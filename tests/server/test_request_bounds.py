@@ -321,3 +321,40 @@ def test_admin_requests_answer_with_an_error_while_zookeeper_hangs(broker_factor
         t = wait_for(created, "a CreateTopics answered after the thaw", 60.0)
         assert t["error_code"] == NONE, t
         assert "after-thaw" in topic_names(c)
+
+
+# --- counts in files owned elsewhere (a known failure stays a failure) ------------------
+
+def test_join_group_with_many_protocols_does_not_stall_the_coordinator(broker):
+    """KNOWN FAILURE, not in this engineer's files: pybroker/server/groups.py
+    GroupCoordinator._select_protocol rebuilds a member's protocol-name list for every
+    name the leader offers, O(P^2) for P protocols. Two members offering 50,000
+    protocols each (~600 KB frames; "common" last) keep the worker's loop busy for
+    minutes and the supervisor kills it at its heartbeat timeout: this test's
+    JoinGroup answers never come (connection reset). Fix: select with sets, e.g.
+        common = set(leader.protocol_names())
+        for m in group.members.values(): common &= set(m.protocol_names())
+        return next(n for n in leader.protocol_names() if n in common)
+    """
+    group = "quadratic"
+    with broker.client() as c:
+        found = c.request(ApiKey.FIND_COORDINATOR, 0, {"key": group})
+    worker = broker.node_ids.index(found["node_id"])
+    rows = broker.worker_rows()
+    protocols = 50_000
+
+    def join_body(prefix: str) -> dict:
+        names = [f"{prefix}{i}" for i in range(protocols)] + ["common"]
+        return {"group_id": group, "session_timeout_ms": 30_000,
+                "rebalance_timeout_ms": 30_000, "member_id": "", "protocol_type": "consumer",
+                "protocols": [{"name": n, "metadata": b""} for n in names]}
+    with broker.client(worker, timeout=60.0) as a, broker.client(worker, timeout=60.0) as b:
+        cid_a, wire_a = a.encode(ApiKey.JOIN_GROUP, 2, join_body("a"))
+        cid_b, wire_b = b.encode(ApiKey.JOIN_GROUP, 2, join_body("b"))
+        a.send(wire_a)
+        b.send(wire_b)
+        answers = [a.recv_response(ApiKey.JOIN_GROUP, 2)[1],
+                   b.recv_response(ApiKey.JOIN_GROUP, 2)[1]]
+    assert [x["error_code"] for x in answers] == [NONE, NONE], answers
+    assert {x["protocol_name"] for x in answers} == {"common"}
+    _same_workers(broker, rows)
