@@ -24,7 +24,7 @@ import logging
 import socket
 from collections import deque
 from functools import partial
-from time import perf_counter
+from time import monotonic, perf_counter
 
 from pybroker import core
 from pybroker.errors import CoreError
@@ -51,6 +51,9 @@ class CloseReason(enum.Enum):
     HANDLER_ERROR = "internal error in a request handler"
     FILE_TRUNCATED = "segment file shorter than a fetch response announced"
     SHUTDOWN = "broker shutting down"
+    IDLE = "idle longer than connections.max.idle.ms"
+    TOO_MANY_CONNECTIONS = "max.connections reached"
+    TOO_MANY_FROM_IP = "max.connections.per.ip reached for this address"
 
 
 class _Slot:
@@ -81,6 +84,8 @@ class Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.ip = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.last_active = monotonic()  # a read, or a response sent (idle timeout)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.max_frame = worker.config["socket.request.max.bytes"]
@@ -122,6 +127,7 @@ class Connection:
         if not data:
             self.close(CloseReason.PEER_CLOSED)
             return
+        self.last_active = monotonic()
         self._inbuf += data
         self._take_frames()
 
@@ -304,6 +310,7 @@ class Connection:
                 self.loop.add_writer(self.fd, self._send)
                 self._writing = True
             return
+        self.last_active = monotonic()
         if self._writing:
             self.loop.remove_writer(self.fd)
             self._writing = False
@@ -356,6 +363,11 @@ class Connection:
     def busy(self) -> bool:
         """Responses still owed or unsent."""
         return bool(self._slots or self._out)
+
+    def idle_since(self) -> float | None:
+        """Monotonic time of the last read or send when nothing is owed or unsent (a
+        long-polling fetch is not idle: the client waits for it); None when busy."""
+        return None if self._slots or self._out else self.last_active
 
     def close(self, reason: CloseReason, detail: str = "") -> None:
         if self.closed:

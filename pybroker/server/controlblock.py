@@ -295,7 +295,6 @@ class ControlBlock:
     def write_worker(self, index: int, **fields) -> None:
         """Update fields of worker part `index`. Only that worker's heartbeat thread
         calls this (read-modify-write of its own row: safe with one writer)."""
-        _from_legacy_worker(fields)
         self._update(WORKER_ROW, self._worker_offset(index), fields)
 
     def _update(self, layout: RowLayout, offset: int, fields: dict) -> None:
@@ -323,7 +322,6 @@ class ControlBlock:
         partitions no longer in `rows` are freed; rows beyond partition_slots are left
         out of the block (the logs are unaffected). Only worker's heartbeat thread
         calls this: the slot map lives in this mapping."""
-        rows = [_from_legacy_row(r) for r in rows]
         slots = self._slots.get(worker)
         if slots is None:  # first write in this process: free the predecessor's rows
             slots = self._slots[worker] = {}
@@ -444,29 +442,3 @@ def _open(path: str) -> mmap.mmap:
         return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
     finally:
         os.close(fd)
-
-
-# --- temporary adapter for the worker's pre-heartbeat-thread publishing -----------------
-# Until pybroker.server.heartbeat.Heartbeat is wired into worker.py, the worker publishes
-# from its event loop with wall-clock heartbeat_ms and 9-tuple partition rows. These two
-# functions turn those into the new fields; delete them (and their two calls) once the
-# worker publishes through Heartbeat.
-
-_WALL_CLOCK_MS = 10 ** 12  # 2001 as wall-clock ms; 31 years of uptime as monotonic ms
-
-
-def _from_legacy_worker(fields: dict) -> None:
-    """A wall-clock heartbeat_ms comes from the event loop's own publish: stamp it
-    monotonic, and as the loop's progress too."""
-    if fields.get("heartbeat_ms", 0) > _WALL_CLOCK_MS:
-        fields["heartbeat_ms"] = fields["loop_ms"] = monotonic_ms()
-
-
-def _from_legacy_row(row) -> PartitionRow:
-    """(topic, partition, log_start, log_end, hw, messages_in, bytes_in, bytes_out,
-    flushes[, state]): without a state, a partition the worker has open is ONLINE."""
-    if isinstance(row, PartitionRow):
-        return row
-    topic, partition, *counters = row
-    state = counters.pop() if len(counters) == 8 else PartitionState.ONLINE
-    return PartitionRow(topic, partition, 0, *counters, state=state)

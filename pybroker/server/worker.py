@@ -1,10 +1,14 @@
 """A worker process: one Kafka node with its own port, owning a group of partitions.
 
 Node id = broker.id * 100 + worker index; port = base port + worker index. The worker
-is a single-threaded asyncio loop doing all networking, appends, flushes and fetches
-of its partitions; it never forwards a request (clients route by metadata). Kazoo's
-threads only hand registry snapshots to the loop. It heartbeats into the control block
-every HEARTBEAT_S so the supervisor can tell it is alive.
+is a single-threaded asyncio loop doing all networking, appends and fetches of its
+partitions; it never forwards a request (clients route by metadata). Nothing blocking
+runs on the loop: its LogManager runs every fdatasync, open, close and checkpoint on
+storage threads, ZooKeeper calls run on the ZooKeeper thread (run_zk) or the registry's,
+and kazoo's threads only hand registry snapshots to the loop. A heartbeat thread
+publishes the worker's row into the control block every HEARTBEAT_S with the loop's last
+progress, so the supervisor tells a busy worker (recovering on its storage thread) from
+a hung loop or a stopped process.
 
 SIGTERM: stop accepting, let in-flight requests finish (up to DRAIN_S), flush and
 close every log cleanly (clean-shutdown marker), deregister from ZooKeeper, exit 0.
@@ -27,6 +31,7 @@ from pybroker.server.connection import CloseReason, Connection
 from pybroker.server.handlers import HANDLERS
 from pybroker.server.handlers.append_batch import AppendBatch
 from pybroker.server.handlers.api_versions import advertised
+from pybroker.server.heartbeat import Heartbeat
 from pybroker.server.log_manager import LogManager
 from pybroker.server.partition_state import PartitionState
 from pybroker.server.stats import WorkerStats
@@ -36,6 +41,7 @@ log = logging.getLogger("pybroker.server")
 HEARTBEAT_S = 0.25
 CHECKPOINT_S = 60.0   # producer-state snapshots and recovery-point checkpoints
 DRAIN_S = 5.0
+FIRST_VIEW_S = 30.0   # the registry's first read of ZooKeeper, before SERVING
 NODES_PER_BROKER = 100
 
 
@@ -62,11 +68,16 @@ class Worker:
         self.connections: set[Connection] = set()
         self.stopping = False
         self._listen = listen_socket
+        self._per_ip: dict[str, int] = {}      # open connections by peer address
+        self._refused = 0                      # refused since the last log line
+        self._refused_logged = 0.0
         self._cluster_waiters: list = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.partitions: LogManager | None = None
         self.registry: Registry | None = None
         self.control: controlblock.ControlBlock | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.serving = False   # STARTING until the listener is armed
         self._stopped: asyncio.Event | None = None
         # Every ZooKeeper call a request needs runs here, one at a time in arrival order,
         # never on the event loop: a slow or lost ZooKeeper must not stall the node.
@@ -84,11 +95,13 @@ class Worker:
     async def _main(self) -> int:
         self.loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        self._first_view = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
         self.control = controlblock.ControlBlock.in_dir(self.data_dir)
-        self.control.write_worker(self.index, pid=os.getpid(), node_id=self.node_id,
-                                  port=self.port, state=0, heartbeat_ms=_now_ms())
+        self.heartbeat = Heartbeat(self.control, self.index, self._collect, HEARTBEAT_S)
+        self.heartbeat.watch_loop(self.loop)
+        self.heartbeat.start()
         self.partitions = LogManager(self.data_dir, self.config, self.node_id, self.loop,
                                      self.stats, on_change=self._partitions_changed)
         sock = self._listen or _listen_socket(self.config["listeners.host"], self.port)
@@ -99,10 +112,19 @@ class Worker:
                                  self.config["zookeeper.session.timeout.ms"])
         await self.loop.run_in_executor(None, self.registry.start)
         self.loop.add_reader(sock.fileno(), self._accept)
-        self._heartbeat()
+        try:  # SERVING once the partitions assigned here are known (and counted opening)
+            await asyncio.wait_for(self._first_view.wait(), FIRST_VIEW_S)
+        except asyncio.TimeoutError:
+            log.warning("node=%d no view of ZooKeeper after %.0f s; serving without it",
+                        self.node_id, FIRST_VIEW_S)
+        self.serving = True
+        self.heartbeat.publish_now()
         self._schedule(self.config["log.retention.check.interval.ms"] / 1000,
                        self.partitions.enforce_retention)
         self._schedule(CHECKPOINT_S, self.partitions.checkpoint)
+        idle_ms = self.config["connections.max.idle.ms"]
+        if idle_ms > 0:  # swept ten times per limit, at most every 10 s
+            self._schedule(min(max(idle_ms / 10_000, 0.05), 10.0), self._close_idle)
         log.info("node=%d worker=%d serving on %s:%d", self.node_id, self.index,
                  self.config["listeners.host"], self.port)
         await self._stopped.wait()
@@ -119,7 +141,7 @@ class Worker:
             self._stopped.set()
 
     async def _shutdown(self) -> None:
-        self.control.write_worker(self.index, state=controlblock.STOPPING)
+        self.heartbeat.publish_now()  # _collect says STOPPING from now on
         self.loop.remove_reader(self._listen.fileno())
         self._listen.close()
         for conn in self.connections:
@@ -134,8 +156,7 @@ class Worker:
         await self.partitions.close_all()
         await self.loop.run_in_executor(None, self.registry.stop)
         self._zk_executor.shutdown(wait=False)
-        self._publish()
-        self.control.write_worker(self.index, state=controlblock.STOPPED)
+        self.heartbeat.stop(state=controlblock.STOPPED)
         log.info("node=%d stopped cleanly", self.node_id)
 
     def _schedule(self, interval: float, job) -> None:
@@ -165,10 +186,45 @@ class Worker:
             except OSError as exc:
                 log.warning("node=%d accept failed: %s", self.node_id, exc)
                 return
+            refused = self._refusal(peer[0])
+            if refused is not None:
+                self._refused += 1
+                if time.monotonic() - self._refused_logged >= 1.0:  # one line a second
+                    log.warning("node=%d peer=%s:%d connection closed: %s (%d refused since "
+                                "the last line)", self.node_id, peer[0], peer[1],
+                                refused.value, self._refused)
+                    self._refused, self._refused_logged = 0, time.monotonic()
+                sock.close()
+                continue
             self.connections.add(Connection(self, sock, peer))
+            self._per_ip[peer[0]] = self._per_ip.get(peer[0], 0) + 1
+
+    def _refusal(self, ip: str) -> CloseReason | None:
+        """Why a new connection from ip is refused (max.connections, per ip), or None."""
+        if len(self.connections) >= self.config["max.connections"]:
+            return CloseReason.TOO_MANY_CONNECTIONS
+        if self._per_ip.get(ip, 0) >= self.config["max.connections.per.ip"]:
+            return CloseReason.TOO_MANY_FROM_IP
+        return None
 
     def connection_closed(self, conn: Connection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            left = self._per_ip.get(conn.ip, 1) - 1
+            if left:
+                self._per_ip[conn.ip] = left
+            else:
+                self._per_ip.pop(conn.ip, None)
+
+    def _close_idle(self) -> None:
+        """Close connections idle past connections.max.idle.ms (Kafka's rule: no request
+        read and nothing owed for that long)."""
+        limit = self.config["connections.max.idle.ms"] / 1000
+        now = time.monotonic()
+        for conn in list(self.connections):
+            since = conn.idle_since()
+            if since is not None and now - since > limit:
+                conn.close(CloseReason.IDLE, f"idle {now - since:.1f} s")
 
     # --- cluster view ----------------------------------------------------------------
 
@@ -179,6 +235,7 @@ class Worker:
             coordinator.cluster_changed()
         if not self.stopping:
             self.partitions.sync(state)
+            self._first_view.set()
         waiters, self._cluster_waiters = self._cluster_waiters, []
         for predicate, fut, value in waiters:
             if fut.done():
@@ -205,33 +262,32 @@ class Worker:
         if self.stopping:
             return
         self.registry.set_partitions(self.partitions.online_names())  # never blocks
-        self._publish()
+        self.heartbeat.publish_now()  # `pybroker stats` shows it before it is first used
 
     # --- observability ---------------------------------------------------------------
 
-    def _heartbeat(self) -> None:
-        self._publish()
-        if not self.stopping:
-            self.loop.call_later(HEARTBEAT_S, self._heartbeat)
-
-    def _publish(self) -> None:
+    def _collect(self):
+        """The heartbeat thread's snapshot of this worker. It runs off the loop, so it
+        copies what the loop mutates with C-level copies only (see Heartbeat)."""
         stats = self.stats
         rows = []
-        for tp, part in sorted(self.partitions.partitions.items()):
+        parts = list(self.partitions.partitions.items()) if self.partitions is not None else []
+        for tp, part in sorted(parts, key=lambda item: item[0]):
             plog = part.log
             msgs, size = stats.partition_in.get(tp, (0, 0))
-            rows.append((tp[0], tp[1], plog.log_start_offset if plog else -1,
-                         plog.log_end_offset if plog else -1,
-                         plog.high_watermark if plog else -1, msgs, size,
-                         stats.partition_out.get(tp, 0), plog.flush_count if plog else 0))
-        self.control.write_worker(
-            self.index, heartbeat_ms=_now_ms(), state=controlblock.STOPPING if self.stopping
-            else controlblock.SERVING, connections=len(self.connections),
-            requests=stats.requests, bytes_in=stats.bytes_in, bytes_out=stats.bytes_out,
-            messages_in=stats.messages_in, partitions=len(rows),
-            flushes=sum(r[-1] for r in rows))
-        self.control.write_partitions(self.index, rows)
-        self.control.write_histograms(self.index, stats.latency_by_api, stats.fsync)
+            offsets = ((plog.log_start_offset, plog.log_end_offset, plog.high_watermark)
+                       if plog is not None else (-1, -1, -1))
+            rows.append(controlblock.PartitionRow(
+                tp[0], tp[1], self.node_id, *offsets, msgs, size,
+                stats.partition_out.get(tp, 0), plog.flush_count if plog else 0,
+                state=part.state))
+        state = (controlblock.STOPPING if self.stopping else
+                 controlblock.SERVING if self.serving else controlblock.STARTING)
+        fields = dict(pid=os.getpid(), node_id=self.node_id, port=self.port, state=state,
+                      connections=len(self.connections), requests=stats.requests,
+                      bytes_in=stats.bytes_in, bytes_out=stats.bytes_out,
+                      messages_in=stats.messages_in)
+        return fields, rows, (dict(stats.latency_by_api), stats.fsync)
 
     def log_bad_input(self, tp, exc) -> None:
         log.warning("node=%d tp=%s-%d rejected batch: %s", self.node_id, tp[0], tp[1], exc)
@@ -247,6 +303,3 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     return sock
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

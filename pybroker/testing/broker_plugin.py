@@ -416,8 +416,10 @@ class Broker:
             block.close()
 
     def _row_serving(self, row: dict) -> bool:
-        return (row["state"] == controlblock.SERVING and row["pid"] > 0
-                and _parent_pid(row["pid"]) == self.proc.pid)
+        """Serving, a child of our supervisor, and done opening its partitions (the
+        worker says SERVING only once it has applied its first view of ZooKeeper)."""
+        return (row["state"] == controlblock.SERVING and row["pid"] > 0 and
+                row["opening"] == 0 and _parent_pid(row["pid"]) == self.proc.pid)
 
     # --- disturbing ------------------------------------------------------------------
 

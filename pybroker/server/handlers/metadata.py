@@ -28,10 +28,12 @@ def _brokers(worker, state) -> list[dict]:
 def _topic(worker, state, name: str) -> dict:
     partitions = []
     for index, leader in sorted(state.topics[name].items()):
-        # a leader counts once it serves the log: this node knows its own partitions,
-        # the others publish theirs in ZooKeeper (opening or offline: not yet / not now)
-        alive = ((name, index) in worker.partitions.logs if leader == worker.node_id
-                 else leader in state.nodes and state.served(name, index))
+        # A registered leader is given even while it opens the log (it answers the
+        # retriable LEADER_NOT_AVAILABLE meanwhile), as clients expect a leader to stay
+        # put; a partition this node knows is offline is shown without one.
+        alive = leader in state.nodes and not (
+            leader == worker.node_id and worker.partitions.error_for((name, index)) ==
+            ErrorCode.KAFKA_STORAGE_ERROR)
         partitions.append({
             "error_code": ErrorCode.NONE if alive else ErrorCode.LEADER_NOT_AVAILABLE,
             "partition_index": index, "leader_id": leader if alive else -1,
