@@ -48,7 +48,7 @@ from pybroker.server.partition_state import PartitionState
 from pybroker.server.stats import LATENCY_BUCKETS, MAX_API_KEY
 
 MAGIC = b"PBCTRL01"
-LAYOUT_VERSION = 3        # 3: seqlocked single-writer rows, supervisor part, sized header
+LAYOUT_VERSION = 4        # 3: seqlocked single-writer rows, supervisor part, sized header; 4: appends
 MAX_WORKERS = 64
 PARTITION_SLOTS = 4096    # per worker: 2,000-partition topics on one worker must fit
 TOPIC_MAX_BYTES = 249     # Kafka's longest legal topic name (ASCII, so 249 bytes too)
@@ -134,6 +134,7 @@ PARTITION_ROW = RowLayout("partition", 384, (
     ("bytes_in", "q", "record bytes appended"),
     ("bytes_out", "q", "record bytes fetched"),
     ("flushes", "q", "fdatasyncs"),
+    ("appends", "q", "appends to the log (a coalesced run of requests is one)"),
 ))
 
 HISTOGRAM_ROW = RowLayout("histogram", 128, (
@@ -176,6 +177,7 @@ class PartitionRow:
     bytes_in: int
     bytes_out: int
     flushes: int
+    appends: int = 0
     state: int = PartitionState.ONLINE
     torn: bool = False  # the seqlock never read the row whole (see the module doc)
 
@@ -350,7 +352,7 @@ class ControlBlock:
                                  f"Kafka's {TOPIC_MAX_BYTES}")
             self._write_once(PARTITION_ROW, self._partition_offset(worker, slot), (
                 topic, r.partition, int(r.state), r.log_start, r.log_end, r.high_watermark,
-                r.messages_in, r.bytes_in, r.bytes_out, r.flushes))
+                r.messages_in, r.bytes_in, r.bytes_out, r.flushes, r.appends))
             high_water = max(high_water, slot + 1)
         # raised after the rows are written, so a reader scanning [0, high water) finds
         # every slot in use

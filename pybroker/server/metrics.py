@@ -112,7 +112,9 @@ def render(block: ControlBlock, now_ms: float | None = None) -> str:
             ("pybroker_partition_messages_in_total", "messages_in", "counter", "messages appended"),
             ("pybroker_partition_bytes_in_total", "bytes_in", "counter", "record bytes appended"),
             ("pybroker_partition_bytes_out_total", "bytes_out", "counter", "record bytes fetched"),
-            ("pybroker_partition_flushes_total", "flushes", "counter", "fdatasyncs")):
+            ("pybroker_partition_flushes_total", "flushes", "counter", "fdatasyncs"),
+            ("pybroker_partition_appends_total", "appends", "counter",
+             "appends to the log (a coalesced run of produce requests is one)")):
         family(name, kind, text)
         for r in partitions:
             out.append(f"{name}{_labels(node=r.node_id, topic=r.topic, partition=r.partition)} "

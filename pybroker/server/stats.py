@@ -39,7 +39,8 @@ class WorkerStats:
         self.messages_in = 0
         self.bytes_in = 0
         self.bytes_out = 0          # record bytes sent by sendfile
-        self.partition_in: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+        # per partition: messages, bytes, appends
+        self.partition_in: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
         self.partition_out: dict[tuple[str, int], int] = defaultdict(int)
 
     def answered(self, api_key: int, seconds: float) -> None:
@@ -52,6 +53,7 @@ class WorkerStats:
         counters = self.partition_in[tp]
         counters[0] += messages
         counters[1] += size
+        counters[2] += 1
 
     def fetched(self, tp, size: int) -> None:
         self.partition_out[tp] += size

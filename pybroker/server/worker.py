@@ -274,13 +274,13 @@ class Worker:
         parts = list(self.partitions.partitions.items()) if self.partitions is not None else []
         for tp, part in sorted(parts, key=lambda item: item[0]):
             plog = part.log
-            msgs, size = stats.partition_in.get(tp, (0, 0))
+            msgs, size, appends = stats.partition_in.get(tp, (0, 0, 0))
             offsets = ((plog.log_start_offset, plog.log_end_offset, plog.high_watermark)
                        if plog is not None else (-1, -1, -1))
             rows.append(controlblock.PartitionRow(
                 tp[0], tp[1], self.node_id, *offsets, msgs, size,
                 stats.partition_out.get(tp, 0), plog.flush_count if plog else 0,
-                state=part.state))
+                appends, state=part.state))
         state = (controlblock.STOPPING if self.stopping else
                  controlblock.SERVING if self.serving else controlblock.STARTING)
         fields = dict(pid=os.getpid(), node_id=self.node_id, port=self.port, state=state,
