@@ -194,8 +194,11 @@ def test_our_znode_under_a_session_we_never_learnt_is_replaced_then_expiry_handl
     other = KazooClient(zk_connect)
     other.start(timeout=WAIT_S)
     try:
-        other.delete(f"{IDS}/9")
-        other.create(f"{IDS}/9", ours, ephemeral=True)
+        # one atomic multi: the registry's watch must not see the gap between the two
+        tx = other.transaction()
+        tx.delete(f"{IDS}/9")
+        tx.create(f"{IDS}/9", ours, ephemeral=True)
+        assert tx.commit() == [True, f"{IDS}/9"]
         wait_registered(a, zk, "node 9 to take back its znode from the unknown session")
         assert owner_of(zk, 9) != other.client_id[0]
         expire_zk_session(a.zk)  # and the registry still re-registers after an expiry
