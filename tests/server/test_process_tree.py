@@ -8,12 +8,20 @@ import re
 import signal
 import subprocess
 import sys
+import time
+
+from kazoo.client import KazooClient
 
 from pybroker.testing.broker_plugin import EXIT_USAGE, free_port_run
 from pybroker.testing.poll import wait_for
 
 DIE_TIMEOUT_S = 30.0   # SIGKILL of a parent -> the kernel's death signal to its children
 SERVE_TIMEOUT_S = 60.0
+# The new private ZooKeeper restores the dead workers' sessions from its snapshot and
+# expires them only after their timeout (zookeeper.session.timeout.ms, 10 s by
+# default); until then the new workers wait (their predecessors' znodes are not
+# provably theirs), so re-registration may take that long plus a tick.
+REREGISTER_TIMEOUT_S = 60.0
 
 
 def alive(pid: int) -> bool:
@@ -33,6 +41,20 @@ def private_zookeeper_pid(broker) -> int:
     return int(re.findall(r"ZooKeeper pid (\d+)", text)[-1])
 
 
+def registration_owners(broker) -> dict[int, int | None]:
+    """{node: ephemeralOwner of /brokers/ids/<node>} in the broker's private ZooKeeper
+    (None: not registered), read with a short-lived client of its own."""
+    connect = (broker.data_dir / "zookeeper.connect").read_text().strip()
+    client = KazooClient(connect)
+    client.start(timeout=SERVE_TIMEOUT_S)
+    try:
+        return {n: (stat.ephemeralOwner if (stat := client.exists(f"/brokers/ids/{n}"))
+                    else None) for n in broker.node_ids}
+    finally:
+        client.stop()
+        client.close()
+
+
 def test_sigkilled_supervisor_takes_its_workers_and_zookeeper_along(broker_factory):
     broker = broker_factory(workers=2, zk_connect="")  # the private ZooKeeper
     broker.create_topic("tree", 2)
@@ -40,6 +62,7 @@ def test_sigkilled_supervisor_takes_its_workers_and_zookeeper_along(broker_facto
         broker.produce_one("tree", p, b"before-%d" % p)
     supervisor, workers = broker.pid, broker.worker_pids()
     zookeeper = private_zookeeper_pid(broker)
+    old_owners = registration_owners(broker)
     assert all(alive(pid) for pid in (supervisor, zookeeper, *workers))
 
     os.kill(supervisor, signal.SIGKILL)  # no handler runs: only the kernel can clean up
@@ -54,6 +77,13 @@ def test_sigkilled_supervisor_takes_its_workers_and_zookeeper_along(broker_facto
     for p in range(2):
         broker.produce_one("tree", p, b"after-%d" % p)
         assert broker.fetch_values("tree", p) == [b"before-%d" % p, b"after-%d" % p]
+    # and every node ends up registered by its new incarnation, not by a dead session
+    began = time.monotonic()
+    wait_for(lambda: all(owner not in (None, old_owners[n])
+                         for n, owner in registration_owners(broker).items()),
+             "every node registered under a new session", REREGISTER_TIMEOUT_S, poll=0.5,
+             detail=lambda: (old_owners, registration_owners(broker)))
+    print(f"re-registered {time.monotonic() - began:.1f} s after the restart served")
 
 
 def test_second_supervisor_is_refused_naming_the_data_dir_and_every_holder(
