@@ -297,7 +297,11 @@ class Registry:
             if stat.ephemeralOwner == session:
                 if self._data_stale:
                     self._data_stale = False  # before reading _partitions: no lost update
-                    self._zk.set(self.path, self._node_data())
+                    try:
+                        self._zk.set(self.path, self._node_data())
+                    except BaseException:
+                        self._data_stale = True  # not written: the next pass tries again
+                        raise
                 self._enter(Registration.REGISTERED, session)
                 return
             try:
@@ -330,6 +334,10 @@ class Registry:
         except NoNodeError:  # /brokers/ids itself is gone (ZooKeeper lost its data)
             self._zk.ensure_path(IDS)
             return False
+        if (self.registration, self._holder) == (Registration.REGISTERED, session):
+            # no state change to log, yet worth a line: someone deleted our znode
+            log.warning("node=%d %s was deleted under our live session; created it again",
+                        self.node_id, self.path)
         self._enter(Registration.REGISTERED, session)
         self._elect()
         return True

@@ -237,3 +237,15 @@ def test_start_against_a_closed_port_names_the_address(zk_root):
         reg.stop()
     leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert leftover == []  # no kazoo thread keeps trying in the background
+
+
+def test_a_znode_deleted_under_a_live_session_is_created_again(registries, zk):
+    a, _ = registries(12)
+    a.set_partitions(["x-0"])
+    wait_for(lambda: json.loads(zk.get(f"{IDS}/12")[0])["partitions"] == ["x-0"],
+             "the partitions in /brokers/ids/12", WAIT_S)
+    session = a.zk.client_id[0]
+    zk.delete(f"{IDS}/12")  # an operator's mistake; the session itself is fine
+    wait_registered(a, zk, "node 12 to notice (exists-watch) and register again")
+    assert a.zk.client_id[0] == session
+    assert json.loads(zk.get(f"{IDS}/12")[0])["partitions"] == ["x-0"]
