@@ -31,13 +31,11 @@ import time
 from typing import Callable, NamedTuple
 
 from pybroker import core, failpoints
-from pybroker.errors import (CoreError, CorruptLogError, CorruptRecordError, LogClosedError,
-                             LogSyncFailedError,
+from pybroker.errors import (CoreError, CorruptLogError, LogClosedError, LogSyncFailedError,
                              MessageTooLarge, OffsetOutOfRange)
 from pybroker.log import checkpoint, files
 from pybroker.log.config import LogConfig
-from pybroker.log.segment import (LogSegment, SegmentFile, first_offset_gap,
-                                   offsets_contiguous)
+from pybroker.log.segment import LogSegment, RangeCheck, SegmentFile, check_range
 
 log = logging.getLogger("pybroker.log")
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
@@ -104,6 +102,40 @@ class FlushTicket:
         syncs, self.syncs = self.syncs, []
         for fd, _path, _covers in syncs:
             os.close(fd)
+
+
+def _check_segment_end(check: RangeCheck, next_offset: int) -> RangeCheck:
+    """A whole, valid sealed segment must end where the next one starts."""
+    if check.problem is not None or check.next_offset == next_offset:
+        return check
+    return check._replace(problem=f"the segment ends at offset {check.next_offset}, but "
+                                  f"the next segment starts at {next_offset}")
+
+
+class ScrubTarget(NamedTuple):
+    """A sealed segment to scrub off the owner's thread: a duplicate fd of its file, so
+    retention or a close meanwhile neither breaks the read nor reaches a reused fd."""
+
+    owner: str
+    segment: str
+    path: str
+    fd: int
+    size: int
+    base_offset: int
+    next_offset: int
+
+    def check(self, pace: Callable[[int], None] | None = None) -> str | None:
+        """On any thread, once: a description of the damage found, or None. Closes fd."""
+        try:
+            check = _check_segment_end(check_range(self.fd, 0, self.size, self.base_offset,
+                                                   pace, chunk_bytes=1 << 20),
+                                       self.next_offset)
+        finally:
+            os.close(self.fd)
+        if check.problem is None:
+            return None
+        return (f"{self.owner} {self.segment} file={self.path} position={check.position}: "
+                f"{check.problem}")
 
 
 def write_recovery_point(directory: str, point: int, owner: str) -> bool:
@@ -623,36 +655,20 @@ class PartitionLog:
             if seg.base_offset > self._hw_base:
                 break
             end = self._flushed_end(seg)
-            expected = seg.base_offset
-            pos = 0
-            while pos < end:
-                chunk = os.pread(seg.file.fd, min(end - pos, 16 << 20), pos)
-                if not chunk:
-                    problems.append(f"{self.owner} {seg} file={seg.log_path} position={pos}: "
-                                    f"the file ends {end - pos} bytes early")
-                    break
-                try:
-                    scan = core.scan_batches(chunk, min_offset=expected)
-                except CorruptRecordError as exc:
-                    if exc.scan.batches == 0:
-                        problems.append(f"{self.owner} {seg} file={seg.log_path} "
-                                        f"position={pos + exc.position}: {exc}")
-                        break
-                    scan = exc.scan
-                if not offsets_contiguous(scan, expected):
-                    gap, why = first_offset_gap(chunk, scan.valid_bytes, expected)
-                    problems.append(f"{self.owner} {seg} file={seg.log_path} "
-                                    f"position={pos + gap}: {why}")
-                    break
-                pos += scan.valid_bytes
-                if scan.batches:
-                    expected = scan.last_offset + 1
-            else:
-                if seg.base_offset < self._hw_base and expected != seg.next_offset:
-                    problems.append(f"{self.owner} {seg} file={seg.log_path} position={end}: "
-                                    f"the segment ends at offset {expected}, but the next "
-                                    f"segment starts at {seg.next_offset}")
+            check = check_range(seg.file.fd, 0, end, seg.base_offset)
+            if seg.base_offset < self._hw_base:
+                check = _check_segment_end(check, seg.next_offset)
+            if check.problem is not None:
+                problems.append(f"{self.owner} {seg} file={seg.log_path} "
+                                f"position={check.position}: {check.problem}")
         return problems
+
+    def scrub_targets(self) -> list["ScrubTarget"]:
+        """The sealed segments wholly below the high watermark (durable, immutable), each
+        with a duplicate fd a scrub thread reads and closes (ScrubTarget.check)."""
+        return [ScrubTarget(self.owner, repr(seg), seg.log_path, os.dup(seg.file.fd),
+                            seg.size, seg.base_offset, seg.next_offset)
+                for seg in self._segments[:-1] if seg.next_offset <= self._hw]
 
     # --- closing ---------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from pybroker import core, failpoints
 from pybroker.errors import CorruptLogError, CorruptRecordError
@@ -51,6 +51,41 @@ def first_offset_gap(buf, end: int, expected: int) -> tuple[int, str]:
         expected = base + int.from_bytes(buf[pos + 23:pos + 27], "big", signed=True) + 1
         pos += int.from_bytes(buf[pos + 8:pos + 12], "big", signed=True) + 12
     raise ValueError(f"no offset gap in the {end} bytes scanned")
+
+
+class RangeCheck(NamedTuple):
+    next_offset: int     # one past the last offset of the valid batches scanned
+    position: int        # where the check stopped: the end, or the first problem
+    problem: str | None  # None when every batch in the range is whole and valid
+
+
+def check_range(fd: int, start: int, end: int, expected: int,
+                pace: Callable[[int], None] | None = None,
+                chunk_bytes: int = 16 << 20) -> RangeCheck:
+    """Validate (CRC included) the batches in file[start:end), whose first offset must
+    be `expected` and whose offsets follow on without gaps; read by pread in chunks, so
+    any thread may run it on its own fd (a scrub, `verify`). pace(n) is called after
+    each n bytes read (a rate limit). Changes nothing."""
+    pos = start
+    while pos < end:
+        chunk = os.pread(fd, min(end - pos, chunk_bytes), pos)
+        if pace is not None:
+            pace(len(chunk))
+        if not chunk:
+            return RangeCheck(expected, pos, f"the file ends {end - pos} bytes early")
+        try:
+            scan = core.scan_batches(chunk, min_offset=expected)
+        except CorruptRecordError as exc:
+            if exc.scan.batches == 0:  # not a batch cut by the chunk's end
+                return RangeCheck(expected, pos + exc.position, str(exc))
+            scan = exc.scan
+        if not offsets_contiguous(scan, expected):
+            gap, why = first_offset_gap(chunk, scan.valid_bytes, expected)
+            return RangeCheck(expected, pos + gap, why)
+        pos += scan.valid_bytes
+        if scan.batches:
+            expected = scan.last_offset + 1
+    return RangeCheck(expected, pos, None)
 
 
 class SegmentFile:

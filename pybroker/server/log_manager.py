@@ -12,7 +12,11 @@ blocks it. Blocking work runs on two threads and comes back as a completion on t
   bounds of the flush policy, rolls, shutdown), one ticket per log at a time;
 - the storage thread opens logs (recovery and producer-state replay), closes and deletes
   them, and writes checkpoints. While a partition is OPENING or CLOSING its log belongs
-  to the storage thread: the loop does not touch it (it is not in `logs`).
+  to the storage thread: the loop does not touch it (it is not in `logs`);
+- the scrubber re-reads the sealed, durable segments of online partitions, one at a
+  time at log.scrub.bytes.per.second, every log.scrub.interval.ms after the previous
+  pass, and takes a partition whose durable data it finds damaged offline (a bit flip
+  after a clean stop would otherwise be served silently). Kafka has no such check.
 Jobs of one partition run in submission order on the storage thread, so a topic deleted
 and created again closes before it reopens.
 
@@ -96,6 +100,10 @@ class LogManager:
         self._flush_timer_ms = 0                       # monotonic ms the armed timer fires
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix=f"flusher-{node_id}")
         self._storage = ThreadPoolExecutor(1, thread_name_prefix=f"storage-{node_id}")
+        self._scrubber = ThreadPoolExecutor(1, thread_name_prefix=f"scrub-{node_id}")
+        self._scrub_timer: asyncio.TimerHandle | None = None
+        self.scrubbed_bytes = 0                        # read by scrubs so far (stats)
+        self.scrub_passes = 0
         self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
         self._checkpointing = False
         self._replaced: set[Partition] = set()  # closing, while a new open of tp runs
@@ -288,11 +296,14 @@ class LogManager:
             await asyncio.sleep(0.01)
         if self._flush_timer:
             self._flush_timer.cancel()
+        if self._scrub_timer:
+            self._scrub_timer.cancel()
         await self.loop.run_in_executor(None, self._shutdown_threads)
 
     def _shutdown_threads(self) -> None:
         self._flusher.shutdown(wait=True)
         self._storage.shutdown(wait=True)
+        self._scrubber.shutdown(wait=True, cancel_futures=True)
 
     def wake_all(self) -> None:
         """Wake every waiting fetch (shutdown: they answer with what they have)."""
@@ -441,6 +452,48 @@ class LogManager:
             if not fut.done():
                 fut.set_result(None)
 
+    # --- scrubbing ------------------------------------------------------------------
+
+    def start_scrubbing(self) -> None:
+        """Schedule the first scrub pass (log.scrub.interval.ms from now; -1: never)."""
+        interval = self.config["log.scrub.interval.ms"]
+        if interval >= 0 and not self._stopping:
+            self._scrub_timer = self.loop.call_later(interval / 1000, self.scrub_pass)
+
+    def scrub_pass(self) -> None:
+        """Scrub every sealed durable segment of the online partitions, one at a time."""
+        self._scrub_timer = None
+        targets = [(self.partitions[tp], target) for tp, plog in list(self.logs.items())
+                   for target in plog.scrub_targets()]
+        self._scrub_next(targets)
+
+    def _scrub_next(self, targets: list) -> None:
+        if self._stopping:
+            for _part, target in targets:
+                os.close(target.fd)
+            return
+        if not targets:
+            self.scrub_passes += 1
+            self.start_scrubbing()
+            return
+        part, target = targets.pop(0)
+        pace = _Pacer(self.config["log.scrub.bytes.per.second"], self)
+        fut = self.loop.run_in_executor(self._scrubber, target.check, pace)
+        fut.add_done_callback(lambda f: self._scrubbed(part, target, f, targets))
+
+    def _scrubbed(self, part: Partition, target, fut: asyncio.Future, targets: list) -> None:
+        if fut.cancelled():
+            return
+        problem = (fut.exception() and f"{type(fut.exception()).__name__}: "
+                   f"{fut.exception()}") or fut.result()
+        if problem and part.state == PartitionState.ONLINE and part.log is not None:
+            self.logs.pop(part.tp, None)
+            self._dirty.discard(part.tp)
+            self._transition(part, PartitionState.OFFLINE,
+                             f"scrub found damaged durable data: {problem}")
+            self._wake(part.tp)
+        self._scrub_next(targets)
+
     # --- retention (P11) -------------------------------------------------------------
 
     def enforce_retention(self) -> int:
@@ -448,6 +501,24 @@ class LogManager:
         for plog in list(self.logs.values()):
             deleted += plog.enforce_retention()
         return deleted
+
+
+class _Pacer:
+    """Keeps a scrub's reads at or below `rate` bytes a second (sleeps on the scrub
+    thread) and counts them into the manager's scrubbed_bytes."""
+
+    def __init__(self, rate: int, manager: LogManager):
+        self.rate = rate
+        self.manager = manager
+        self.started = time.monotonic()
+        self.done = 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.manager.scrubbed_bytes += n
+        ahead = self.done / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def _close_blocking(part: Partition, snapshot: bytes | None) -> None:

@@ -122,6 +122,7 @@ class Worker:
         self._schedule(self.config["log.retention.check.interval.ms"] / 1000,
                        self.partitions.enforce_retention)
         self._schedule(CHECKPOINT_S, self.partitions.checkpoint)
+        self.partitions.start_scrubbing()
         idle_ms = self.config["connections.max.idle.ms"]
         if idle_ms > 0:  # swept ten times per limit, at most every 10 s
             self._schedule(min(max(idle_ms / 10_000, 0.05), 10.0), self._close_idle)

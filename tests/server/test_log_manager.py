@@ -265,3 +265,73 @@ def test_checkpoints_are_written_off_the_loop_and_only_when_changed(tmp_path):
         assert not manager._checkpointing and os.stat(path).st_mtime_ns == written
         await manager.close_all()
     run(main())
+
+
+# --- scrubbing ---------------------------------------------------------------------------
+
+def flip_a_bit_in_the_first_sealed_segment(data_dir) -> str:
+    """Partition t-0 with three segments, written and closed cleanly by a manager (so
+    its producer-state snapshot covers them), then one bit flipped inside the
+    CRC-covered part of the first segment's first batch; returns that file's path."""
+    async def write():
+        manager = manager_for(data_dir, **{"log.segment.bytes": SEGMENT})
+        manager.sync(assigned(("t", 0)))
+        await settled(manager, [("t", 0)])
+        for _ in range(5):
+            manager.logs[("t", 0)].append(batch())
+        await manager.close_all()
+    run(write())
+    path = files.segment_paths(str(data_dir / "t-0"), 0)[0]
+    with open(path, "r+b") as f:
+        f.seek(70)                      # inside the first batch's records (CRC from 21)
+        byte = f.read(1)
+        f.seek(70)
+        f.write(bytes([byte[0] ^ 0x01]))
+    return path
+
+
+def test_the_scrub_finds_a_bit_flip_in_a_sealed_segment_and_takes_it_offline(tmp_path, caplog):
+    """Defect 11: after a clean stop a bit flip in a sealed segment was served silently."""
+    path = flip_a_bit_in_the_first_sealed_segment(tmp_path)
+
+    async def main():
+        manager = manager_for(tmp_path, **{"log.scrub.interval.ms": 10})
+        manager.sync(assigned(("t", 0), ("t", 1)))
+        await settled(manager, [("t", 0), ("t", 1)])
+        assert ("t", 0) in manager.logs    # a clean open does not read sealed segments
+        manager.start_scrubbing()
+        while manager.partitions[("t", 0)].state == PartitionState.ONLINE:
+            await asyncio.sleep(0.005)
+        part = manager.partitions[("t", 0)]
+        assert part.state == PartitionState.OFFLINE
+        assert "scrub found damaged durable data" in part.reason and path in part.reason
+        assert "CRC" in part.reason
+        assert manager.error_for(("t", 0)) == ErrorCode.KAFKA_STORAGE_ERROR
+        assert ("t", 1) in manager.logs    # the other partition serves on
+        await manager.close_all()
+    run(main())
+    assert any("online -> offline" in r.getMessage() and path in r.getMessage()
+               for r in caplog.records)
+
+
+def test_the_scrub_is_rate_limited_and_passes_an_intact_log(tmp_path):
+    directory = str(tmp_path / "t-0")
+    log = PartitionLog(directory, LogConfig(segment_bytes=SEGMENT), name="t-0")
+    for _ in range(9):
+        log.append(batch())
+    sealed = sum(os.path.getsize(files.segment_paths(directory, b)[0])
+                 for b in log.segment_bases()[:-1])
+    log.close()
+
+    async def main():
+        manager = manager_for(tmp_path, **{"log.scrub.interval.ms": 10,
+                                           "log.scrub.bytes.per.second": 1024})
+        manager.sync(assigned(("t", 0)))
+        await settled(manager, [("t", 0)])
+        manager.start_scrubbing()
+        while manager.scrub_passes < 1:
+            await asyncio.sleep(0.01)
+        assert manager.partitions[("t", 0)].state == PartitionState.ONLINE
+        assert manager.scrubbed_bytes == sealed
+        await manager.close_all()
+    run(main())

@@ -86,3 +86,33 @@ def test_produce_timeout_ms_answers_request_timed_out_and_frees_the_connection(b
         assert answer["error_code"] == ErrorCode.REQUEST_TIMED_OUT
         assert api_versions_ok(c)                        # the next answer is not held back
         assert produce(c, "slow", 0, acks=1)["error_code"] == ErrorCode.NONE
+
+
+def test_the_scrub_reports_a_bit_flip_before_a_consumer_reads_it(broker_factory):
+    """Defect 11: after a clean stop, a bit flip in a sealed segment was served silently
+    (librdkafka does not check CRCs by default)."""
+    broker = broker_factory(workers=1, settings={"log.segment.bytes": 256,
+                                                 "log.scrub.interval.ms": 100})
+    broker.create_topic("scrubbed", 2)
+    with broker.client() as c:
+        for i in range(12):
+            for p in (0, 1):
+                assert produce(c, "scrubbed", p, value=b"v%03d" % i)["error_code"] == 0
+    broker.stop()
+    directory = os.path.join(broker.data_dir, "scrubbed-0")
+    bases = sorted(files.list_base_offsets(directory))
+    assert len(bases) >= 3, bases
+    path = files.segment_paths(directory, bases[1])[0]   # a sealed segment in the middle
+    with open(path, "r+b") as f:
+        f.seek(70)                                       # CRC-covered record bytes
+        byte = f.read(1)
+        f.seek(70)
+        f.write(bytes([byte[0] ^ 0x10]))
+    broker.start()
+    with broker.client() as c:
+        wait_for(lambda: fetch_error(c, "scrubbed", 0) == ErrorCode.KAFKA_STORAGE_ERROR,
+                 "the scrub to take scrubbed-0 offline", 30.0)
+        assert fetch_error(c, "scrubbed", 1) == ErrorCode.NONE
+    wait_for(lambda: broker.worker_row(0)["offline"] == 1, "the offline count", 10.0)
+    log_text = broker.log_tail(1 << 20)
+    assert "scrub found damaged durable data" in log_text and path in log_text
