@@ -20,6 +20,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from pybroker.coord.zkserver import EmbeddedZooKeeper
+from pybroker.protocol import ApiKey
 from pybroker.testing.broker_plugin import free_port_run
 from pybroker.testing.poll import wait_for
 
@@ -33,6 +34,8 @@ SETTINGS = {"zookeeper.session.timeout.ms": SESSION_MS,
 EXPIRE_TIMEOUT_S = 30.0  # cut -> the server has expired every session
 REREGISTER_TIMEOUT_S = 30.0
 EXIT_FAILURE = 1
+CREATE_TIMEOUT_MS = 2000  # CreateTopics timeout_ms asked for during the outage
+CREATE_ANSWER_S = 20.0    # the answer must come well before the outage ends
 
 
 class ZkPartition:
@@ -238,4 +241,37 @@ def test_zookeeper_outage_restarts_no_worker_and_every_node_re_registers(
         if watcher is not None:
             watcher.stop()
             watcher.close()
+        server.stop()
+
+
+def test_a_request_needing_zookeeper_during_an_outage_gets_an_error_not_silence(
+        broker_factory, tmp_path):
+    # Kafka answers CreateTopics with REQUEST_TIMED_OUT once its timeout_ms has passed;
+    # a request queued behind an outage must not hang its connection for the outage's
+    # whole length, and the node goes on serving everyone else meanwhile.
+    server = EmbeddedZooKeeper(tmp_path / "zk", tick_ms=500, fast_unsafe=True).start()
+    broker = None
+    try:
+        broker = broker_factory(workers=2, zk_connect=server.connect_string + "/asks",
+                                settings=SETTINGS)
+        broker.create_topic("kept", 1)
+        expected = {0: []}
+        produce_and_fetch_everywhere(broker, "kept", 1, expected, b"before")
+        identity = worker_identity(broker)
+        server.stop()
+        with broker.client(0, timeout=CREATE_ANSWER_S) as asker:
+            cid, frame = asker.encode(ApiKey.CREATE_TOPICS, 4, {"topics": [{
+                "name": "wanted", "num_partitions": 1, "replication_factor": 1,
+                "assignments": [], "configs": []}], "timeout_ms": CREATE_TIMEOUT_MS})
+            asker.send(frame)
+            produce_and_fetch_everywhere(broker, "kept", 1, expected, b"meanwhile")
+            header, body = asker.recv_response(ApiKey.CREATE_TOPICS, 4)  # socket timeout
+        assert header["correlation_id"] == cid
+        assert body["topics"][0]["error_code"] != 0, body
+        assert worker_identity(broker) == identity
+    finally:
+        if broker is not None and broker.running():
+            if not server.is_running():
+                server.start()  # so the workers can deregister on the way out
+            broker.stop(check=False)
         server.stop()
