@@ -351,7 +351,8 @@ class Registry:
         except (ValueError, AttributeError):
             token = None
         if token == self._owner:
-            return "written by us under a session we never learnt (a lost create answer)"
+            return ("carrying our owner token under a session we do not hold (a create "
+                    "whose answer was lost, or a dead incarnation of this node)")
         return None
 
     def _enter(self, new: Registration, holder: int) -> None:
