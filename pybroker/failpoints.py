@@ -1,11 +1,12 @@
 """Failpoints: named places in the storage code where a fault test makes the process
 fail for real, chosen by one environment variable read once, here.
 
-    PYBROKER_FAILPOINTS="roll.after_seal=kill,fdatasync=eio"
+    PYBROKER_FAILPOINTS="roll.after_seal=kill,fdatasync=eio,checkpoint.after_rename=kill@3"
 
 Actions: `kill` (SIGKILL this process at once: a crash between two steps), `eio` and
-`enospc` (raise OSError with that errno, as a failing disk would). Unset (production),
-`hit(name)` is one dict lookup in an empty dict.
+`enospc` (raise OSError with that errno, as a failing disk would); `@n` fires only on
+the n-th hit of the point in this process (1-based). Unset (production), `hit(name)`
+returns after one test of an empty dict.
 
 The points, each named where it is hit:
   roll.after_seal, roll.after_create          PartitionLog.roll
@@ -24,13 +25,16 @@ ENV = "PYBROKER_FAILPOINTS"
 ACTIONS = ("kill", "eio", "enospc")
 
 
-def _parse(spec: str) -> dict[str, str]:
+def _parse(spec: str) -> dict[str, list]:
+    """{name: [action, fire on hit n (0: every hit), hits so far]}"""
     points = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, action = item.partition("=")
-        if action not in ACTIONS:
-            raise ValueError(f"{ENV}: {item!r}: the action must be one of {', '.join(ACTIONS)}")
-        points[name] = action
+        action, _, nth = action.partition("@")
+        if action not in ACTIONS or (nth and not nth.isdigit()):
+            raise ValueError(f"{ENV}: {item!r}: expected NAME=ACTION[@N], ACTION one of "
+                             f"{', '.join(ACTIONS)}")
+        points[name] = [action, int(nth or 0), 0]
     return points
 
 
@@ -47,7 +51,13 @@ def hit(name: str) -> None:
     """Fail here if the environment asks for it."""
     if not _POINTS:
         return
-    action = _POINTS.get(name)
+    point = _POINTS.get(name)
+    if point is None:
+        return
+    point[2] += 1
+    action, nth, hits = point
+    if nth and hits != nth:
+        return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "eio":
