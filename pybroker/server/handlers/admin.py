@@ -75,22 +75,20 @@ def zk_call(worker, what: str, fn, *args) -> asyncio.Future:
             out.set_result((code, message, None))
 
     def done(f: asyncio.Future) -> None:
+        timer.cancel()
         if out.done():
             return
         exc = f.exception()
         if exc is None:
             out.set_result((ErrorCode.NONE, None, f.result()))
-        elif isinstance(exc, _RETRIABLE_ZK_ERRORS):
-            fail(ErrorCode.REQUEST_TIMED_OUT,
-                 f"ZooKeeper unreachable ({type(exc).__name__}); retry")
         else:
-            fail(ErrorCode.UNKNOWN_SERVER_ERROR,
-                 f"ZooKeeper {what} failed: {type(exc).__name__}: {exc}")
+            fail(*_failure(what, exc))
 
+    timer = worker.loop.call_later(limit_s, fail, ErrorCode.REQUEST_TIMED_OUT,
+                                   f"no answer from ZooKeeper within {limit_s:g} s "
+                                   "(zookeeper.session.timeout.ms); the change may still "
+                                   "happen")
     worker.run_zk(fn, *args).add_done_callback(done)
-    worker.loop.call_later(limit_s, fail, ErrorCode.REQUEST_TIMED_OUT,
-                           f"no answer from ZooKeeper within {limit_s:g} s "
-                           "(zookeeper.session.timeout.ms); the change may still happen")
     return out
 
 
@@ -105,9 +103,15 @@ def chain(fut: asyncio.Future, fn) -> asyncio.Future:
             out.set_exception(exc)
             return
         if isinstance(value, asyncio.Future):
-            value.add_done_callback(lambda g: out.set_result(g.result()))
+            value.add_done_callback(follow)
         else:
             out.set_result(value)
+
+    def follow(g):
+        if g.exception() is not None:
+            out.set_exception(g.exception())
+        else:
+            out.set_result(g.result())
     fut.add_done_callback(step)
     return out
 
@@ -137,16 +141,17 @@ def _delete_all(registry, names: list) -> list:
     return outcomes
 
 
+def _failure(what: str, exc: BaseException) -> tuple[ErrorCode, str]:
+    name = type(exc).__name__
+    if isinstance(exc, _RETRIABLE_ZK_ERRORS):
+        return ErrorCode.REQUEST_TIMED_OUT, f"ZooKeeper unreachable ({name}); retry"
+    return ErrorCode.UNKNOWN_SERVER_ERROR, f"ZooKeeper {what} failed: {name}: {exc}"
+
+
 def zk_error(worker, what: str, exc: Exception) -> tuple[ErrorCode, str]:
     """The error code and message of one failed ZooKeeper write (logged)."""
-    if isinstance(exc, _RETRIABLE_ZK_ERRORS):
-        code, message = ErrorCode.REQUEST_TIMED_OUT, \
-            f"ZooKeeper unreachable ({type(exc).__name__}); retry"
-    else:
-        code, message = ErrorCode.UNKNOWN_SERVER_ERROR, \
-            f"ZooKeeper {what} failed: {type(exc).__name__}: {exc}"
     log.error("node=%d ZooKeeper %s failed: %r", worker.node_id, what, exc)
-    return code, message
+    return _failure(what, exc)
 
 
 # --- creating ----------------------------------------------------------------------
@@ -184,7 +189,8 @@ def create_topics(worker, plans: list) -> asyncio.Future:
             if result is None:
                 answers[name] = (ErrorCode.NONE, None)
             elif isinstance(result, TopicExists):
-                answers[name] = (ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+                answers[name] = (ErrorCode.TOPIC_ALREADY_EXISTS,
+                                 f"topic {name!r} already exists")
             else:
                 answers[name] = zk_error(worker, f"create of topic {name!r}", result)
         return answers
@@ -296,7 +302,8 @@ def handle_delete_topics(ctx, request):
             elif isinstance(result, ErrorCode):
                 codes[name] = result
             else:
-                codes[name] = ErrorCode.NONE if result else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                codes[name] = (ErrorCode.NONE if result
+                               else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
         for r in results:
             r["error_code"] = codes.get(r["name"], r["error_code"])
         gone = [n for n, c in codes.items() if c == ErrorCode.NONE]
