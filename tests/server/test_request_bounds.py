@@ -394,3 +394,46 @@ def test_offset_fetch_of_many_partitions_stays_within_memory(broker):
     _same_workers(broker, rows)
     # the answer itself is ~2.4 MB encoded; a few times that in Python objects is fine
     assert after <= 2 * before, f"coordinator RSS {before} -> {after} KiB"
+
+
+def test_answers_before_a_malformed_frame_are_sent_before_the_close(broker):
+    """KNOWN FAILURE, not in this engineer's files: pybroker/server/connection.py
+    Connection.close() clears the response slots, so when a malformed frame arrives in
+    the same read as valid requests before it, their answers are dropped although the
+    requests took effect (here: an acks=1 produce is appended, its client never learns
+    the offset and retries: a duplicate). Kafka handles a connection's requests one at
+    a time, so the earlier answers are on the wire before the bad frame is parsed. Seen
+    in the broker fuzz: about half of the answers of batches ending in a malformed frame.
+    Fix: on MALFORMED / UNKNOWN_API / UNSUPPORTED_VERSION stop reading and dispatching,
+    let the slots already queued be answered and sent, then close."""
+    from pybroker.records import build_batch
+    with broker.client() as c:
+        assert create_topics(c, [{"name": "before-bad", "num_partitions": 1}])[0][
+            "error_code"] == NONE
+        body = c.request(ApiKey.METADATA, 8, {"topics": [{"name": "before-bad"}],
+                                              "allow_auto_topic_creation": False})
+    leader = body["topics"][0]["partitions"][0]["leader_id"]
+    with broker.client(broker.node_ids.index(leader)) as c:
+        wait_for(lambda: c.request(ApiKey.API_VERSIONS, 0, {})["error_code"] == NONE,
+                 "the leader to answer", 10.0)
+        cid, produce = c.encode(ApiKey.PRODUCE, 7, {
+            "transactional_id": None, "acks": 1, "timeout_ms": 10_000,
+            "topic_data": [{"name": "before-bad", "partition_data": [
+                {"index": 0, "records": bytes(build_batch([b"appended"]))}]}]})
+        garbage = struct.pack(">i", 4) + b"\x00\x03\x00"   # too short for a header
+        c.send(produce + garbage + b"\x00")
+        try:
+            header, answer = c.recv_response(ApiKey.PRODUCE, 7)
+        except ConnectionError:
+            header = answer = None
+    with broker.client(broker.node_ids.index(leader)) as c:
+        def high_watermark():   # acks=1 data is visible once flushed (P5)
+            body = c.request(ApiKey.LIST_OFFSETS, 5, {
+                "replica_id": -1, "isolation_level": 0, "topics": [{
+                    "name": "before-bad", "partitions": [
+                        {"partition_index": 0, "timestamp": -1}]}]})
+            return body["topics"][0]["partitions"][0]["offset"] == 1
+        wait_for(high_watermark, "the produced record to be flushed (it took effect)", 30.0)
+    assert header is not None, "its answer was dropped when the connection closed"
+    assert header["correlation_id"] == cid
+    assert answer["responses"][0]["partition_responses"][0]["error_code"] == NONE
