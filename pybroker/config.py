@@ -102,6 +102,10 @@ SETTINGS: tuple[Setting, ...] = (
             "retention.bytes"),
     Setting("log.retention.check.interval.ms", int, 60_000, "How often retention runs.",
             lambda v: v >= 10, ">= 10"),
+    Setting("log.flush.offset.checkpoint.interval.ms", int, 60_000, "How often the "
+            "recovery points and producer-state snapshots that changed are written (Kafka's "
+            "name and default; each costs two fsyncs, on the storage thread).",
+            lambda v: v >= 10, ">= 10"),
     Setting("log.scrub.interval.ms", int, 3_600_000, "Start a CRC scrub pass over the "
             "sealed segments this long after the previous pass ended; -1: never.",
             lambda v: v >= 10 or v == -1, ">= 10, or -1"),

@@ -39,7 +39,6 @@ from pybroker.server.stats import WorkerStats
 log = logging.getLogger("pybroker.server")
 
 HEARTBEAT_S = 0.25
-CHECKPOINT_S = 60.0   # producer-state snapshots and recovery-point checkpoints
 DRAIN_S = 5.0
 FIRST_VIEW_S = 30.0   # the registry's first read of ZooKeeper, before SERVING
 NODES_PER_BROKER = 100
@@ -121,7 +120,8 @@ class Worker:
         self.heartbeat.publish_now()
         self._schedule(self.config["log.retention.check.interval.ms"] / 1000,
                        self.partitions.enforce_retention)
-        self._schedule(CHECKPOINT_S, self.partitions.checkpoint)
+        self._schedule(self.config["log.flush.offset.checkpoint.interval.ms"] / 1000,
+                       self.partitions.checkpoint)
         self.partitions.start_scrubbing()
         idle_ms = self.config["connections.max.idle.ms"]
         if idle_ms > 0:  # swept ten times per limit, at most every 10 s
