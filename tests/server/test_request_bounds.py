@@ -437,3 +437,27 @@ def test_answers_before_a_malformed_frame_are_sent_before_the_close(broker):
     assert header is not None, "its answer was dropped when the connection closed"
     assert header["correlation_id"] == cid
     assert answer["responses"][0]["partition_responses"][0]["error_code"] == NONE
+
+
+def test_init_producer_id_while_zookeeper_hangs(broker_factory, zk_proxy):
+    """InitProducerId takes a block of 1000 ids from ZooKeeper (a compare-and-set) for
+    the first id of each block; with ZooKeeper hung it must be answered with an error
+    code (handlers/produce.py runs it on the ZooKeeper thread), the loop serving the
+    other client meanwhile, the connection kept.
+    """
+    broker = broker_factory(workers=2, settings={"zookeeper.session.timeout.ms": 2000})
+    rows = broker.worker_rows()
+    with broker.client(timeout=30.0) as producer, broker.client(timeout=30.0) as other:
+        zk_proxy.freeze()
+        try:
+            cid, wire = producer.encode(ApiKey.INIT_PRODUCER_ID, 1, {
+                "transactional_id": None, "transaction_timeout_ms": 60_000})
+            producer.send(wire)
+            # as in the admin test above: answered only if the loop is not blocked
+            assert other.request(ApiKey.API_VERSIONS, 3, {})["error_code"] == NONE
+            header, body = producer.recv_response(ApiKey.INIT_PRODUCER_ID, 1)
+        finally:
+            zk_proxy.thaw()
+    assert header["correlation_id"] == cid
+    assert body["error_code"] != NONE and body["producer_id"] == -1, body
+    _same_workers(broker, rows)
