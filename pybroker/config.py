@@ -73,7 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max.connections.per.ip", int, (1 << 31) - 1, "Client connections one node "
             "accepts from one IP address.", _nonneg, ">= 0"),
     Setting("max.partitions.per.request", int, 10_000, "Most partitions one CreateTopics "
-            "topic may ask for (ZooKeeper keeps a topic's assignment in one znode).",
+            "request may ask for in all (Kafka counts the sum over its topics; refused with "
+            "POLICY_VIOLATION before anything is built).",
             lambda v: v >= 1, ">= 1"),
     Setting("log.segment.bytes", int, _LOG_DEFAULTS.segment_bytes, "Segment size (P4).",
             lambda v: 128 <= v <= (1 << 31) - 1, "128..2147483647", "segment_bytes",

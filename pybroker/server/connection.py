@@ -39,6 +39,7 @@ RECV_BYTES = 256 * 1024       # per recv(); large produce frames arrive in a few
 MAX_QUEUED_RESPONSES = 512    # requests read ahead of their responses before reading stops
 MAX_BUFFERED_OUT = 64 << 20   # bytes of responses waiting for the socket before reading stops
 SENDMSG_CHUNKS = 64           # bytes chunks gathered into one sendmsg()
+END_GRACE_S = 10.0            # after a bad frame, the answers before it get this long
 
 
 class CloseReason(enum.Enum):
@@ -100,6 +101,8 @@ class Connection:
         self._late: list = []           # produce answers waiting for the run's appends
         self._pump_soon = False         # a _pump is scheduled for deferred answers
         self._draining = False          # shutting down: read no more requests
+        self._ending = None             # (reason, detail): close once the answers are out
+        self._end_timer = None
         self.closed = False
         self.requests = 0
         self._resume_reading()
@@ -137,20 +140,22 @@ class Connection:
         pos, end = 0, len(buf)
         try:
             self._dispatching = True
-            while end - pos >= 4 and not self.closed:
+            while end - pos >= 4 and not self.closed and self._ending is None:
                 size = parse_frame_size(view[pos:pos + 4], self.max_frame)
                 if end - pos - 4 < size:
                     break
                 body = view[pos + 4:pos + 4 + size]
                 pos += 4 + size
                 self._dispatch(body)
-            if pos:
+            if self._ending is not None:
+                self._inbuf = bytearray()  # nothing after a bad frame is read
+            elif pos:
                 # the run's pending appends keep views of frames in buf until
                 # _finish_run: start a new buffer rather than resize this one
                 self._inbuf = bytearray(view[pos:])
         except FrameSizeError as exc:
-            self.close(CloseReason.FRAME_TOO_LARGE, str(exc))
-            return
+            self._end_after_answers(CloseReason.FRAME_TOO_LARGE, str(exc))
+            self._inbuf = bytearray()
         finally:
             view.release()
             try:
@@ -206,20 +211,20 @@ class Connection:
                     exc.correlation_id, supported=self.worker.supported)))
                 self._pump()
                 return
-            self.close(CloseReason.UNSUPPORTED_VERSION, str(exc))
+            self._end_after_answers(CloseReason.UNSUPPORTED_VERSION, str(exc))
             return
         except UnknownApiKey as exc:
-            self.close(CloseReason.UNKNOWN_API, str(exc))
+            self._end_after_answers(CloseReason.UNKNOWN_API, str(exc))
             return
         except DecodeError as exc:
-            self.close(CloseReason.MALFORMED, str(exc))
+            self._end_after_answers(CloseReason.MALFORMED, str(exc))
             return
         api_key = header["request_api_key"]
         version = header["request_api_version"]
         correlation_id = header["correlation_id"]
         handler = self.worker.handlers.get(api_key)
         if handler is None:  # defensive: every API the codec declares is served today
-            self.close(CloseReason.UNKNOWN_API, f"api {api_key} v{version} is not implemented "
+            self._end_after_answers(CloseReason.UNKNOWN_API, f"api {api_key} v{version} is not implemented "
                        "by this broker (see ApiVersions)")
             return
         if api_key != ApiKey.PRODUCE and self.worker.appends:
@@ -260,7 +265,13 @@ class Connection:
                       self.worker.node_id, self.peer, api_key, version, exc)
             self.close(CloseReason.HANDLER_ERROR, repr(exc))
             return
-        slot.chunks = encode_response(correlation_id, api_key, version, fut.result())
+        try:
+            slot.chunks = encode_response(correlation_id, api_key, version, fut.result())
+        except Exception as exc:  # noqa: BLE001 - a stuck slot would block every answer after it
+            log.exception("node=%d peer=%s api=%d v%d answer failed", self.worker.node_id,
+                          self.peer, api_key, version)
+            self.close(CloseReason.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+            return
         self.worker.stats.answered(api_key, perf_counter() - started)
         self._pump_soon_once()
 
@@ -314,6 +325,9 @@ class Connection:
         if self._writing:
             self.loop.remove_writer(self.fd)
             self._writing = False
+        if self._ending is not None and not self._slots:
+            self.close(*self._ending)
+            return
         if (not self._reading and not self._draining and
                 len(self._slots) < MAX_QUEUED_RESPONSES // 2):
             self._resume_reading()
@@ -355,6 +369,18 @@ class Connection:
 
     # --- closing ---------------------------------------------------------------------
 
+    def _end_after_answers(self, reason: CloseReason, detail: str) -> None:
+        """A frame that cannot be served: read nothing more, send the answers of the
+        requests before it (they took effect: a produce was appended), then close with
+        `reason`; at the latest END_GRACE_S from now."""
+        if self.closed or self._ending is not None:
+            return
+        self._ending = (reason, detail)
+        self.stop_reading()
+        self._end_timer = self.loop.call_later(
+            END_GRACE_S, lambda: self.close(reason, f"{detail}; earlier answers not sent in "
+                                                    f"{END_GRACE_S:.0f} s"))
+
     def stop_reading(self) -> None:
         """Take no new requests (shutdown); what was read is still answered."""
         self._pause_reading()
@@ -374,6 +400,8 @@ class Connection:
             return
         self.closed = True
         self._pause_reading()
+        if self._end_timer is not None:
+            self._end_timer.cancel()
         if self._writing:
             self.loop.remove_writer(self.fd)
             self._writing = False

@@ -380,9 +380,11 @@ class GroupCoordinator:
 
     @staticmethod
     def _select_protocol(group: Group, leader: Member) -> str:
-        """The first protocol, in the leader's order, that every member lists."""
+        """The first protocol, in the leader's order, that every member lists (one set
+        intersection: members may offer many protocols)."""
+        common = set.intersection(*(set(m.protocol_names()) for m in group.members.values()))
         for name in leader.protocol_names():
-            if all(name in m.protocol_names() for m in group.members.values()):
+            if name in common:
                 return name
         return leader.protocols[0][0]   # unreachable: joins are checked with supports()
 

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pybroker.config import BrokerConfig
-from pybroker.coord.registry import ClusterState, Registry
+from pybroker.coord.registry import ClusterState, Registry, ZooKeeperUnreachable
 from pybroker.protocol import SUPPORTED
 from pybroker.server import controlblock
 from pybroker.server.connection import CloseReason, Connection
@@ -108,8 +108,9 @@ class Worker:
         self._listen = sock
         self.registry = Registry(self.zk_connect, self.node_id, self.advertised_host, self.port,
                                  lambda st: self.loop.call_soon_threadsafe(self._on_cluster, st),
-                                 self.config["zookeeper.session.timeout.ms"])
-        await self.loop.run_in_executor(None, self.registry.start)
+                                 self.config["zookeeper.session.timeout.ms"],
+                                 owner=registration_owner(self.data_dir, self.node_id))
+        await self._start_registry()
         self.loop.add_reader(sock.fileno(), self._accept)
         try:  # SERVING once the partitions assigned here are known (and counted opening)
             await asyncio.wait_for(self._first_view.wait(), FIRST_VIEW_S)
@@ -131,6 +132,19 @@ class Worker:
         await self._stopped.wait()
         await self._shutdown()
         return 0
+
+    async def _start_registry(self) -> None:
+        """Connect and register, waiting out a ZooKeeper that is down (a worker restarted
+        during an outage waits, heartbeating as starting, instead of crash-looping)."""
+        timeout = self.config["zookeeper.connection.timeout.ms"] / 1000
+        while True:
+            try:
+                await self.loop.run_in_executor(None, self.registry.start, timeout)
+                return
+            except ZooKeeperUnreachable as exc:
+                if self.stopping:
+                    raise
+                log.warning("node=%d %s; retrying", self.node_id, exc)
 
     def stop(self) -> None:
         if not self.stopping:
@@ -295,6 +309,13 @@ class Worker:
 
     def log_storage_error(self, tp, exc) -> None:
         log.error("node=%d tp=%s-%d storage error: %s", self.node_id, tp[0], tp[1], exc)
+
+
+def registration_owner(data_dir: str, node_id: int) -> str:
+    """The owner token of a node's ZooKeeper registration, the same for every incarnation:
+    a restarted worker takes over its predecessor's znode at once instead of waiting for
+    that session to expire. Safe: the data dir's lock admits one live broker."""
+    return f"{socket.gethostname()}:{os.path.realpath(data_dir)}:{node_id}"
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:

@@ -191,8 +191,11 @@ def handle_offset_fetch(ctx, request):
     if topics is None:
         wanted = None
     else:
-        wanted = [(t["name"], p) for t in topics if not topic_name_error(t["name"])
-                  for p in t["partition_indexes"]]
+        # only partitions that exist can have offsets read: a client-declared list of
+        # any length must not become as many ZooKeeper reads (answered -1 otherwise)
+        known = worker.cluster.topics
+        wanted = sorted({(t["name"], p) for t in topics if not topic_name_error(t["name"])
+                         for p in t["partition_indexes"] if p in known.get(t["name"], ())})
     if wanted == []:
         return _fetch_response([(t["name"], t["partition_indexes"], ErrorCode.NONE)
                                 for t in topics], {}, ErrorCode.NONE)
