@@ -285,7 +285,8 @@ class LogSegment:
             raise CorruptLogError(
                 f"{self.owner} {self} file={self.log_path} position={start + exc.position}: "
                 f"{exc} after a clean shutdown; this data was durable. To cut the log here, "
-                "remove the partition's recovery-point checkpoint and reopen") from None
+                "remove the partition's recovery-point checkpoint and its .clean-shutdown "
+                "marker, and reopen") from None
         expected = self.base_offset
         if self.cursor.entries:
             expected += self.offset_index.entry(self.cursor.entries, self.cursor.entries - 1)[0]

@@ -233,6 +233,9 @@ class Connection:
         self.worker.stats.requests += 1
         try:
             result = handler(ctx, request)
+        except DecodeError as exc:  # bytes inside the request a handler parses (a protocol error)
+            self._end_after_answers(CloseReason.MALFORMED, f"api={api_key} v{version}: {exc}")
+            return
         except Exception as exc:  # noqa: BLE001 - one bad request must not kill the worker
             log.exception("node=%d peer=%s api=%d v%d handler failed", self.worker.node_id,
                           self.peer, api_key, version)

@@ -12,7 +12,7 @@ import pytest
 from pybroker import failpoints
 from pybroker.config import BrokerConfig
 from pybroker.coord.registry import ClusterState
-from pybroker.errors import LogSyncFailedError
+from pybroker.errors import CorruptLogError, LogSyncFailedError
 from pybroker.log import LogConfig, PartitionLog, checkpoint, files
 from pybroker.protocol import ErrorCode
 from pybroker.records import build_batch
@@ -335,3 +335,15 @@ def test_the_scrub_is_rate_limited_and_passes_an_intact_log(tmp_path):
         assert manager.scrubbed_bytes == sealed
         await manager.close_all()
     run(main())
+
+
+def test_the_repair_the_error_names_brings_a_damaged_partition_back(tmp_path):
+    directory = str(tmp_path / "t-1")
+    cut_inside_last_batch_after_clean_stop(directory)
+    with pytest.raises(CorruptLogError, match="clean-shutdown"):
+        PartitionLog(directory, LogConfig())
+    os.unlink(os.path.join(directory, files.RECOVERY_POINT_FILE))  # what the message says
+    os.unlink(os.path.join(directory, files.CLEAN_SHUTDOWN_FILE))
+    log = PartitionLog(directory, LogConfig())
+    assert log.log_end_offset == 1    # recovery cut the torn second batch
+    log.close()
