@@ -4,7 +4,8 @@ fail for real, chosen by one environment variable read once, here.
     PYBROKER_FAILPOINTS="roll.after_seal=kill,fdatasync=eio,checkpoint.after_rename=kill@3"
 
 Actions: `kill` (SIGKILL this process at once: a crash between two steps), `eio` and
-`enospc` (raise OSError with that errno, as a failing disk would); `@n` fires only on
+`enospc` (raise OSError with that errno, as a failing disk would), `stall<ms>` (sleep
+that long in the calling thread: a slow disk or a long recovery); `@n` fires only on
 the n-th hit of the point in this process (1-based). Unset (production), `hit(name)`
 returns after one test of an empty dict.
 
@@ -14,12 +15,15 @@ The points, each named where it is hit:
   retention.after_delete                      PartitionLog.enforce_retention
   checkpoint.before_rename, checkpoint.after_rename   files.write_atomic
   fdatasync                                   files.fdatasync
+  partition.open                              LogManager, on the storage thread
 """
 from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
+import time
 
 ENV = "PYBROKER_FAILPOINTS"
 ACTIONS = ("kill", "eio", "enospc")
@@ -31,9 +35,10 @@ def _parse(spec: str) -> dict[str, list]:
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, action = item.partition("=")
         action, _, nth = action.partition("@")
-        if action not in ACTIONS or (nth and not nth.isdigit()):
+        if (action not in ACTIONS and not re.fullmatch(r"stall\d+", action)) or \
+                (nth and not nth.isdigit()):
             raise ValueError(f"{ENV}: {item!r}: expected NAME=ACTION[@N], ACTION one of "
-                             f"{', '.join(ACTIONS)}")
+                             f"{', '.join(ACTIONS)} or stall<ms>")
         points[name] = [action, int(nth or 0), 0]
     return points
 
@@ -64,3 +69,5 @@ def hit(name: str) -> None:
         raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} (failpoint {name})")
     elif action == "enospc":
         raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (failpoint {name})")
+    elif action.startswith("stall"):
+        time.sleep(int(action[5:]) / 1000)

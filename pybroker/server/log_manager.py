@@ -39,6 +39,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from pybroker import failpoints
 from pybroker.config import BrokerConfig, ConfigError
 from pybroker.coord.registry import ClusterState
 from pybroker.errors import LogSyncFailedError
@@ -119,9 +120,6 @@ class LogManager:
             return None
         return ERROR_BY_STATE[part.state]
 
-    def count(self, state: PartitionState) -> int:
-        return sum(1 for p in self.partitions.values() if p.state == state)
-
     def online_names(self) -> list[str]:
         """"topic-partition" of every online partition: what the node publishes in its
         ZooKeeper registration, so Metadata anywhere shows a leader only once it serves."""
@@ -195,6 +193,7 @@ class LogManager:
 
     def _open_blocking(self, part: Partition, config: LogConfig) -> PartitionLog:
         """On the storage thread: recover the log and replay its producer state."""
+        failpoints.hit("partition.open")
         tp = part.tp
         plog = PartitionLog(part.directory, config, name=part.name,
                             on_flush=lambda _hw, seconds: self._flushed(tp, seconds),

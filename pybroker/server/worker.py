@@ -111,12 +111,12 @@ class Worker:
                                  self.config["zookeeper.session.timeout.ms"],
                                  owner=registration_owner(self.data_dir, self.node_id))
         await self._start_registry()
-        self.loop.add_reader(sock.fileno(), self._accept)
-        try:  # SERVING once the partitions assigned here are known (and counted opening)
+        try:  # accept once the cluster is known: Metadata must never answer from nothing
             await asyncio.wait_for(self._first_view.wait(), FIRST_VIEW_S)
         except asyncio.TimeoutError:
             log.warning("node=%d no view of ZooKeeper after %.0f s; serving without it",
                         self.node_id, FIRST_VIEW_S)
+        self.loop.add_reader(sock.fileno(), self._accept)  # clients waited in the backlog
         self.serving = True
         self.heartbeat.publish_now()
         self._schedule(self.config["log.retention.check.interval.ms"] / 1000,

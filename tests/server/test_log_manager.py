@@ -5,6 +5,7 @@ or from damage written into real segment files."""
 from __future__ import annotations
 
 import asyncio
+import time
 import os
 
 import pytest
@@ -346,4 +347,18 @@ def test_the_repair_the_error_names_brings_a_damaged_partition_back(tmp_path):
     os.unlink(os.path.join(directory, files.CLEAN_SHUTDOWN_FILE))
     log = PartitionLog(directory, LogConfig())
     assert log.log_end_offset == 1    # recovery cut the torn second batch
+    log.close()
+
+
+def test_flush_deadlines_ignore_a_wall_clock_step(tmp_path):
+    """Defect 7: flush deadlines on the wall clock stalled visibility and acks=all for
+    the size of a step back. Here the wall clock steps back an hour after the append."""
+    wall = [1_000_000.0]
+    log = PartitionLog(str(tmp_path / "t-0"), LogConfig(flush_ms=5, flush_messages=10**6),
+                       clock=lambda: wall[0], monotonic=time.monotonic,
+                       on_flush_due=lambda: None)
+    log.append(batch())
+    wall[0] -= 3600
+    due = log.flush_deadline_ms() - time.monotonic() * 1000
+    assert due <= 5     # due within flush_ms on the monotonic clock, not in an hour
     log.close()

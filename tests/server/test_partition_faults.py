@@ -5,6 +5,7 @@ Produce's timeout_ms was never read)."""
 from __future__ import annotations
 
 import os
+import time
 
 from pybroker.log import checkpoint, files
 from pybroker.protocol import ApiKey, ErrorCode
@@ -116,3 +117,28 @@ def test_the_scrub_reports_a_bit_flip_before_a_consumer_reads_it(broker_factory)
     wait_for(lambda: broker.worker_row(0)["offline"] == 1, "the offline count", 10.0)
     log_text = broker.log_tail(1 << 20)
     assert "scrub found damaged durable data" in log_text and path in log_text
+
+
+def test_a_worker_busy_opening_partitions_is_not_killed_and_serves_meanwhile(broker_factory):
+    """Defect 8: opens ran on the event loop that also wrote the heartbeat, so a replay
+    longer than the heartbeat timeout got the worker killed, again and again. Each open
+    here stalls 1.5 s on the storage thread, far past the 1 s heartbeat timeout."""
+    broker = broker_factory(workers=1, settings={"worker.heartbeat.timeout.ms": 1000})
+    broker.create_topic("slow-open", 2)
+    broker.stop()
+    broker.env["PYBROKER_FAILPOINTS"] = "partition.open=stall1500"
+    broker.start()      # ready once no partition is opening: two stalled opens later
+    assert broker.worker_row(0)["restarts"] == 0
+    with broker.client() as c:
+        assert api_versions_ok(c)
+        assert produce(c, "slow-open", 1)["error_code"] == ErrorCode.NONE
+    assert "missed its heartbeat" not in broker.log_tail(1 << 20)
+
+
+def test_heartbeats_are_on_the_monotonic_clock(broker_factory):
+    """Defect 7: wall-clock heartbeats made a clock step forward of over 10 s kill every
+    worker. CLOCK_MONOTONIC counts from boot, far below any wall-clock time in ms."""
+    broker = broker_factory(workers=1)
+    row = broker.worker_row(0)
+    now = time.monotonic() * 1000
+    assert 0 <= now - row["heartbeat_ms"] < 60_000 and 0 <= now - row["loop_ms"] < 60_000
