@@ -3,9 +3,13 @@ private ZooKeeper; forks one worker per partition group and keeps them running.
 
 - The listening sockets are bound here, before any fork, so a port in use is reported
   at once and a restarted worker serves on the very same socket.
-- A worker that exits, or whose heartbeat in the control block is older than
-  worker.heartbeat.timeout.ms, is killed (SIGKILL) and forked again; on start it
-  recovers its logs and re-registers in ZooKeeper.
+- A worker that exits is forked again; one whose heartbeat thread stopped writing its
+  control-block row, or whose event loop made no progress, for
+  worker.heartbeat.timeout.ms (monotonic clock; heartbeat.stale_reason) is killed
+  (SIGKILL) first. A worker busy recovering partitions on its storage thread keeps
+  both fresh. On start a worker recovers its logs and re-registers in ZooKeeper.
+- Workers and the private ZooKeeper die with the supervisor (PR_SET_PDEATHSIG), and
+  all of them hold the data dir's lock, so no orphan outlives it or blocks a restart.
 - SIGTERM/SIGINT: every worker gets SIGTERM (each drains, flushes, marks its logs
   clean and deregisters); after STOP_GRACE_S the rest are killed; then the private
   ZooKeeper stops and the supervisor exits 0.
@@ -18,7 +22,6 @@ import errno
 import fcntl
 import logging
 import os
-import select
 import signal
 import socket
 import time
@@ -28,6 +31,7 @@ from pybroker.coord.registry import ZooKeeperUnreachable, ensure_chroot
 from pybroker.coord.zkserver import ZooKeeperError, die_with_parent
 from pybroker.errors import PyBrokerError
 from pybroker.server import controlblock
+from pybroker.server.heartbeat import stale_reason
 from pybroker.server.worker import Worker, node_id_for
 
 log = logging.getLogger("pybroker.server")
@@ -200,6 +204,8 @@ class Supervisor:
                 os._exit(code)
         self.children[pid] = index
         self.started[index] = time.monotonic()
+        self.control.write_supervisor(index, forked_pid=pid,
+                                      forked_ms=int(self.started[index] * 1000))
         log.info("forked worker %d as pid %d", index, pid)
 
     def _reap(self) -> None:
@@ -223,18 +229,13 @@ class Supervisor:
 
     def _check_heartbeats(self) -> None:
         """Kill (SIGKILL) a worker whose heartbeat or event loop is older than
-        worker.heartbeat.timeout.ms (heartbeat.stale_reason); all clocks monotonic. Also
-        records each fork in the worker's supervisor part (forked pid, fork time)."""
-        from pybroker.server import heartbeat  # at the top once supervisor.py is free
+        worker.heartbeat.timeout.ms (heartbeat.stale_reason); all clocks monotonic."""
         timeout_ms = self.config["worker.heartbeat.timeout.ms"]
         for pid, index in list(self.children.items()):
-            if self.control.read_supervisor(index)["forked_pid"] != pid:
-                self.control.write_supervisor(index, forked_pid=pid,
-                                              forked_ms=int(self.started[index] * 1000))
             row = self.control.read_worker(index)
             now_ms = controlblock.monotonic_ms()  # after the read: ages are never negative
             since_fork_ms = now_ms - self.started[index] * 1000
-            reason = heartbeat.stale_reason(row, pid, now_ms, timeout_ms, since_fork_ms)
+            reason = stale_reason(row, pid, now_ms, timeout_ms, since_fork_ms)
             if reason is not None:
                 log.error("worker %d (pid %d): %s; killing it", index, pid, reason)
                 os.kill(pid, signal.SIGKILL)
