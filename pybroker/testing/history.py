@@ -23,6 +23,11 @@ check() returns a Report: a count and the first EXAMPLES examples of each anomal
                   producer that wrote it: `idempotent_duplicates` (must be 0) and
                   `plain_duplicates` (a non-idempotent producer's retries: allowed,
                   reported)
+    idempotent_reorders
+                  per partition, an idempotent producer's values in log order do not
+                  have increasing sequence numbers (idempotence keeps a producer's
+                  order per partition; a duplicate's second copy is counted as a
+                  duplicate only)
     poll_skips    per partition the consumer delivered offset o, then o+k with k > 1,
                   while the log holds offsets in (o, o+k) that it had not delivered
                   before either (at-least-once with commit-after-processing re-delivers
@@ -68,6 +73,12 @@ def producer_from_value(value: bytes) -> str | None:
     return head.decode(errors="replace") if sep else None
 
 
+def seq_from_value(value: bytes) -> int | None:
+    """The sequence number of a b"<producer>-<seq>" value (None if it has none)."""
+    _, sep, tail = value.rpartition(b"-")
+    return int(tail) if sep and tail.isdigit() else None
+
+
 @dataclass
 class Anomaly:
     """One kind of anomaly: how many, and the first few instances (as dicts)."""
@@ -93,15 +104,16 @@ class Report:
     inconsistent: Anomaly = field(default_factory=Anomaly)
     idempotent_duplicates: Anomaly = field(default_factory=Anomaly)
     plain_duplicates: Anomaly = field(default_factory=Anomaly)
+    idempotent_reorders: Anomaly = field(default_factory=Anomaly)
     poll_skips: Anomaly = field(default_factory=Anomaly)
 
     MUST_BE_ZERO = ("lost", "unseen", "inconsistent", "idempotent_duplicates",
-                    "poll_skips")
+                    "idempotent_reorders", "poll_skips")
+    KINDS = ("lost", "unseen", "inconsistent", "idempotent_duplicates", "plain_duplicates",
+             "idempotent_reorders", "poll_skips")
 
     def counts(self) -> dict:
-        return {name: getattr(self, name).count for name in
-                ("lost", "unseen", "inconsistent", "idempotent_duplicates",
-                 "plain_duplicates", "poll_skips")}
+        return {name: getattr(self, name).count for name in self.KINDS}
 
     def violations(self) -> list[str]:
         """'<kind>: <count>, e.g. [...]' for every must-be-zero kind that is not."""
@@ -117,10 +129,12 @@ class Report:
 
 def check(acks: Iterable[Ack], delivered: Iterable[Delivery], log: Iterable[LogRecord],
           start_offsets: dict[int, int] | None = None,
-          producer_of: Callable[[bytes], str | None] = producer_from_value) -> Report:
+          producer_of: Callable[[bytes], str | None] = producer_from_value,
+          seq_of: Callable[[bytes], int | None] = seq_from_value) -> Report:
     """The Report of one history (see the module doc). `start_offsets`: {partition:
     the offset the group consumer began at} (default 0 everywhere). `producer_of`
-    names the producer of a value that was never acked (for the duplicate split)."""
+    names the producer of a value that was never acked (for the duplicate split);
+    `seq_of` its sequence number (for the order of idempotent producers)."""
     acks, delivered, log = list(acks), list(delivered), list(log)
     report = Report(delivered=len(delivered), log_records=len(log))
     start_offsets = start_offsets or {}
@@ -143,6 +157,7 @@ def check(acks: Iterable[Ack], delivered: Iterable[Delivery], log: Iterable[LogR
         if value not in seen_values:
             report.unseen.add(value=value, partition=ack.partition, offset=ack.offset)
     _check_duplicates(report, where, acked_values, producer_of)
+    _check_order(report, log, acked_values, producer_of, seq_of)
     report.unacked_in_log = sum(1 for v in where if v not in acked_values)
     return report
 
@@ -223,3 +238,26 @@ def _check_duplicates(report: Report, where: dict, acked: dict,
         bucket = (report.plain_duplicates if idempotent.get(producer, True) is False
                   else report.idempotent_duplicates)
         bucket.add(value=value, producer=producer, positions=sorted(positions))
+
+
+def _check_order(report: Report, log: list[LogRecord], acked: dict,
+                 producer_of: Callable[[bytes], str | None],
+                 seq_of: Callable[[bytes], int | None]) -> None:
+    idempotent = {a.producer for a in acked.values() if a.idempotent}
+    last: dict[tuple[int, str], tuple[int, int]] = {}  # (partition, producer) -> (offset, seq)
+    counted: set[bytes] = set()
+    for rec in sorted(log, key=lambda r: (r.partition, r.offset)):
+        if rec.value in counted:
+            continue   # a duplicate's later copy: counted as a duplicate
+        counted.add(rec.value)
+        producer = acked[rec.value].producer if rec.value in acked else producer_of(rec.value)
+        seq = seq_of(rec.value)
+        if producer not in idempotent or seq is None:
+            continue
+        key = (rec.partition, producer)
+        before = last.get(key)
+        if before is not None and seq < before[1]:
+            report.idempotent_reorders.add(producer=producer, partition=rec.partition,
+                                           offset=rec.offset, seq=seq,
+                                           after=dict(offset=before[0], seq=before[1]))
+        last[key] = (rec.offset, max(seq, before[1]) if before else seq)

@@ -46,6 +46,7 @@ from kazoo.client import KazooClient
 
 from pybroker.coord.zkserver import EmbeddedZooKeeper
 from pybroker.protocol import ApiKey
+from pybroker.server import controlblock
 from pybroker.testing import history
 from pybroker.testing.broker_plugin import RawClient
 from pybroker.testing.poll import wait_for
@@ -69,6 +70,7 @@ CLIENT_TIMEOUT_S = 30.0
 FLUSH_TIMEOUT_S = 150.0  # above message.timeout.ms: every message is settled by then
 MESSAGE_TIMEOUT_MS = 120_000
 DRAIN_TIMEOUT_S = 90.0
+FINAL_COMMIT_ATTEMPTS = 5
 METADATA_POLL_S = 0.02   # the metadata watcher's period per worker
 KINDS = ("kill", "hang", "zk-outage", "expiry", "disk-full")
 EXPECTED_RESTARTS = {"kill": 1, "hang": 1, "zk-outage": 0, "expiry": 0, "disk-full": 0}
@@ -219,7 +221,10 @@ class ConsumerThread(threading.Thread):
                     since_commit += 1
                 if since_commit >= COMMIT_EVERY:
                     since_commit = 0 if self._commit(consumer) else since_commit
-            self._commit(consumer)
+            for _ in range(FINAL_COMMIT_ATTEMPTS):   # the drain is over: no fault now
+                if self._commit(consumer):
+                    break
+                time.sleep(1.0)
         finally:
             consumer.close()
 
@@ -234,9 +239,9 @@ class ConsumerThread(threading.Thread):
             return False
 
 
-def read_final_log(bootstrap: str) -> list[history.LogRecord]:
+def read_final_log(bootstrap: str) -> tuple[list[history.LogRecord], dict[int, int]]:
     """Every record of every partition, from offset 0 to its high watermark, read by an
-    assign-mode consumer."""
+    assign-mode consumer; and {partition: high watermark}."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "nemesis-reader",
                          "enable.auto.commit": False, "auto.offset.reset": "error"})
     try:
@@ -253,7 +258,19 @@ def read_final_log(bootstrap: str) -> list[history.LogRecord]:
                 if msg.offset() < ends[msg.partition()][1]:
                     records.append(history.LogRecord(msg.partition(), msg.offset(), msg.value()))
                 last[msg.partition()] = max(last[msg.partition()], msg.offset())
-        return records
+        return records, {p: high for p, (_, high) in ends.items()}
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str) -> dict[int, int]:
+    """The group's committed offsets, read by a client that does not join it."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "nemesis",
+                         "enable.auto.commit": False})
+    try:
+        parts = consumer.committed([TopicPartition(TOPIC, p) for p in range(PARTITIONS)],
+                                   timeout=CLIENT_TIMEOUT_S)
+        return {tp.partition: tp.offset for tp in parts}
     finally:
         consumer.close()
 
@@ -332,6 +349,8 @@ class Fault:
             want = expected if w == self.victim else 0
             if a - b != want:
                 out.append(f"worker {w}: {a - b} restarts, expected {want}")
+        if self.kind == "disk-full" and self.storage_errors == 0:
+            out.append("the full disk caused no 'storage error' line: it did not take")
         want_kills = 1 if self.kind == "hang" else 0
         if len(self.kill_lines) != want_kills:
             out.append(f"{len(self.kill_lines)} 'killing it' lines, expected {want_kills}: "
@@ -454,7 +473,8 @@ class Nemesis:
         wait_for(lambda: all(zk.exists(f"/brokers/ids/{n}") for n in self.broker.node_ids),
                  f"every node registered after {fault.kind}", RECOVER_TIMEOUT_S,
                  detail=lambda: self.broker.log_tail(4096))
-        wait_for(lambda: all(self.broker._row_serving(r) for r in self.broker.worker_rows()),
+        wait_for(lambda: all(r["state"] == controlblock.SERVING and r["opening"] == 0
+                             for r in self.broker.worker_rows()),
                  f"every worker serving after {fault.kind}", RECOVER_TIMEOUT_S,
                  detail=lambda: self.broker.worker_rows())
 
@@ -560,7 +580,8 @@ def run_nemesis(env: Env, phase_s: float, gap_s: tuple[float, float], faults: in
             f.gaps[p.label] = max(longest_gap(ack_times[(p.label, part)], f.started, end)
                                   for part in range(PARTITIONS))
 
-    log = read_final_log(broker.bootstrap_all)
+    log, ends = read_final_log(broker.bootstrap_all)
+    committed = committed_offsets(broker.bootstrap_all)
     report = history.check([a for p in producers for a in p.history()], consumer.delivered, log)
     print("nemesis: faults:\n  " + "\n  ".join(f.describe() for f in nemesis.faults))
     for p in producers:
@@ -573,6 +594,7 @@ def run_nemesis(env: Env, phase_s: float, gap_s: tuple[float, float], faults: in
     print(f"nemesis: metadata watcher: {meta.answers} answers, {meta.unreachable} "
           f"unreachable, {len(meta.anomalies)} anomalies {meta.anomalies[:5]}")
     print(f"nemesis: history: {report.summary()}")
+    print(f"nemesis: high watermarks {ends}, committed {committed}")
     for name in ("plain_duplicates",):
         print(f"nemesis: {name} e.g. {getattr(report, name).examples[:3]}")
     print(f"nemesis: broker log {broker.log_path}", flush=True)
@@ -591,9 +613,20 @@ def run_nemesis(env: Env, phase_s: float, gap_s: tuple[float, float], faults: in
             problems.append(f"producer {p.label}: {p.unflushed} messages unflushed")
         if any(e.startswith("FATAL") for e in p.errors):
             problems.append(f"producer {p.label}: fatal errors {p.errors}")
+    if acked <= consumer.seen and committed != ends:
+        problems.append(f"after the final commit the committed offsets {committed} are "
+                        f"not the high watermarks {ends}")
+    # the broker still exits 0 on SIGTERM after all that (ZooKeeper running), and
+    # after a clean restart the log reads the same
+    assert broker.stop() == 0
+    broker.start()
+    again, ends_again = read_final_log(broker.bootstrap_all)
+    if (sorted(again), ends_again) != (sorted(log), ends):
+        problems.append(f"after a clean restart the log differs: high watermarks "
+                        f"{ends_again} (before {ends}), {len(set(again) ^ set(log))} records "
+                        f"differ, e.g. {sorted(set(again) ^ set(log))[:5]}")
     assert not problems, "\n".join(problems)
     assert report.acked > 0 and len(nemesis.faults) == faults
-    # the broker still exits 0 on SIGTERM after all that (ZooKeeper running)
     assert broker.stop() == 0
 
 

@@ -53,7 +53,7 @@ def test_an_acked_value_never_delivered_is_unseen():
     report = check(acks, delivered, log)
     assert report.counts() == {"lost": 0, "unseen": 1, "inconsistent": 0,
                                "idempotent_duplicates": 0, "plain_duplicates": 0,
-                               "poll_skips": 0}
+                               "idempotent_reorders": 0, "poll_skips": 0}
     assert report.unseen.examples == [{"value": b"i-5", "partition": 1, "offset": 2}]
 
 
@@ -142,3 +142,27 @@ def test_examples_are_bounded_and_counts_complete():
     report = check(acks, [], log)
     assert report.unseen.count == 20
     assert len(report.unseen.examples) == EXAMPLES
+
+
+def test_an_idempotent_producer_out_of_order_in_the_log_is_a_reorder():
+    # i-2 logged before i-1 in partition 0; p-1 before p-0 is allowed (not idempotent)
+    acks = [Ack(b"i-0", 0, 0, "i", True), Ack(b"i-2", 0, 1, "i", True),
+            Ack(b"i-1", 0, 2, "i", True), Ack(b"p-1", 0, 3, "p", False),
+            Ack(b"p-0", 0, 4, "p", False)]
+    log = [LogRecord(a.partition, a.offset, a.value) for a in acks]
+    delivered = [Delivery(a.value, a.partition, a.offset) for a in acks]
+    report = check(acks, delivered, log)
+    assert report.idempotent_reorders.count == 1
+    assert report.idempotent_reorders.examples[0] == {
+        "producer": "i", "partition": 0, "offset": 2, "seq": 1,
+        "after": {"offset": 1, "seq": 2}}
+    assert [v.split(":")[0] for v in report.violations()] == ["idempotent_reorders"]
+
+
+def test_order_is_per_partition_and_a_duplicate_copy_is_not_a_reorder():
+    acks, delivered, log = clean(6, 2)       # i-0 i-2 i-4 in p0; i-1 i-3 i-5 in p1
+    log.append(LogRecord(0, 3, b"i-2"))      # a late second copy of i-2
+    delivered.append(Delivery(b"i-2", 0, 3))
+    report = check(acks, delivered, log)
+    assert report.idempotent_reorders.count == 0
+    assert report.idempotent_duplicates.count == 1
