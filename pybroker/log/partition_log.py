@@ -619,9 +619,13 @@ class PartitionLog:
 
     # --- retention (P11) -------------------------------------------------------------
 
-    def enforce_retention(self, now_ms: int | None = None) -> int:
+    def enforce_retention(self, now_ms: int | None = None,
+                          delete: Callable[[LogSegment], None] | None = None) -> int:
         """Delete the oldest segments past retention_ms or beyond retention_bytes; an
-        expired active segment is rolled first. Returns the number deleted."""
+        expired active segment is rolled first. Returns the number deleted. With
+        `delete`, a segment leaves the log here (reads and the log start offset move on
+        at once) and delete(segment) removes its files (an owner does it on its storage
+        thread); a crash before that leaves the segment, which the next pass deletes."""
         self._check_open()
         now = self._now_ms() if now_ms is None else now_ms
         active = self._segments[-1]
@@ -636,7 +640,7 @@ class PartitionLog:
             if not (over_size or self._expired(seg, now)):
                 break
             total -= seg.size
-            seg.delete()
+            (delete or LogSegment.delete)(seg)
             del self._segments[0]
             del self._bases[0]
             deleted += 1

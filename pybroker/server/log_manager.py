@@ -496,10 +496,17 @@ class LogManager:
     # --- retention (P11) -------------------------------------------------------------
 
     def enforce_retention(self) -> int:
+        """Retention of every online log; the segment files go on the storage thread
+        (unlinking a large file frees its extents, which can take a while)."""
         deleted = 0
         for plog in list(self.logs.values()):
-            deleted += plog.enforce_retention()
+            deleted += plog.enforce_retention(delete=self._delete_segment)
         return deleted
+
+    def _delete_segment(self, seg) -> None:
+        fut = self.loop.run_in_executor(self._storage, seg.delete)
+        fut.add_done_callback(lambda f: f.exception() and log.error(
+            "node=%d %s %s delete failed: %r", self.node_id, seg.owner, seg, f.exception()))
 
 
 class _Pacer:
