@@ -42,7 +42,7 @@ from typing import Callable
 from pybroker import failpoints
 from pybroker.config import BrokerConfig, ConfigError
 from pybroker.coord.registry import ClusterState
-from pybroker.errors import LogSyncFailedError
+from pybroker.errors import CorruptLogError, LogSyncFailedError
 from pybroker.log import LogConfig, PartitionLog
 from pybroker.log.partition_log import write_recovery_point
 from pybroker.protocol import ErrorCode
@@ -490,6 +490,7 @@ class LogManager:
             self._dirty.discard(part.tp)
             self._transition(part, PartitionState.OFFLINE,
                              f"scrub found damaged durable data: {problem}")
+            part.log.fail_durable_waiters(CorruptLogError(problem))
             self._wake(part.tp)
         self._scrub_next(targets)
 
