@@ -15,10 +15,11 @@ identity, so "the same value at two offsets" is a duplicate and never a coincide
 check() returns a Report: a count and the first EXAMPLES examples of each anomaly.
     lost          acked, but the value is nowhere in the final log
     unseen        acked, but never delivered to the group consumer
-    inconsistent  an ack's (partition, offset) holds another value in the log (or the
-                  value sits at another offset; an empty offset of a lost value is
-                  counted as lost only); the consumer saw an offset with a value other than the
-                  log's, or with two values, or an offset the log does not hold
+    inconsistent  an ack's (partition, offset) holds another value in the log, or the
+                  value sits at another offset (an empty offset of a lost value is
+                  counted as lost only); a value acked at two offsets; the consumer saw
+                  an offset with a value other than the log's, or with two values, or
+                  an offset the log does not hold; the log holds an offset twice
     duplicates    a value at more than one offset of the final log, split by the
                   producer that wrote it: `idempotent_duplicates` (must be 0) and
                   `plain_duplicates` (a non-idempotent producer's retries: allowed,

@@ -56,8 +56,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from kazoo.client import KazooClient
 
+from pybroker import core
 from pybroker.coord.zkserver import EmbeddedZooKeeper
 from pybroker.protocol import ApiKey
+from pybroker.records import build_batch
 from pybroker.server import controlblock
 from pybroker.testing import history
 from pybroker.testing.broker_plugin import RawClient
@@ -65,7 +67,7 @@ from pybroker.testing.poll import wait_for
 
 TOPIC = "nemesis"
 PARTITIONS = 4           # two per worker
-RATE = 200               # msgs/s per producer: ~24,000 acked writes in the 60 s run
+RATE = 200               # msgs/s per producer: ~33,000 acked writes in the 80 s run
 COMMIT_EVERY = 100       # consumer commits after this many processed messages
 SESSION_MS = 2000        # ZooKeeper session of each worker (ticks are 500 ms)
 # Above the longest expiry pause (EXPIRY_MAX_S plus a heartbeat interval of slack on a
@@ -83,6 +85,7 @@ FLUSH_TIMEOUT_S = 150.0  # above message.timeout.ms: every message is settled by
 MESSAGE_TIMEOUT_MS = 120_000
 DRAIN_TIMEOUT_S = 90.0
 FINAL_COMMIT_ATTEMPTS = 5
+SCAN_RACE_S = 3.0        # the two-thread scan test's length
 METADATA_POLL_S = 0.02   # the metadata watcher's period per worker
 BURST_S = 2.0            # ... and how long it probes back to back after a restart
 KINDS = ("kill", "hang", "zk-outage", "expiry", "disk-full", "zk-hang", "kill-in-zk-outage")
@@ -108,7 +111,8 @@ def ext4_data_dir(tmp_path):
     made = _run("mkfs.ext4", "-q", "-F", str(image))
     assert made.returncode == 0, f"mkfs.ext4 failed: {made.stderr}"
     mounted = _run("mount", "-o", "loop", str(image), str(data))
-    assert mounted.returncode == 0, f"cannot loop-mount ext4 (tests run as root): {mounted.stderr}"
+    assert mounted.returncode == 0, \
+        f"cannot loop-mount ext4 (tests run as root): {mounted.stderr}"
     try:
         yield data
     finally:
@@ -261,7 +265,8 @@ def read_final_log(bootstrap: str) -> tuple[list[history.LogRecord], dict[int, i
                          "enable.auto.commit": False, "auto.offset.reset": "error"})
     try:
         ends = {p: consumer.get_watermark_offsets(TopicPartition(TOPIC, p),
-                                                  timeout=CLIENT_TIMEOUT_S) for p in range(PARTITIONS)}
+                                                  timeout=CLIENT_TIMEOUT_S)
+                for p in range(PARTITIONS)}
         assert all(low == 0 for low, _ in ends.values()), f"log start moved: {ends}"
         consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
         records, last = [], {p: -1 for p in range(PARTITIONS)}
@@ -660,6 +665,11 @@ def run_nemesis(env: Env, phase_s: float, gap_s: tuple[float, float], faults: in
             problems.append(f"producer {p.label}: {p.unflushed} messages unflushed")
         if any(e.startswith("FATAL") for e in p.errors):
             problems.append(f"producer {p.label}: fatal errors {p.errors}")
+    # no fault here may take a partition offline (a full disk fails appends with
+    # KAFKA_STORAGE_ERROR, the partition stays online): an offline one is a broker bug
+    offline = [l for l in broker.log_text().splitlines() if "-> offline" in l]
+    if offline:
+        problems.append(f"{len(offline)} partition(s) went offline: {offline[:5]}")
     if acked <= consumer.seen and committed != ends:
         problems.append(f"after the final commit the committed offsets {committed} are "
                         f"not the high watermarks {ends}")
@@ -714,3 +724,38 @@ def test_a_restarted_worker_answers_metadata_with_every_topic(broker_factory):
     assert meta.anomalies == [], (f"{len(meta.anomalies)} of {meta.answers} Metadata "
                                   f"answers without {TOPIC}'s {PARTITIONS} partitions, e.g. "
                                   f"{meta.anomalies[:5]}")
+
+
+def test_scans_on_two_threads_see_their_own_results():
+    """What the 300 s soak's "open failed: ValueError: no offset gap in the N bytes
+    scanned" came down to: a worker scans record batches on several threads (produce
+    validation on the event loop, recovery at open on the storage thread, the scrub on
+    its own), and core.scan_batches must give each caller its own scan. Two threads
+    scan two different logs for SCAN_RACE_S: every result must be that log's."""
+    logs = {}
+    for name, batches in (("small", 1), ("big", 2000)):
+        values = [b"%s-%d" % (name.encode(), i) for i in range(batches)]
+        buf = bytearray(b"".join(bytes(build_batch([v])) for v in values))
+        core.scan_batches(buf, stamp_offset=0)   # offsets 0..batches-1, as in a log
+        logs[name] = (bytes(buf), core.scan_batches(bytes(buf), min_offset=0))
+    wrong = {name: [] for name in logs}
+    runs = {name: 0 for name in logs}
+    until = time.monotonic() + SCAN_RACE_S
+
+    def scan(name: str) -> None:
+        buf, want = logs[name]
+        while time.monotonic() < until and len(wrong[name]) < 5:
+            got = core.scan_batches(buf, min_offset=0)
+            runs[name] += 1
+            if got != want:
+                wrong[name].append((got.batches, got.records, got.last_offset))
+
+    threads = [threading.Thread(target=scan, args=(name,), daemon=True) for name in logs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(SCAN_RACE_S + 30)
+    expected = {name: (w.batches, w.records, w.last_offset) for name, (_, w) in logs.items()}
+    assert not any(wrong.values()), (
+        f"scans returned another thread's result (batches, records, last offset) in "
+        f"{runs} runs: {wrong}; expected {expected}")
