@@ -20,7 +20,8 @@ import pytest
 
 from pybroker.protocol import (SUPPORTED, DecodeError, FrameSizeError, UnknownApiKey,
                                UnsupportedVersion, decode_request)
-from pybroker.testing.frames import Mutator, load_frames
+from pybroker.testing.frames import load_frames
+from pybroker.testing.mutate import Mutator
 
 FRAMES_FILE = Path(__file__).parent.parent / "data" / "frames" / "clients.json"
 ALLOWED = (DecodeError, UnsupportedVersion, UnknownApiKey, FrameSizeError)

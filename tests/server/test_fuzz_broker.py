@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from pybroker.protocol import (ApiKey, DecodeError, UnknownApiKey, UnsupportedVersion,
-                               decode_request)
+from pybroker.protocol import ApiKey
 from pybroker.records import build_batch, parse_batches, parse_records
-from pybroker.testing.frames import (Mutator, RecordingProxy, capture_clients, load_frames,
-                                     save_frames, select_frames)
+from pybroker.testing.frames import (SEED_TOPICS, RecordingProxy, capture_clients,
+                                     load_frames, save_frames, select_frames)
+from pybroker.testing.mutate import FUZZ_SETTINGS, Mutator, mutant_batches
 from pybroker.testing.poll import wait_for
 
 FRAMES_FILE = Path(__file__).parent.parent / "data" / "frames" / "clients.json"
@@ -58,12 +58,6 @@ LANES = 4                 # connections at a time, two per worker
 BATCH = 20                # decodable mutants pipelined per round trip (bounded batches)
 SOCKET_TIMEOUT_S = 5.0    # a batch not answered by then holds a long wait (a fetch's
                           # max_wait_ms, a join's rebalance timeout): reconnect, go on
-# What the fuzz broker is set to. Mutated CreateTopics and Metadata frames create
-# topics with mutated names; these keep that growth to what a worker's RSS bound can
-# tell apart from a leak (a few hundred small topics), without refusing the requests.
-FUZZ_SETTINGS = {"max.partitions.per.request": 4, "auto.create.topics.enable": "false",
-                 "log.index.size.max.bytes": 4096}
-SEED_TOPICS = {"cap-confluent": 2, "cap-kafka-python": 2, "cap-kcat": 1}
 
 
 def _seed() -> int:
@@ -93,12 +87,6 @@ def _tracebacks(log: str) -> list[str]:
         block = lines[max(0, i - 1):end]
         found.setdefault("\n".join(block[-3:]), "\n".join(block))
     return list(found.values())
-
-
-def _with_correlation_id(body: bytes, cid: int) -> bytes:
-    """The mutant with its correlation id (bytes 4-8) replaced, so an answer or a log
-    line can be traced to the input."""
-    return body[:4] + cid.to_bytes(4, "big", signed=True) + body[8:]
 
 
 class Lane:
@@ -162,33 +150,6 @@ class Lane:
             self._drop()
 
 
-def _batches(count: int, seed: int):
-    """Batches of mutants (correlation ids 0, 1, 2...): up to BATCH that decode, then
-    on every other batch one that does not (it closes the connection, after the
-    others were answered), until `count` frames."""
-    mutator = Mutator([f.body for f in load_frames(FRAMES_FILE)], seed)
-    sent = 0
-    flip = False
-    while sent < count:
-        batch, closer = [], None
-        while len(batch) < BATCH and sent + len(batch) < count:
-            body = _with_correlation_id(mutator.mutant(), sent + len(batch))
-            if len(body) < 8:
-                continue
-            try:
-                decode_request(body)
-            except (DecodeError, UnsupportedVersion, UnknownApiKey):
-                if closer is None:
-                    closer = body
-                continue
-            batch.append(body)
-        flip = not flip
-        if flip and closer is not None and sent + len(batch) < count:
-            batch.append(_with_correlation_id(closer, sent + len(batch)))
-        sent += len(batch)
-        yield batch
-
-
 RETRIABLE = (3, 5, 6)   # UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER
 
 
@@ -238,7 +199,8 @@ def fuzz_broker(broker, count: int, seed: int) -> dict:
     rss_start = {pid: _vm_rss_kib(pid) for pid in pids}
     lanes = [Lane(broker.ports[i % broker.workers], i) for i in range(LANES)]
     frames = 0
-    for n, batch in enumerate(_batches(count, seed)):
+    mutator = Mutator([f.body for f in load_frames(FRAMES_FILE)], seed)
+    for n, batch in enumerate(mutant_batches(mutator, count, BATCH)):
         lanes[n % LANES].run(batch)
         frames += len(batch)
     for lane in lanes:
