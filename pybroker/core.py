@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import struct
+import threading
 from typing import NamedTuple
 
 import pybroker
@@ -113,12 +114,19 @@ def crc32c_hardware() -> bool:
 
 # --- record batches --------------------------------------------------------------------
 
-# Output structs reused by the hot calls (scan, seek): a worker is one thread, and each
-# call copies the fields out before returning.
-_SCAN_OUT = ffi.new("pb_scan *")
-_SCAN_BUFFER = ffi.buffer(_SCAN_OUT)
-_SEEK_OUT = ffi.new("pb_batch_pos *")
-_SEEK_BUFFER = ffi.buffer(_SEEK_OUT)
+class _Outs(threading.local):
+    """Output structs reused by the hot calls (scan, seek), one set per thread: a
+    worker's event loop, storage, flusher and scrub threads all scan, and cffi releases
+    the GIL during the C call. Each call copies the fields out before returning."""
+
+    def __init__(self):
+        self.scan = ffi.new("pb_scan *")
+        self.scan_buffer = ffi.buffer(self.scan)
+        self.seek = ffi.new("pb_batch_pos *")
+        self.seek_buffer = ffi.buffer(self.seek)
+
+
+_OUTS = _Outs()
 _BATCH_POS_LAYOUT = struct.Struct("=5q")  # pb_batch_pos: five int64 (csrc/segment.h)
 assert _BATCH_POS_LAYOUT.size == ffi.sizeof("pb_batch_pos")
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
@@ -149,8 +157,8 @@ assert _SCAN_LAYOUT.size == ffi.sizeof("pb_scan")
 assert len(Scan._fields) == len(_SCAN_LAYOUT.unpack(bytes(_SCAN_LAYOUT.size)))
 
 
-def _scan_tuple() -> Scan:
-    return _tuple_new(Scan, _SCAN_LAYOUT.unpack(_SCAN_BUFFER))
+def _scan_tuple(buffer) -> Scan:
+    return _tuple_new(Scan, _SCAN_LAYOUT.unpack(buffer))
 
 
 def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | None = None,
@@ -169,7 +177,8 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
     if append_time is not None:
         flags |= lib.PB_SCAN_STAMP_TIME
     writable = flags != 0
-    out = _SCAN_OUT
+    outs = _OUTS
+    out = outs.scan
     next_offset = stamp_offset if stamp_offset is not None else min_offset
     # `with` releases the buffer export at once, so an mmap can be closed right after
     with ffi.from_buffer("uint8_t[]", buf, require_writable=writable) as cbuf:
@@ -177,8 +186,8 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
                                    append_time if append_time is not None else -1,
                                    max_batch, out, ffi.NULL, 0)
     if code:
-        _check(code, "record batch", out.valid_bytes, _scan_tuple())
-    return _scan_tuple()
+        _check(code, "record batch", out.valid_bytes, _scan_tuple(outs.scan_buffer))
+    return _scan_tuple(outs.scan_buffer)
 
 
 class BatchInfo(NamedTuple):
@@ -226,10 +235,10 @@ def scan_batch_infos(buf, infos: BatchInfos) -> tuple[Scan, memoryview,
         if len(cbuf) > infos.max_bytes:
             raise ValueError(f"{len(cbuf)} bytes exceed the {infos.max_bytes} the infos "
                              "array is sized for")
-        out = ffi.new("pb_scan *")  # not _SCAN_OUT: replay runs on a storage thread
-        code = lib.pb_batches_scan(cbuf, len(cbuf), 0, -1, -1, 0, out, infos._array,
+        outs = _OUTS
+        code = lib.pb_batches_scan(cbuf, len(cbuf), 0, -1, -1, 0, outs.scan, infos._array,
                                    infos.capacity)
-    scan = _tuple_new(Scan, _SCAN_LAYOUT.unpack(ffi.buffer(out)))
+    scan = _scan_tuple(outs.scan_buffer)
     packed = infos._view[:scan.batches * BATCH_INFO_LAYOUT.size]
     if not code:
         return scan, packed, None
@@ -313,15 +322,16 @@ def segment_seek(fd: int, offset_index: Pinned, time_index: Pinned, cursor,
     """The first batch before end_pos holding offset `target` (or, by_time, the first with
     maxTimestamp >= target) among the entries cursor (an IndexCursor made for these
     buffers) says are in use; None when there is none."""
+    outs = _OUTS
     code = lib.pb_segment_seek(fd, offset_index.ptr, time_index.ptr, cursor, base_offset,
-                               by_time, target, end_pos, _SEEK_OUT)
+                               by_time, target, end_pos, outs.seek)
     if code:
         if code == lib.PB_E_NOT_FOUND:
             return None
         _check(code, f"seek to {'time' if by_time else 'offset'} {target} in segment "
                      f"{base_offset}")
     # one unpack of the struct and tuple.__new__ (no NamedTuple __new__): a third of a lookup
-    return _tuple_new(BatchPos, _BATCH_POS_LAYOUT.unpack(_SEEK_BUFFER))
+    return _tuple_new(BatchPos, _BATCH_POS_LAYOUT.unpack(outs.seek_buffer))
 
 
 def index_floor(index: Pinned, entries: int, kind: int, target: int, strict: bool = False) -> int:
