@@ -647,8 +647,11 @@ def run_nemesis(env: Env, phase_s: float, gap_s: tuple[float, float], faults: in
           f"unreachable, {len(meta.anomalies)} anomalies {meta.anomalies[:5]}")
     print(f"nemesis: history: {report.summary()}")
     print(f"nemesis: high watermarks {ends}, committed {committed}")
-    for name in ("plain_duplicates",):
-        print(f"nemesis: {name} e.g. {getattr(report, name).examples[:3]}")
+    acked_at = {v: (pp, o) for p in producers for v, pp, o, _ in p.acks}
+    for name in ("plain_duplicates", "idempotent_duplicates"):
+        examples = getattr(report, name).examples
+        print(f"nemesis: {name} e.g. {examples[:3]}, acked at "
+              f"{[acked_at.get(e['value']) for e in examples[:3]]}")
     print(f"nemesis: broker log {broker.log_path}", flush=True)
 
     problems = [f"fault {f.kind} at t={f.at_s:.1f}s: {u}"
