@@ -76,6 +76,9 @@ SETTINGS: tuple[Setting, ...] = (
             "request may ask for in all (Kafka counts the sum over its topics; refused with "
             "POLICY_VIOLATION before anything is built).",
             lambda v: v >= 1, ">= 1"),
+    Setting("group.max.size", int, 10_000, "Most members (and member ids handed out, "
+            "KIP-394) one consumer group may hold; more joins answer GROUP_MAX_SIZE_REACHED "
+            "(Kafka's name; its default is unbounded).", lambda v: v >= 1, ">= 1"),
     Setting("log.segment.bytes", int, _LOG_DEFAULTS.segment_bytes, "Segment size (P4).",
             lambda v: 128 <= v <= (1 << 31) - 1, "128..2147483647", "segment_bytes",
             "segment.bytes"),

@@ -132,9 +132,10 @@ class GroupCoordinator:
     """Groups coordinated by one worker. Methods answer a response dict (or an error
     code) at once, or an asyncio.Future that the rebalance completes."""
 
-    def __init__(self, worker):
+    def __init__(self, worker, max_group_size: int | None = None):
         self.worker = worker
         self.loop = worker.loop
+        self.max_group_size = max_group_size  # members + handed-out ids; None: unbounded
         self.groups: dict[str, Group] = {}
         # ZooKeeper I/O of the offset registry, off the loop, one call at a time in
         # arrival order (kazoo pipelines the requests inside each call)
@@ -233,6 +234,10 @@ class GroupCoordinator:
                       rebalance_timeout_s=rebalance_timeout_ms / 1000,
                       protocol_type=protocol_type, protocols=protocols)
         if not member_id:
+            if (self.max_group_size is not None and
+                    len(group.members) + len(group.pending) >= self.max_group_size):
+                self._forget_if_unused(group)
+                return _join_answer(ErrorCode.GROUP_MAX_SIZE_REACHED, member_id)
             new_id = f"{instance_id or client_id or 'member'}-{uuid.uuid4()}"
             if instance_id is not None and instance_id in group.static:
                 return self._static_rejoin(group, instance_id, new_id, params)

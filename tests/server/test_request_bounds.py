@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from pybroker.protocol import ApiKey
+from pybroker.protocol import ApiKey, ErrorCode
 from pybroker.testing.poll import wait_for
 
 NONE = 0
@@ -461,3 +461,15 @@ def test_init_producer_id_while_zookeeper_hangs(broker_factory, zk_proxy):
     assert header["correlation_id"] == cid
     assert body["error_code"] != NONE and body["producer_id"] == -1, body
     _same_workers(broker, rows)
+
+
+def test_group_max_size_bounds_members_and_handed_out_ids(broker_factory):
+    """Member ids handed out by JoinGroup v4+ (KIP-394) and members count against
+    group.max.size, so joins that never come back cannot pile up in a group."""
+    broker = broker_factory(workers=1, settings={"group.max.size": 3})
+    body = {"group_id": "bounded", "session_timeout_ms": 30_000,
+            "rebalance_timeout_ms": 30_000, "member_id": "", "group_instance_id": None,
+            "protocol_type": "consumer", "protocols": [{"name": "range", "metadata": b""}]}
+    with broker.client() as c:
+        codes = [c.request(ApiKey.JOIN_GROUP, 5, body)["error_code"] for _ in range(4)]
+    assert codes == [ErrorCode.MEMBER_ID_REQUIRED] * 3 + [ErrorCode.GROUP_MAX_SIZE_REACHED]

@@ -31,7 +31,7 @@ def coordinator_for(worker) -> GroupCoordinator:
     """The worker's group coordinator, created on first use (on the worker's loop)."""
     coordinator = getattr(worker, "group_coordinator", None)
     if coordinator is None:
-        coordinator = GroupCoordinator(worker)
+        coordinator = GroupCoordinator(worker, worker.config["group.max.size"])
         worker.group_coordinator = coordinator
     return coordinator
 
