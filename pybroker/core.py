@@ -119,11 +119,10 @@ class _Outs(threading.local):
     worker's event loop, storage, flusher and scrub threads all scan, and cffi releases
     the GIL during the C call. Each call copies the fields out before returning."""
 
-    def __init__(self):
-        self.scan = ffi.new("pb_scan *")
-        self.scan_buffer = ffi.buffer(self.scan)
-        self.seek = ffi.new("pb_batch_pos *")
-        self.seek_buffer = ffi.buffer(self.seek)
+    def __init__(self):  # (struct, its buffer): one thread-local lookup a call
+        scan, seek = ffi.new("pb_scan *"), ffi.new("pb_batch_pos *")
+        self.scan = (scan, ffi.buffer(scan))
+        self.seek = (seek, ffi.buffer(seek))
 
 
 _OUTS = _Outs()
@@ -177,8 +176,7 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
     if append_time is not None:
         flags |= lib.PB_SCAN_STAMP_TIME
     writable = flags != 0
-    outs = _OUTS
-    out = outs.scan
+    out, out_buffer = _OUTS.scan
     next_offset = stamp_offset if stamp_offset is not None else min_offset
     # `with` releases the buffer export at once, so an mmap can be closed right after
     with ffi.from_buffer("uint8_t[]", buf, require_writable=writable) as cbuf:
@@ -186,8 +184,8 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
                                    append_time if append_time is not None else -1,
                                    max_batch, out, ffi.NULL, 0)
     if code:
-        _check(code, "record batch", out.valid_bytes, _scan_tuple(outs.scan_buffer))
-    return _scan_tuple(outs.scan_buffer)
+        _check(code, "record batch", out.valid_bytes, _scan_tuple(out_buffer))
+    return _scan_tuple(out_buffer)
 
 
 class BatchInfo(NamedTuple):
@@ -235,10 +233,10 @@ def scan_batch_infos(buf, infos: BatchInfos) -> tuple[Scan, memoryview,
         if len(cbuf) > infos.max_bytes:
             raise ValueError(f"{len(cbuf)} bytes exceed the {infos.max_bytes} the infos "
                              "array is sized for")
-        outs = _OUTS
-        code = lib.pb_batches_scan(cbuf, len(cbuf), 0, -1, -1, 0, outs.scan, infos._array,
+        out, out_buffer = _OUTS.scan
+        code = lib.pb_batches_scan(cbuf, len(cbuf), 0, -1, -1, 0, out, infos._array,
                                    infos.capacity)
-    scan = _scan_tuple(outs.scan_buffer)
+    scan = _scan_tuple(out_buffer)
     packed = infos._view[:scan.batches * BATCH_INFO_LAYOUT.size]
     if not code:
         return scan, packed, None
@@ -322,16 +320,16 @@ def segment_seek(fd: int, offset_index: Pinned, time_index: Pinned, cursor,
     """The first batch before end_pos holding offset `target` (or, by_time, the first with
     maxTimestamp >= target) among the entries cursor (an IndexCursor made for these
     buffers) says are in use; None when there is none."""
-    outs = _OUTS
+    out, out_buffer = _OUTS.seek
     code = lib.pb_segment_seek(fd, offset_index.ptr, time_index.ptr, cursor, base_offset,
-                               by_time, target, end_pos, outs.seek)
+                               by_time, target, end_pos, out)
     if code:
         if code == lib.PB_E_NOT_FOUND:
             return None
         _check(code, f"seek to {'time' if by_time else 'offset'} {target} in segment "
                      f"{base_offset}")
     # one unpack of the struct and tuple.__new__ (no NamedTuple __new__): a third of a lookup
-    return _tuple_new(BatchPos, _BATCH_POS_LAYOUT.unpack(outs.seek_buffer))
+    return _tuple_new(BatchPos, _BATCH_POS_LAYOUT.unpack(out_buffer))
 
 
 def index_floor(index: Pinned, entries: int, kind: int, target: int, strict: bool = False) -> int:
