@@ -66,7 +66,8 @@ RECONNECT_JITTER = 0.2
 RECHECK_S = 2.0       # registration re-checked this often even without any event
 RETRY_S = 0.1         # after a failed ZooKeeper call on the registry thread
 JOIN_S = 5.0          # stop(): how long to wait for the registry thread
-PROBE_SESSION_S = 10.0  # session of ensure_chroot's short-lived client
+PROBE_SESSION_S = 2.0   # session of ensure_chroot's short-lived client: kazoo waits a session
+                        # timeout per connection attempt, so a half-started server costs 2 s
 RECONCILE_ROUNDS = 5  # exists/create/delete rounds per pass before waiting for an event
 # Failures of a call cut short by the connection itself: expected in any outage.
 _CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
