@@ -80,6 +80,10 @@ START_S = 60.0            # worker start (first ZooKeeper view) and topic creati
 # client deletes every topic it did not create itself, with a well-formed Metadata +
 # DeleteTopics, which exercises deletion under load too.
 JANITOR_BATCHES = 200
+# The janitor waits this long for each answer: a loaded worker accepts late (its backlog
+# holds lanes' connections) and DeleteTopics waits on its one ZooKeeper thread (10 s
+# seen exceeded at 560,000 inputs); the janitor is housekeeping, not under test.
+JANITOR_TIMEOUT_S = 60.0
 PROGRESS_INPUTS = 50_000  # a progress line (with -s) every this many inputs
 # Correlation ids remembered to trace a deferred answer's failure to its input: an
 # answer comes at most STALL_S after its batch began (then the connection is gone),
@@ -531,7 +535,7 @@ def _produce(port: int, topic: str, partition: int, values: list[bytes]) -> int:
 def _delete_mutant_topics(port: int, keep: set) -> int:
     """DeleteTopics of every topic the worker lists besides `keep`; how many it asked for.
     Error codes are not checked: a mutant may be deleting the same topic meanwhile."""
-    with RawClient(port) as c:
+    with RawClient(port, timeout=JANITOR_TIMEOUT_S) as c:
         names = {t["name"] for t in c.request(ApiKey.METADATA, 1, {"topics": None})["topics"]}
         doomed = sorted(names - keep)
         if doomed:
