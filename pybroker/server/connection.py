@@ -414,6 +414,7 @@ class Connection:
                 self.peer, reason.value, f" ({detail})" if detail else "")
         self._slots.clear()
         self._out.clear()
+        self._inbuf = bytearray()  # answers still awaited (a join) may keep this object
         try:
             self.sock.close()
         finally:
