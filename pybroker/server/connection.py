@@ -102,6 +102,7 @@ class Connection:
         self._pump_soon = False         # a _pump is scheduled for deferred answers
         self._draining = False          # shutting down: read no more requests
         self._ending = None             # (reason, detail): close once the answers are out
+        self._awaited: set = set()      # handler Futures whose answers this connection owes
         self._end_timer = None
         self.closed = False
         self.requests = 0
@@ -251,6 +252,7 @@ class Connection:
         if isinstance(result, asyncio.Future):
             slot = _Slot()
             self._slots.append(slot)
+            self._awaited.add(result)
             result.add_done_callback(
                 lambda fut: self._complete(slot, fut, correlation_id, api_key, version, started))
             return
@@ -260,6 +262,7 @@ class Connection:
 
     def _complete(self, slot: _Slot, fut: asyncio.Future, correlation_id: int, api_key: int,
                   version: int, started: float) -> None:
+        self._awaited.discard(fut)
         if self.closed or fut.cancelled():
             return
         exc = fut.exception()
@@ -414,7 +417,10 @@ class Connection:
                 self.peer, reason.value, f" ({detail})" if detail else "")
         self._slots.clear()
         self._out.clear()
-        self._inbuf = bytearray()  # answers still awaited (a join) may keep this object
+        self._inbuf = bytearray()
+        awaited, self._awaited = self._awaited, set()
+        for fut in awaited:  # nobody reads their answers: handlers stop waiting to give them
+            fut.cancel()
         try:
             self.sock.close()
         finally:

@@ -97,6 +97,8 @@ def chain(fut: asyncio.Future, fn) -> asyncio.Future:
     out = fut.get_loop().create_future()
 
     def step(f):
+        if out.done():
+            return  # cancelled: its connection closed
         try:
             value = fn(f.result())
         except Exception as exc:  # noqa: BLE001 - the connection logs it as a handler error
@@ -108,6 +110,8 @@ def chain(fut: asyncio.Future, fn) -> asyncio.Future:
             out.set_result(value)
 
     def follow(g):
+        if out.done():
+            return
         if g.exception() is not None:
             out.set_exception(g.exception())
         else:

@@ -42,6 +42,9 @@ def _then(result, fn):
         return fn(result)
     out = result.get_loop().create_future()
     result.add_done_callback(lambda f: out.done() or out.set_result(fn(f.result())))
+    # the answer's connection closed: the coordinator stops waiting to answer it (a
+    # member whose join nobody awaits expires on its session timeout)
+    out.add_done_callback(lambda o: o.cancelled() and not result.done() and result.cancel())
     return out
 
 

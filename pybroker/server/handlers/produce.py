@@ -67,6 +67,8 @@ def handle_init_producer_id(ctx, request):
     answer = worker.loop.create_future()
 
     def done(fut):
+        if answer.done():
+            return  # cancelled: its connection closed
         if fut.exception() is not None:  # ZooKeeper unreachable: the client retries
             log.warning("node=%d producer id block: %r", worker.node_id, fut.exception())
             answer.set_result(_producer_id_answer(ErrorCode.COORDINATOR_NOT_AVAILABLE))
