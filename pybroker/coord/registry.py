@@ -1,7 +1,8 @@
 """A worker's presence in, and view of, the ZooKeeper registries (paper P16, P17).
 
 Paths, under the connect string's optional chroot (Kafka 0.8 layout):
-  /brokers/ids/<node>           ephemeral: {"host", "port", "endpoints", "partitions",
+  /brokers/ids/<node>           ephemeral: {"host", "port", "endpoints", "partitions"
+                                (online here), "offline" (stored here, offline),
                                 "pybroker_owner"}
   /brokers/topics/<topic>       persistent: {"version": 2, "partitions": {"<p>": [node]}}
   /config/topics/<topic>        persistent: {"version": 1, "config": {key: value}}
@@ -131,6 +132,7 @@ class ClusterState:
     topics: dict = field(default_factory=dict)         # topic -> {partition: node}
     topic_configs: dict = field(default_factory=dict)  # topic -> {key: value}
     serving: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" online
+    offline: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" offline
 
     def leader(self, topic: str, partition: int) -> int | None:
         return self.topics.get(topic, {}).get(partition)
@@ -140,6 +142,12 @@ class ClusterState:
         publishes its online partitions in /brokers/ids/<node>, P17)."""
         leader = self.leader(topic, partition)
         return f"{topic}-{partition}" in self.serving.get(leader, ())
+
+    def offline_at_leader(self, topic: str, partition: int) -> bool:
+        """The partition's leader says it has the log offline (failed open, failed
+        sync, damage found)."""
+        leader = self.leader(topic, partition)
+        return f"{topic}-{partition}" in self.offline.get(leader, ())
 
     def topic_served(self, topic: str) -> bool:
         """The topic exists and every partition's leader serves it."""
@@ -204,7 +212,7 @@ class Registry:
         self._views_dirty = True      # a watch fired: read the registries again
         self._data_stale = False      # our znode's data lags set_partitions
         self._stopping = False
-        self._partitions: list[str] = []
+        self._published: tuple[list, list] = ([], [])  # (online, offline): one store
         # Owned by the registry thread (and by start() before that thread runs).
         self.registration = Registration.UNREGISTERED  # read freely by others
         self._holder = 0                    # session holding our znode, 0: none known
@@ -278,7 +286,8 @@ class Registry:
         return _dumps({"version": 4, "host": self.host, "port": self.port,
                        "endpoints": [f"PLAINTEXT://{self.host}:{self.port}"],
                        "jmx_port": -1, "timestamp": str(int(time.time() * 1000)),
-                       "partitions": self._partitions, "pybroker_owner": self._owner})
+                       "partitions": self._published[0], "offline": self._published[1],
+                       "pybroker_owner": self._owner})
 
     def _reconcile(self) -> None:
         """One pass towards the class invariant. Registry thread only."""
@@ -297,7 +306,7 @@ class Registry:
                 continue
             if stat.ephemeralOwner == session:
                 if self._data_stale:
-                    self._data_stale = False  # before reading _partitions: no lost update
+                    self._data_stale = False  # before reading _published: no lost update
                     try:
                         self._zk.set(self.path, self._node_data())
                     except BaseException:
@@ -391,11 +400,12 @@ class Registry:
         except NodeExistsError:
             pass
 
-    def set_partitions(self, partitions: list[str]) -> None:
-        """Publish the partitions this node stores in its broker registry entry (P17).
+    def set_partitions(self, partitions: list[str], offline: list[str] = ()) -> None:
+        """Publish the partitions this node serves (and those it stores but has
+        offline) in its broker registry entry (P17), so every node's Metadata agrees.
         Never blocks: the registry thread writes them (at once when connected, else
         after reconnection)."""
-        self._partitions = sorted(partitions)
+        self._published = (sorted(partitions), sorted(offline))
         self._data_stale = True
         self._wake.set()
 
@@ -456,12 +466,13 @@ class Registry:
 
     def _read_state(self) -> ClusterState:
         zk = self._zk
-        nodes, serving = {}, {}
+        nodes, serving, offline = {}, {}, {}
         for child in zk.get_children(IDS, watch=self._watch):
             try:
                 info = self._read_json(f"{IDS}/{child}", watch=True)
                 nodes[int(child)] = (info["host"], int(info["port"]))
                 serving[int(child)] = frozenset(info.get("partitions", ()))
+                offline[int(child)] = frozenset(info.get("offline", ()))
             except NoNodeError:
                 continue
         topics, configs = {}, {}
@@ -482,7 +493,7 @@ class Registry:
             self._elect()
             controller = int(self._read_json(CONTROLLER, watch=True)["brokerid"])
         cluster_id = self._read_json(CLUSTER_ID)["id"]
-        return ClusterState(cluster_id, controller, nodes, topics, configs, serving)
+        return ClusterState(cluster_id, controller, nodes, topics, configs, serving, offline)
 
     # --- changes: blocking, call on the worker's ZooKeeper thread (Worker.run_zk) ---
 

@@ -125,6 +125,12 @@ class LogManager:
         ZooKeeper registration, so Metadata anywhere shows a leader only once it serves."""
         return [f"{t}-{p}" for t, p in self.logs]
 
+    def offline_names(self) -> list[str]:
+        """"topic-partition" of every offline partition: published beside the online
+        ones, so every node's Metadata shows it without a leader."""
+        return [p.name for p in self.partitions.values()
+                if p.state == PartitionState.OFFLINE]
+
     # --- ownership -------------------------------------------------------------------
 
     def sync(self, state: ClusterState) -> bool:

@@ -276,7 +276,8 @@ class Worker:
         and in the control block, so `pybroker stats` shows it at once."""
         if self.stopping:
             return
-        self.registry.set_partitions(self.partitions.online_names())  # never blocks
+        self.registry.set_partitions(self.partitions.online_names(),  # never blocks
+                                     self.partitions.offline_names())
         self.heartbeat.publish_now()  # `pybroker stats` shows it before it is first used
 
     # --- observability ---------------------------------------------------------------

@@ -142,3 +142,35 @@ def test_heartbeats_are_on_the_monotonic_clock(broker_factory):
     row = broker.worker_row(0)
     now = time.monotonic() * 1000
     assert 0 <= now - row["heartbeat_ms"] < 60_000 and 0 <= now - row["loop_ms"] < 60_000
+
+
+def test_every_node_shows_an_offline_partition_without_a_leader(broker_factory):
+    """The node that has a partition offline publishes it in /brokers/ids/<node>, so
+    the other nodes' Metadata agrees (leader -1, LEADER_NOT_AVAILABLE, the leader among
+    the offline replicas), as Kafka shows an offline partition."""
+    broker = broker_factory(workers=2)
+    broker.create_topic("split", 2)
+    leaders = broker.leaders("split")
+    for p in (0, 1):
+        broker.produce_one("split", p, b"v")
+    broker.stop()
+    directory = os.path.join(broker.data_dir, "split-0")
+    path = files.segment_paths(directory, 0)[0]
+    os.truncate(path, os.path.getsize(path) - 5)
+    broker.start()
+    owner = leaders[0]
+    other = broker.node_ids.index(next(n for n in broker.node_ids if n != owner))
+
+    def shown(worker: int) -> dict:
+        with broker.client(worker) as c:
+            [t] = c.request(ApiKey.METADATA, 8, {"topics": [{"name": "split"}],
+                                                "allow_auto_topic_creation": False})["topics"]
+        return {p["partition_index"]: p for p in t["partitions"]}
+
+    for worker in (broker.node_ids.index(owner), other):
+        wait_for(lambda w=worker: shown(w)[0]["leader_id"] == -1,
+                 f"worker {worker} to show split-0 without a leader", 30.0)
+        part = shown(worker)[0]
+        assert part["error_code"] == ErrorCode.LEADER_NOT_AVAILABLE
+        assert part["offline_replicas"] == [owner]
+        assert shown(worker)[1]["leader_id"] == leaders[1]   # the other partition serves

@@ -30,10 +30,13 @@ def _topic(worker, state, name: str) -> dict:
     for index, leader in sorted(state.topics[name].items()):
         # A registered leader is given even while it opens the log (it answers the
         # retriable LEADER_NOT_AVAILABLE meanwhile), as clients expect a leader to stay
-        # put; a partition this node knows is offline is shown without one.
-        alive = leader in state.nodes and not (
-            leader == worker.node_id and worker.partitions.error_for((name, index)) ==
-            ErrorCode.KAFKA_STORAGE_ERROR)
+        # put; an offline partition is shown without one, as Kafka does: this node
+        # knows its own, the others publish theirs in ZooKeeper.
+        if leader == worker.node_id:
+            offline = worker.partitions.error_for((name, index)) == ErrorCode.KAFKA_STORAGE_ERROR
+        else:
+            offline = state.offline_at_leader(name, index)
+        alive = leader in state.nodes and not offline
         partitions.append({
             "error_code": ErrorCode.NONE if alive else ErrorCode.LEADER_NOT_AVAILABLE,
             "partition_index": index, "leader_id": leader if alive else -1,
