@@ -77,6 +77,7 @@ class Worker:
         self.control: controlblock.ControlBlock | None = None
         self.heartbeat: Heartbeat | None = None
         self.serving = False   # STARTING until the listener is armed
+        self._publish_pending = False  # a partition-set publication is scheduled
         self._stopped: asyncio.Event | None = None
         # Every ZooKeeper call a request needs runs here, one at a time in arrival order,
         # never on the event loop: a slow or lost ZooKeeper must not stall the node.
@@ -273,7 +274,14 @@ class Worker:
 
     def _partitions_changed(self) -> None:
         """A partition was added, removed or changed state: publish it in ZooKeeper (P17)
-        and in the control block, so `pybroker stats` shows it at once."""
+        and in the control block, so `pybroker stats` shows it at once. Once per loop
+        pass: opening 2,000 partitions is 2,000 changes, not 2,000 sorted lists."""
+        if not self.stopping and not self._publish_pending:
+            self._publish_pending = True
+            self.loop.call_soon(self._publish_partitions)
+
+    def _publish_partitions(self) -> None:
+        self._publish_pending = False
         if self.stopping:
             return
         self.registry.set_partitions(self.partitions.online_names(),  # never blocks
