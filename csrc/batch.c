@@ -53,6 +53,7 @@ static void scan_reset(pb_scan *out)
     out->producer_id = -1;
     out->producer_epoch = -1;
     out->base_sequence = -1;
+    out->last_leader_epoch = -1;
 }
 
 /* Called only for a batch check_batch accepted, so all 61 header bytes are in bounds. */
@@ -68,8 +69,8 @@ static void batch_info(const uint8_t *p, int64_t base, pb_batch_info *info)
 }
 
 int pb_batches_scan(uint8_t *buf, size_t len, int flags, int64_t next_offset,
-                    int64_t append_time, int64_t max_batch, pb_scan *out,
-                    pb_batch_info *infos, size_t capacity)
+                    int64_t append_time, int32_t leader_epoch, int64_t max_batch,
+                    pb_scan *out, pb_batch_info *infos, size_t capacity)
 {
     scan_reset(out);
     if ((flags & PB_SCAN_STAMP_OFFSETS) && next_offset < 0)
@@ -96,6 +97,12 @@ int pb_batches_scan(uint8_t *buf, size_t len, int flags, int64_t next_offset,
         }
         if (flags & PB_SCAN_STAMP_TIME)
             stamp_append_time(p, size, append_time);
+        if (flags & PB_SCAN_STAMP_EPOCH)  /* outside the CRC: no re-CRC */
+            pb_put_i32(p + PB_OFF_LEADER_EPOCH, leader_epoch);
+        int32_t epoch = pb_get_i32(p + PB_OFF_LEADER_EPOCH);
+        if (out->batches > 0 && epoch != out->last_leader_epoch)
+            out->epoch_changes++;
+        out->last_leader_epoch = epoch;
         int64_t last = base + last_delta;
         int64_t max_ts = pb_get_i64(p + PB_OFF_MAX_TIMESTAMP);
         if (out->batches == 0) {

@@ -6,8 +6,9 @@
  *  23 lastOffsetDelta i32 | 27 baseTimestamp i64 | 35 maxTimestamp i64
  *  43 producerId i64 | 51 producerEpoch i16 | 53 baseSequence i32 | 57 recordCount i32
  *  61 records...
- * baseOffset and leaderEpoch lie outside the CRC, so stamping offsets needs no re-CRC;
- * stamping LogAppendTime rewrites attributes and maxTimestamp, so it recomputes it.
+ * baseOffset and leaderEpoch lie outside the CRC, so stamping offsets or the leader epoch
+ * needs no re-CRC; stamping LogAppendTime rewrites attributes and maxTimestamp, so it
+ * recomputes it.
  */
 #define PB_BATCH_HEADER_SIZE 61
 /* field offsets of the layout above; pybroker/records.py checks its own against these */
@@ -29,10 +30,12 @@
 
 #define PB_SCAN_STAMP_OFFSETS 1      /* write base offsets from next_offset on */
 #define PB_SCAN_STAMP_TIME 2         /* set LogAppendTime = append_time on every batch */
+#define PB_SCAN_STAMP_EPOCH 4        /* write leader_epoch into every partitionLeaderEpoch */
 
 /* What a scan found. On error, valid_bytes is the position of the bad batch. The
  * producer fields are the first valid batch's (idempotence checks one batch a request),
- * -1 when there is none. */
+ * -1 when there is none. The epoch fields let a follower learn leader epochs without a
+ * walk of its own: when epoch_changes is 0, every valid batch carries last_leader_epoch. */
 typedef struct pb_scan {
     int64_t batches;                 /* whole valid batches */
     int64_t records;                 /* sum of lastOffsetDelta + 1 */
@@ -46,6 +49,8 @@ typedef struct pb_scan {
     int64_t producer_id;             /* producerId of the first batch */
     int32_t producer_epoch;          /* producerEpoch of the first batch (an i16) */
     int32_t base_sequence;           /* baseSequence of the first batch */
+    int32_t last_leader_epoch;       /* partitionLeaderEpoch of the last batch, -1 if none */
+    int32_t epoch_changes;           /* batches whose epoch differs from the one before */
 } pb_scan;
 
 /* One valid batch's header fields, as producer-state replay needs them. */
@@ -63,6 +68,8 @@ typedef struct pb_batch_info {
  * and a size limit of max_batch (<= 0: none). With PB_SCAN_STAMP_OFFSETS the batches
  * get base offsets next_offset, next_offset + count0, ...; without it, next_offset >= 0
  * demands stored base offsets at or above it and increasing (recovery); -1 skips that.
+ * With PB_SCAN_STAMP_EPOCH every valid batch gets partitionLeaderEpoch = leader_epoch
+ * (a leader stamps its epoch); without it leader_epoch is ignored.
  * Returns PB_OK when all of buf is whole valid batches, else the first problem's code
  * with out->valid_bytes at that batch. len == 0 is valid and yields 0 batches.
  * With infos (else NULL), batch i's header fields go to infos[i] for each valid batch
@@ -72,5 +79,5 @@ typedef struct pb_batch_info {
  * Never reads or writes outside buf[0..len) and infos[0..capacity).
  */
 int pb_batches_scan(uint8_t *buf, size_t len, int flags, int64_t next_offset,
-                    int64_t append_time, int64_t max_batch, pb_scan *out,
-                    pb_batch_info *infos, size_t capacity);
+                    int64_t append_time, int32_t leader_epoch, int64_t max_batch,
+                    pb_scan *out, pb_batch_info *infos, size_t capacity);

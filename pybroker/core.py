@@ -133,8 +133,10 @@ _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new
 
 class Scan(NamedTuple):
     """What pb_batches_scan found (see csrc/batch.h). The producer fields are the first
-    batch's, -1 when there is none (they default so that the nine-field form still
-    builds a Scan)."""
+    batch's, -1 when there is none; last_leader_epoch is the last batch's
+    partitionLeaderEpoch (-1 when there is none), and epoch_changes counts the batches
+    whose epoch differs from the batch before (0: every batch carries
+    last_leader_epoch). They default so that the nine-field form still builds a Scan."""
 
     batches: int
     records: int
@@ -148,10 +150,12 @@ class Scan(NamedTuple):
     producer_id: int = -1
     producer_epoch: int = -1
     base_sequence: int = -1
+    last_leader_epoch: int = -1
+    epoch_changes: int = 0
 
 
-# pb_scan as bytes: seven int64, two int32, one int64, two int32 (csrc/batch.h), one unpack
-_SCAN_LAYOUT = struct.Struct("=7q2iq2i")
+# pb_scan as bytes: seven int64, two int32, one int64, four int32 (csrc/batch.h), one unpack
+_SCAN_LAYOUT = struct.Struct("=7q2iq4i")
 assert _SCAN_LAYOUT.size == ffi.sizeof("pb_scan")
 assert len(Scan._fields) == len(_SCAN_LAYOUT.unpack(bytes(_SCAN_LAYOUT.size)))
 
@@ -160,9 +164,14 @@ def _scan_tuple(buffer) -> Scan:
     return _tuple_new(Scan, _SCAN_LAYOUT.unpack(buffer))
 
 
+INT32_MAX = 2**31 - 1
+
+
 def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | None = None,
-                 max_batch: int = 0, min_offset: int = -1) -> Scan:
-    """Validate every RecordBatch v2 in buf; optionally stamp offsets and LogAppendTime.
+                 max_batch: int = 0, min_offset: int = -1,
+                 leader_epoch: int | None = None) -> Scan:
+    """Validate every RecordBatch v2 in buf; optionally stamp offsets, LogAppendTime and
+    the partitionLeaderEpoch (leader_epoch, 0..2**31-1: a leader stamps its epoch).
 
     Stamping writes into buf, which must then be writable (bytearray, mmap, or a
     memoryview of one). Raises CorruptRecordError naming the reason and byte position of
@@ -175,6 +184,10 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
         flags |= lib.PB_SCAN_STAMP_OFFSETS
     if append_time is not None:
         flags |= lib.PB_SCAN_STAMP_TIME
+    if leader_epoch is not None:
+        if not 0 <= leader_epoch <= INT32_MAX:
+            raise ValueError(f"leader_epoch must be in 0..{INT32_MAX}, got {leader_epoch}")
+        flags |= lib.PB_SCAN_STAMP_EPOCH
     writable = flags != 0
     out, out_buffer = _OUTS.scan
     next_offset = stamp_offset if stamp_offset is not None else min_offset
@@ -182,6 +195,7 @@ def scan_batches(buf, *, stamp_offset: int | None = None, append_time: int | Non
     with ffi.from_buffer("uint8_t[]", buf, require_writable=writable) as cbuf:
         code = lib.pb_batches_scan(cbuf, len(cbuf), flags, next_offset,
                                    append_time if append_time is not None else -1,
+                                   leader_epoch if leader_epoch is not None else -1,
                                    max_batch, out, ffi.NULL, 0)
     if code:
         _check(code, "record batch", out.valid_bytes, _scan_tuple(out_buffer))
@@ -234,7 +248,7 @@ def scan_batch_infos(buf, infos: BatchInfos) -> tuple[Scan, memoryview,
             raise ValueError(f"{len(cbuf)} bytes exceed the {infos.max_bytes} the infos "
                              "array is sized for")
         out, out_buffer = _OUTS.scan
-        code = lib.pb_batches_scan(cbuf, len(cbuf), 0, -1, -1, 0, out, infos._array,
+        code = lib.pb_batches_scan(cbuf, len(cbuf), 0, -1, -1, -1, 0, out, infos._array,
                                    infos.capacity)
     scan = _scan_tuple(out_buffer)
     packed = infos._view[:scan.batches * BATCH_INFO_LAYOUT.size]

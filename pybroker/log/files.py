@@ -2,8 +2,9 @@
 
 A partition directory `<data-dir>/<topic>-<partition>/` holds, per segment, three files
 named by the segment's base offset, zero-padded to 20 digits so `ls` sorts them:
-`00000000000000000000.log`, `.index`, `.timeindex`; plus the recovery-point checkpoint
-and, between a clean close and the next open, the clean-shutdown marker.
+`00000000000000000000.log`, `.index`, `.timeindex`; plus the recovery-point checkpoint,
+the leader-epoch checkpoint (Kafka's name and format, see leader_epochs.py) and, between a
+clean close and the next open, the clean-shutdown marker.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
 RECOVERY_POINT_FILE = "recovery-point-offset-checkpoint"
+LEADER_EPOCH_FILE = "leader-epoch-checkpoint"
 CLEAN_SHUTDOWN_FILE = ".clean-shutdown"
 TEMP_SUFFIX = ".tmp"
 BAD_SUFFIX = ".bad"

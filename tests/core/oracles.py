@@ -59,7 +59,7 @@ LOG_OVERHEAD = 12  # baseOffset + batchLength
 ATTR_LOG_APPEND_TIME = 8
 
 # field offsets
-OFF_BASE, OFF_LENGTH, OFF_MAGIC, OFF_CRC, OFF_ATTRS = 0, 8, 16, 17, 21
+OFF_BASE, OFF_LENGTH, OFF_EPOCH, OFF_MAGIC, OFF_CRC, OFF_ATTRS = 0, 8, 12, 16, 17, 21
 OFF_LAST_DELTA, OFF_BASE_TS, OFF_MAX_TS, OFF_COUNT = 23, 27, 35, 57
 OFF_PRODUCER_ID, OFF_PRODUCER_EPOCH, OFF_BASE_SEQUENCE = 43, 51, 53
 
@@ -143,6 +143,8 @@ class ScanResult(NamedTuple):
     producer_id: int = -1      # the first batch's producer fields
     producer_epoch: int = -1
     base_sequence: int = -1
+    last_leader_epoch: int = -1  # the last batch's partitionLeaderEpoch
+    epoch_changes: int = 0       # batches whose epoch differs from the batch before
 
 
 def _check_batch(buf, pos: int, max_batch: int) -> tuple[str | None, int]:
@@ -171,14 +173,17 @@ def _check_batch(buf, pos: int, max_batch: int) -> tuple[str | None, int]:
 
 
 def scan(buf, *, stamp_offset: int | None = None, append_time: int | None = None,
-         max_batch: int = 0, min_offset: int = -1) -> tuple[ScanResult, str | None, bytearray]:
+         max_batch: int = 0, min_offset: int = -1,
+         leader_epoch: int | None = None) -> tuple[ScanResult, str | None, bytearray]:
     """pb_batches_scan on a copy of buf: (what was valid, error name or None, the copy with
     any stamping applied). On error, valid_bytes is the position of the bad batch.
 
     Offsets: with stamp_offset the batches get base offsets stamp_offset,
     stamp_offset + count0, ...; otherwise, when min_offset >= 0, every stored base offset
     must be >= min_offset and above the previous batch's last offset; min_offset == -1
-    turns that check off entirely (the csrc/batch.h wording "-1 skips that")."""
+    turns that check off entirely (the csrc/batch.h wording "-1 skips that").
+    leader_epoch, when given, is written into every valid batch's partitionLeaderEpoch
+    (bytes 12..15, outside the CRC)."""
     buf = bytearray(buf)
     r = ScanResult()._asdict()
     check_offsets = stamp_offset is None and min_offset >= 0
@@ -200,6 +205,12 @@ def scan(buf, *, stamp_offset: int | None = None, append_time: int | None = None
             struct.pack_into(">h", buf, pos + OFF_ATTRS, attrs)
             struct.pack_into(">q", buf, pos + OFF_MAX_TS, append_time)
             recrc(buf, pos)
+        if leader_epoch is not None:  # outside the CRC
+            struct.pack_into(">i", buf, pos + OFF_EPOCH, leader_epoch)
+        epoch = get_i32(buf, pos + OFF_EPOCH)
+        if r["batches"] and epoch != r["last_leader_epoch"]:
+            r["epoch_changes"] += 1
+        r["last_leader_epoch"] = epoch
         last = base + get_i32(buf, pos + OFF_LAST_DELTA)
         max_ts = get_i64(buf, pos + OFF_MAX_TS)
         if r["batches"] == 0:

@@ -146,6 +146,107 @@ def test_negative_stamp_offset_is_rejected_before_c():
         core.scan_batches(bytearray(make_batch()), stamp_offset=-1)
 
 
+# --- leader epochs -------------------------------------------------------------------------
+
+OFF_EPOCH = 12  # partitionLeaderEpoch i32, outside the CRC (which covers bytes 21..end)
+
+
+def _with_epochs(epochs: list[int]) -> tuple[bytearray, list[int]]:
+    """One 2-record batch per epoch, offsets 0, 2, 4, ...; returns (buf, positions).
+    The epoch lies outside the CRC, so it is written without a re-CRC."""
+    buf, positions = bytearray(), []
+    for i, epoch in enumerate(epochs):
+        batch = make_batch(2, base_offset=2 * i, payload=b"p" * (i + 3))
+        struct.pack_into(">i", batch, OFF_EPOCH, epoch)
+        positions.append(len(buf))
+        buf += batch
+    return buf, positions
+
+
+def test_stamp_leader_epoch_writes_bytes_12_to_15_and_keeps_crc():
+    buf, sizes = _three_batches()
+    original = bytes(buf)
+    positions = [0, sizes[0], sizes[0] + sizes[1]]
+    got = core.scan_batches(buf, stamp_offset=50, leader_epoch=0x01020304)
+    for p, size in zip(positions, sizes):
+        assert bytes(buf[p + 12:p + 16]) == b"\x01\x02\x03\x04"
+        assert buf[p + 16:p + size] == original[p + 16:p + size]  # nothing else moved
+        assert buf[p + 8:p + 12] == original[p + 8:p + 12]
+        _assert_crc_ok(buf, p, size)  # the CRC still validates, unchanged
+        assert get_u32(buf, p + OFF_CRC) == get_u32(original, p + OFF_CRC)
+    assert (got.last_leader_epoch, got.epoch_changes) == (0x01020304, 0)
+    rescanned = core.scan_batches(bytes(buf), min_offset=50)  # C CRC check passes too
+    assert rescanned == got
+    _, err, want = oracles.scan(original, stamp_offset=50, leader_epoch=0x01020304)
+    assert err is None and want == buf
+
+
+def test_stamp_leader_epoch_alone_leaves_offsets_and_times():
+    buf, sizes = _three_batches(base=10)
+    original = bytes(buf)
+    got = core.scan_batches(buf, leader_epoch=7)
+    assert (got.first_offset, got.last_offset, got.max_timestamp) == (10, 15, 2000)
+    assert [get_i64(buf, p) for p in (0, sizes[0])] == [10, 11]
+    changed = [i for i in range(len(buf)) if buf[i] != original[i]]
+    # only the four epoch bytes of each header change: -1 is ff ff ff ff, 7 is 00 00 00 07
+    assert changed == [p + k for p in (0, sizes[0], sizes[0] + sizes[1]) for k in range(12, 16)]
+
+
+def test_scan_reports_the_last_epoch_and_how_often_it_changes():
+    buf, _ = _with_epochs([3, 3, 5, 5, 5, 9])
+    got = core.scan_batches(bytes(buf))
+    assert (got.batches, got.last_leader_epoch, got.epoch_changes) == (6, 9, 2)
+    want, err, _ = oracles.scan(buf)
+    assert err is None and tuple(got) == tuple(want)
+    one, _ = _with_epochs([4, 4, 4])
+    assert core.scan_batches(bytes(one))[-2:] == (4, 0)
+    # an epoch that goes back counts as a change too (the follower then walks the batches)
+    back, _ = _with_epochs([6, 2, 6])
+    assert core.scan_batches(bytes(back))[-2:] == (6, 2)
+
+
+def test_empty_scan_has_no_epoch():
+    got = core.scan_batches(b"")
+    assert (got.last_leader_epoch, got.epoch_changes) == (-1, 0)
+
+
+def test_epoch_fields_describe_the_batches_before_an_error():
+    buf, positions = _with_epochs([1, 2, 3])
+    buf[positions[2] + 30] ^= 0x10  # a payload bit of the third batch: BAD_CRC
+    original = bytes(buf)
+    exc = _scan_error(buf, leader_epoch=8)
+    assert core.is_code(exc, "BAD_CRC") and exc.position == positions[2]
+    assert (exc.scan.batches, exc.scan.last_leader_epoch, exc.scan.epoch_changes) == (2, 8, 0)
+    assert buf[positions[2]:] == original[positions[2]:]  # the bad batch is untouched
+    assert struct.unpack_from(">i", buf, positions[1] + OFF_EPOCH)[0] == 8
+
+
+@pytest.mark.parametrize("epoch", [-1, -5, 2**31])
+def test_out_of_range_leader_epoch_is_rejected_before_c(epoch):
+    buf = bytearray(make_batch())
+    before = bytes(buf)
+    with pytest.raises(ValueError, match="leader_epoch"):
+        core.scan_batches(buf, leader_epoch=epoch)
+    assert buf == before
+
+
+def test_stamping_an_epoch_needs_a_writable_buffer():
+    buf = bytes(make_batch())
+    with pytest.raises(BufferError, match="not writable"):
+        core.scan_batches(buf, leader_epoch=1)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(epochs=st.lists(st.integers(-1, 2**31 - 1), max_size=6),
+       stamp=st.none() | st.integers(0, 2**31 - 1))
+def test_random_epochs_match_oracle(epochs, stamp):
+    buf, _ = _with_epochs(epochs)
+    want, err, want_buf = oracles.scan(buf, leader_epoch=stamp)
+    mine = bytearray(buf)
+    got = core.scan_batches(mine, leader_epoch=stamp)
+    assert err is None and tuple(got) == tuple(want) and mine == want_buf
+
+
 # --- truncation and lengths ----------------------------------------------------------------
 
 def test_one_byte_short_is_truncated_at_last_batch():
