@@ -14,6 +14,7 @@ from .messages.groups import (DESCRIBE_GROUPS, FIND_COORDINATOR, HEARTBEAT, JOIN
 from .messages.metadata import API_VERSIONS, METADATA
 from .messages.offsets import OFFSET_COMMIT, OFFSET_FETCH
 from .messages.produce import INIT_PRODUCER_ID, PRODUCE
+from .messages.replication import OFFSET_FOR_LEADER_EPOCH
 from .messages.topics import CREATE_TOPICS, DELETE_TOPICS
 from .schema import Message
 
@@ -38,6 +39,7 @@ class ApiKey:
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
     INIT_PRODUCER_ID = 22
+    OFFSET_FOR_LEADER_EPOCH = 23
     DESCRIBE_CONFIGS = 32
     ALTER_CONFIGS = 33
     INCREMENTAL_ALTER_CONFIGS = 44
@@ -46,8 +48,8 @@ class ApiKey:
 APIS: dict[int, Message] = {m.api_key: m for m in (
     PRODUCE, FETCH, LIST_OFFSETS, METADATA, OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR,
     JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS,
-    API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, DESCRIBE_CONFIGS,
-    ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS,
+    API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH,
+    DESCRIBE_CONFIGS, ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS,
 )}
 
 # api_key -> (min_version, max_version) advertised in ApiVersions.
@@ -60,6 +62,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     ApiKey.CREATE_TOPICS: (0, 4),
     ApiKey.DELETE_TOPICS: (0, 3),
     ApiKey.INIT_PRODUCER_ID: (0, 1),
+    ApiKey.OFFSET_FOR_LEADER_EPOCH: (0, 4),
     ApiKey.FIND_COORDINATOR: (0, 2),
     ApiKey.JOIN_GROUP: (0, 5),
     ApiKey.SYNC_GROUP: (0, 3),
