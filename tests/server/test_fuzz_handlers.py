@@ -165,6 +165,10 @@ def well_formed_requests() -> list[bytes]:
                                for validate in (True, False)],
         ApiKey.DELETE_TOPICS: [{"topic_names": [TOPIC + "-absent"], "timeout_ms": 1000}],
         ApiKey.INIT_PRODUCER_ID: [{"transactional_id": None, "transaction_timeout_ms": -1}],
+        ApiKey.OFFSET_FOR_LEADER_EPOCH: [{"replica_id": -1, "topics": [
+            {"topic": TOPIC, "partitions": [
+                {"partition": p, "current_leader_epoch": current, "leader_epoch": 0}
+                for p in parts]}]} for current in (-1, 0)],
         ApiKey.FIND_COORDINATOR: [{"key": GROUP, "key_type": 0}],
         ApiKey.JOIN_GROUP: [{"group_id": GROUP, "session_timeout_ms": 1000,
                              "rebalance_timeout_ms": 1000, "member_id": "",

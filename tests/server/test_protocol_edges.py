@@ -41,6 +41,8 @@ IMPLEMENTED = {
     19: (0, 4),    # CreateTopics
     20: (0, 3),    # DeleteTopics
     22: (0, 1),    # InitProducerId
+    # replication
+    23: (0, 4),    # OffsetForLeaderEpoch
     # consumer groups (issue 4)
     8: (2, 7),     # OffsetCommit
     9: (1, 5),     # OffsetFetch

@@ -9,7 +9,8 @@ its keys (with the ranges in pybroker.protocol.SUPPORTED).
 """
 from pybroker.protocol import ApiKey
 
-from . import admin, api_versions, configs, fetch, groups, metadata, offsets, produce
+from . import (admin, api_versions, configs, fetch, groups, leader_epoch, metadata, offsets,
+               produce)
 
 HANDLERS = {
     ApiKey.API_VERSIONS: api_versions.handle,
@@ -20,6 +21,7 @@ HANDLERS = {
     ApiKey.CREATE_TOPICS: admin.handle_create_topics,
     ApiKey.DELETE_TOPICS: admin.handle_delete_topics,
     ApiKey.INIT_PRODUCER_ID: produce.handle_init_producer_id,
+    ApiKey.OFFSET_FOR_LEADER_EPOCH: leader_epoch.handle,
     ApiKey.FIND_COORDINATOR: groups.handle_find_coordinator,
     ApiKey.JOIN_GROUP: groups.handle_join_group,
     ApiKey.SYNC_GROUP: groups.handle_sync_group,
