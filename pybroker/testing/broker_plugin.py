@@ -13,6 +13,10 @@ Fixtures
                      under the test's tmp_path and waits until every worker serves; all
                      are stopped after the test (SIGTERM; exit code 0 is asserted).
     broker           test: a started 2-worker broker with default settings.
+    cluster_factory  test: `start(brokers=3, workers=1, settings=None) -> Cluster`
+                     (pybroker.testing.cluster): brokers with ids 1..n through
+                     broker_factory, settings over cluster.CLUSTER_SETTINGS; SIGCONTs
+                     whatever the test left stopped before broker_factory stops them.
 
 A worker counts as serving when its control-block row says so (state 1, with the pid
 of a child of our supervisor), its port accepts a connection, a Kafka ApiVersions
@@ -46,7 +50,7 @@ import pytest
 from pybroker.protocol import ApiKey, decode_response, encode_request
 from pybroker.server import controlblock
 
-__all__ = ["broker_factory", "broker", "pytest_runtest_makereport", "Broker", "RawClient",
+__all__ = ["broker_factory", "broker", "cluster_factory", "pytest_runtest_makereport", "Broker", "RawClient",
            "BrokerStartError", "free_port_run"]
 
 START_TIMEOUT_S = 60.0    # supervisor start -> every worker serving (ZooKeeper, recovery)
@@ -594,6 +598,31 @@ def broker_factory(request, tmp_path, zk_connect):
 def broker(broker_factory) -> Broker:
     """A serving 2-worker broker with default settings."""
     return broker_factory(workers=2)
+
+
+@pytest.fixture
+def cluster_factory(broker_factory):
+    """start(brokers=3, workers=1, settings=None) -> a Cluster of `brokers` brokers
+    (broker ids 1..n) on the test's ZooKeeper chroot, each started by broker_factory
+    with `settings` merged over cluster.CLUSTER_SETTINGS, returned once every node lists
+    every node. Teardown continues every broker a test left SIGSTOPped; broker_factory
+    then stops them all (the killed ones are skipped)."""
+    from pybroker.testing.cluster import CLUSTER_SETTINGS, Cluster, check_settings
+    clusters: list = []
+
+    def start(brokers: int = 3, workers: int = 1, settings: dict | None = None):
+        merged = {**CLUSTER_SETTINGS, **(settings or {})}
+        check_settings(merged)
+        members = [broker_factory(workers=workers, settings=merged, broker_id=i)
+                   for i in range(1, brokers + 1)]
+        cluster = Cluster(members)
+        clusters.append(cluster)
+        cluster.wait_registered()
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.resume_all()
 
 
 # --- the broker log in failure reports ---------------------------------------------------
