@@ -50,8 +50,8 @@ import pytest
 from pybroker.protocol import ApiKey, decode_response, encode_request
 from pybroker.server import controlblock
 
-__all__ = ["broker_factory", "broker", "cluster_factory", "pytest_runtest_makereport", "Broker", "RawClient",
-           "BrokerStartError", "free_port_run"]
+__all__ = ["broker_factory", "broker", "cluster_factory", "pytest_runtest_makereport",
+           "Broker", "RawClient", "BrokerStartError", "free_port_run"]
 
 START_TIMEOUT_S = 60.0    # supervisor start -> every worker serving (ZooKeeper, recovery)
 STOP_TIMEOUT_S = 60.0     # SIGTERM -> exit; the supervisor gives workers 30 s, then kills
