@@ -221,6 +221,12 @@ class Cluster:
         return ",".join(f"127.0.0.1:{p}" for b in self.brokers for p in b.ports)
 
     @property
+    def live_bootstrap(self) -> str:
+        """The workers of the live brokers only: a client bootstrapping from a stopped
+        host waits out its socket timeout (librdkafka: 60 s) before trying another."""
+        return ",".join(f"127.0.0.1:{p}" for b in self.live_brokers() for p in b.ports)
+
+    @property
     def node_ids(self) -> list[int]:
         return [n for b in self.brokers for n in b.node_ids]
 

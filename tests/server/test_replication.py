@@ -188,8 +188,9 @@ def test_more_replicas_than_brokers_is_invalid_and_assignments_are_honoured(clus
     with pytest.raises(AssertionError):   # nothing was created
         cluster.metadata("rf4", timeout=2)
 
-    # explicit assignment, node ids as Metadata names them; the first is preferred leader
-    wanted = {0: [300, 100], 1: [200, 300, 100], 2: [100]}
+    # explicit assignment, node ids as Metadata names them (Kafka wants one replica count
+    # for every partition); the first replica is the preferred leader, and leads
+    wanted = {0: [300, 100], 1: [200, 300], 2: [100, 200]}
     result = cluster.create_topic("assigned", assignments=wanted)
     assert result["error_code"] == NONE, result
     meta = cluster.metadata("assigned")
@@ -286,7 +287,7 @@ def test_stopped_follower_leaves_the_isr_and_rejoins(cluster_factory):
             not set(m.isr_nodes) & set(follower.node_ids), ISR_SHRINK_S,
             f"broker {follower.broker_id} out of the ISR")
         assert len(shrunk.isr_nodes) == 2, shrunk
-        acked, failed = produce_acked(cluster.bootstrap, topic,
+        acked, failed = produce_acked(cluster.live_bootstrap, topic,
                                       [b"laggard-%d" % i for i in range(500)], partition=0)
         assert failed == [] and len(acked) == 500
     finally:
@@ -312,11 +313,11 @@ def test_acks_all_is_refused_below_min_insync_replicas(cluster_factory):
     cluster.wait_partition(topic, 0, lambda m: m.leader_id >= 0 and len(m.isr_nodes) == 2,
                            ISR_SHRINK_S, "an ISR of 2")
     # no retries: the broker's answer is the delivery report's error
-    acked, failed = produce_acked(cluster.bootstrap, topic, [b"strict-all"], partition=0,
+    acked, failed = produce_acked(cluster.live_bootstrap, topic, [b"strict-all"], partition=0,
                                   **{"retries": 0, "enable.idempotence": False})
     assert acked == [] and [e.code() for _v, e in failed] == \
         [KafkaError.NOT_ENOUGH_REPLICAS], failed
-    acked, failed = produce_acked(cluster.bootstrap, topic, [b"strict-one"], partition=0,
+    acked, failed = produce_acked(cluster.live_bootstrap, topic, [b"strict-one"], partition=0,
                                   acks="1")
     assert failed == [] and len(acked) == 1, failed
 
