@@ -44,23 +44,29 @@ class Replicas:
         return self.epochs.get(tp, -1)
 
 
-class Partitions:
-    def __init__(self, logs: dict):
-        self.logs = logs
-
-    def error_for(self, tp):
-        return None
-
-
-def make_worker(logs: dict, replicas=None, leaders: dict | None = None):
-    """A worker with node id 1 holding `logs`; `leaders` maps other (topic, partition)
-    to a leader node (absent: the partition does not exist)."""
-    leaders = leaders or {}
-    cluster = SimpleNamespace(leader=lambda topic, partition: leaders.get((topic, partition)))
-    worker = SimpleNamespace(node_id=1, partitions=Partitions(logs), cluster=cluster)
+def make_worker(logs: dict, replicas=None, errors: dict | None = None):
+    """A worker holding `logs`, with replica state `replicas` (None: no attribute at
+    all, as before replication). `errors` is what partition_error says of other
+    partitions (absent: UNKNOWN_TOPIC_OR_PARTITION); see `serving`."""
+    worker = SimpleNamespace(partitions=SimpleNamespace(logs=logs), errors=errors or {})
     if replicas is not None:
         worker.replicas = replicas
     return worker
+
+
+@pytest.fixture(autouse=True)
+def serving(request, monkeypatch):
+    """The stand-in tests replace partition_error (tested with its own module, and
+    changing with replication) by the worker's table: the handler's own rules are
+    what these tests check. The real-broker test keeps the real one."""
+    if "broker" in request.fixturenames:
+        return
+
+    def partition_error(worker, topic, partition):
+        if (topic, partition) in worker.partitions.logs:
+            return NONE
+        return worker.errors.get((topic, partition), UNKNOWN_TOPIC_OR_PARTITION)
+    monkeypatch.setattr(leader_epoch, "partition_error", partition_error)
 
 
 def ask(worker, partitions: list[dict], topic: str = "t") -> list[dict]:
@@ -138,7 +144,7 @@ def test_no_replica_state_means_no_fencing():
 
 def test_partitions_this_node_cannot_serve():
     worker = make_worker({("t", 0): SimpleNamespace(log_end_offset=1)},
-                         replicas=Replicas({}), leaders={("t", 1): 2})
+                         replicas=Replicas({}), errors={("t", 1): NOT_LEADER_OR_FOLLOWER})
     answers = ask(worker, [part(1, 0), part(2, 0), part(0, 0)])
     assert [(a["partition"], a["error_code"], a["leader_epoch"], a["end_offset"])
             for a in answers] == [(1, NOT_LEADER_OR_FOLLOWER, -1, -1),
