@@ -1,22 +1,37 @@
 """The log of one partition (paper P4-P12): a sorted table of segments addressed by offset.
 
-Offsets (P6): log_start_offset <= high_watermark <= log_end_offset, where
+Offsets (P6): log_start_offset <= high_watermark <= durable_offset <= log_end_offset,
+where
 - log_end_offset is the next offset to assign,
-- high_watermark is one past the last flushed message: reads never pass it, so a
-  message is visible only once flushed (P5), and acks=all waits for it (`when_durable`).
-The flushed bytes end at position _hw_position of the segment based at _hw_base; only
-that segment and the ones after it hold unflushed bytes.
+- durable_offset is one past the last flushed message: this node's group commit (P5).
+  Flush tickets, the recovery point, scrubs and `verify` work below it.
+- high_watermark is what reads and acks=all (`when_durable`) see. With no replication
+  bound (the default, and every standalone log) it is the durable offset: a message is
+  visible once flushed (P5). With one (`set_replication_bound`, the smallest fetch
+  offset of the in-sync followers) it is max(itself, min(durable_offset, bound)): a
+  message is visible once flushed here and copied by every in-sync follower. It never
+  goes down, except by a follower's truncate_to / reset_to.
+Followers fetch up to the log end (`read(to_log_end=True)`): they copy before the
+leader's fsync. The flushed bytes end at position _durable_position of the segment based
+at _durable_base, the visible ones at _hw_position of _hw_base; only the durable
+segment and the ones after it hold unflushed bytes.
 Two ways to flush. Standalone (no `on_flush_due`): the flush policy flushes in place,
 inside append, and a roll flushes first, so only the active segment holds unflushed
 bytes. Owner-driven (a worker's LogManager passes `on_flush_due`): the log never
 syncs on the caller's thread; it calls on_flush_due() when the policy says a flush is
 due, and the owner runs a FlushTicket (begin_flush / end_flush) on a storage thread. A
 roll then seals a segment that may still hold unflushed bytes: the next ticket syncs
-every segment from the high watermark's on, and the directory entry of a new segment.
+every segment from the durable offset's on, and the directory entry of a new segment.
 Segments are found by bisecting the in-memory sorted list of base offsets (P8); the
 page cache is the only cache (P9). Retention deletes whole non-active segments by age
 or total size and advances the log start offset (P11); any retained offset can be read
 again (P12). Owned by one worker; not thread-safe.
+Replicas: the leader stamps its epoch into the batches it appends (append's
+leader_epoch); `epochs` (leader_epochs.py) records where each epoch starts. A follower
+appends the leader's batches as they are (append_replica), cuts its log at a divergence
+point (truncate_to) or restarts it empty at the leader's log start (reset_to); both lower
+the recovery point durably before they touch a file, so a crash midway reopens a log
+that ends at or above its recovery point.
 Opening after a crash scans the segments from the recovery point on (P22); damage to
 offsets below the recovery point, or a log that ends below it, raises CorruptLogError
 and changes nothing: those offsets were acknowledged as durable.
@@ -27,18 +42,63 @@ import bisect
 import heapq
 import logging
 import os
+import struct
 import time
 from typing import Callable, NamedTuple
 
 from pybroker import core, failpoints
 from pybroker.errors import (CoreError, CorruptLogError, LogClosedError, LogSyncFailedError,
-                             MessageTooLarge, OffsetOutOfRange)
+                             MessageTooLarge, OffsetOutOfRange, PyBrokerError)
 from pybroker.log import checkpoint, files
 from pybroker.log.config import LogConfig
-from pybroker.log.segment import LogSegment, RangeCheck, SegmentFile, check_range
+from pybroker.log.leader_epochs import LeaderEpochCache
+from pybroker.log.segment import (LogSegment, RangeCheck, SegmentFile, check_range,
+                                  offsets_contiguous)
 
 log = logging.getLogger("pybroker.log")
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
+# baseOffset, batchLength, partitionLeaderEpoch: the first 16 bytes of a batch (csrc/batch.h)
+_BATCH_PREFIX = struct.Struct(">qii")
+_MIN_BATCH_LENGTH = core.BATCH_HEADER_SIZE - core.BATCH_LOG_OVERHEAD  # batchLength of 0 records
+
+
+class ReplicaOffsetMismatch(PyBrokerError, ValueError):
+    """A follower's append whose batches do not continue its log: the first base offset
+    is not the log end offset, or the offsets that follow have a gap."""
+
+
+class FlushInProgress(PyBrokerError, RuntimeError):
+    """truncate_to / reset_to while a begin_flush ticket is out: end it first."""
+
+
+class LogTruncatedError(PyBrokerError):
+    """The offset an acks=all waiter waited for was cut from the log (truncate_to,
+    reset_to) before it became visible: it never will be."""
+
+
+def whole_batches(buf) -> int:
+    """How many leading bytes of buf are whole RecordBatches, by their batchLength fields
+    alone (a fetch response may end inside a batch that max_bytes cut). The walk stops
+    at the first batch that runs past the end of buf or whose batchLength is below the
+    header's; append_replica then validates (CRC included) what it covered."""
+    size = len(buf)
+    pos = 0
+    while pos + core.BATCH_LOG_OVERHEAD <= size:
+        length = int.from_bytes(buf[pos + 8:pos + 12], "big", signed=True)
+        if length < _MIN_BATCH_LENGTH or pos + core.BATCH_LOG_OVERHEAD + length > size:
+            break
+        pos += core.BATCH_LOG_OVERHEAD + length
+    return pos
+
+
+def _batch_epochs(buf, end: int):
+    """(base offset, partitionLeaderEpoch) of each batch in buf[0:end), whole batches
+    already validated by a scan."""
+    pos = 0
+    while pos < end:
+        base, length, epoch = _BATCH_PREFIX.unpack_from(buf, pos)
+        yield base, epoch
+        pos += core.BATCH_LOG_OVERHEAD + length
 
 
 class AppendResult(NamedTuple):
@@ -155,7 +215,9 @@ class PartitionLog:
                  name: str | None = None, clock: Callable[[], float] = time.time,
                  on_flush: Callable[[int, float], None] | None = None,
                  on_flush_due: Callable[[], None] | None = None,
-                 monotonic: Callable[[], float] | None = None):
+                 monotonic: Callable[[], float] | None = None,
+                 on_hw: Callable[[int], None] | None = None,
+                 replication_bound: int | None = None):
         self.directory = directory
         self.config = config or LogConfig()
         self.name = name or os.path.basename(os.path.normpath(directory))
@@ -166,9 +228,13 @@ class PartitionLog:
         self._segments: list[LogSegment] = []
         self._bases: list[int] = []          # base offsets of _segments, for bisect (P8)
         self._next_offset = 0                # log end offset
-        self._hw = 0                         # high watermark: one past the last flushed
-        self._hw_base = 0                    # base offset of the segment the flushed bytes end in
-        self._hw_position = 0                # bytes of that segment that are flushed
+        self._durable = 0                    # durable offset: one past the last flushed
+        self._durable_base = 0               # base offset of the segment the flushed bytes end in
+        self._durable_position = 0           # bytes of that segment that are flushed
+        self._hw = 0                         # high watermark: one past the last visible
+        self._hw_base = 0                    # base offset of the segment the visible bytes end in
+        self._hw_position = 0                # bytes of that segment that are visible
+        self._bound = replication_bound      # None: visible once flushed (see the module doc)
         self._dir_dirty = False              # a segment was created since the last ticket
         self._unflushed_messages = 0
         self._first_unflushed_ms: int | None = None
@@ -176,13 +242,17 @@ class PartitionLog:
         self._last_checkpoint_ms = 0
         self._durable_waiters: list[tuple[int, int, Callable]] = []  # heap by offset
         self._waiter_seq = 0                 # tie-break: equal offsets wake in call order
-        self._on_flush = on_flush            # (new high watermark, fdatasync seconds)
+        self._on_flush = on_flush            # (new durable offset, fdatasync seconds)
+        self._on_hw = on_hw                  # (new high watermark), each time it moves
         self.flush_count = 0                 # fdatasyncs done (group commits)
         self._flush_ticket: FlushTicket | None = None  # a flush under way off-thread
         self._sync_error: BaseException | None = None  # a failed fdatasync fences the log
         self.closed = False
         os.makedirs(directory, exist_ok=True)
         self._open()
+        self.epochs = LeaderEpochCache(directory, self.owner)
+        # a crash may have lost the tail of the log whose epochs the cache names
+        self.epochs.truncate_from_end(self._next_offset)
 
     # --- offsets ---------------------------------------------------------------------
 
@@ -196,7 +266,17 @@ class PartitionLog:
 
     @property
     def high_watermark(self) -> int:
+        """One past the last visible offset: what reads and acks=all see."""
         return self._hw
+
+    @property
+    def durable_offset(self) -> int:
+        """One past the last offset flushed on this node."""
+        return self._durable
+
+    @property
+    def replication_bound(self) -> int | None:
+        return self._bound
 
     @property
     def recovery_point(self) -> int:
@@ -214,9 +294,64 @@ class PartitionLog:
     def _mono_ms(self) -> int:
         return int(self._monotonic() * 1000)
 
-    def _flushed_end(self, seg: LogSegment) -> int:
+    def _durable_end(self, seg: LogSegment) -> int:
+        """Bytes of seg below the durable offset (for segments at or below its segment)."""
+        return self._durable_position if seg.base_offset == self._durable_base else seg.size
+
+    def _visible_end(self, seg: LogSegment) -> int:
         """Bytes of seg below the high watermark (for segments at or below its segment)."""
         return self._hw_position if seg.base_offset == self._hw_base else seg.size
+
+    def _boundary_position(self, offset: int) -> tuple[int, int]:
+        """(base offset of the segment, byte position) where the batch starting at offset
+        starts; offset == log end gives the end of the active segment. ValueError when
+        offset is inside a batch, or outside the log."""
+        if offset == self._next_offset:
+            active = self._segments[-1]
+            return active.base_offset, active.size
+        self._check_offset(offset)
+        seg = self._segments[bisect.bisect_right(self._bases, offset) - 1]
+        if offset == seg.base_offset:
+            return seg.base_offset, 0
+        batch = seg.seek(offset, seg.size)
+        if batch is None or batch.base_offset != offset:
+            where = (f"inside the batch of offsets {batch.base_offset}..{batch.last_offset} at "
+                     f"position {batch.position}" if batch is not None else "not found")
+            raise ValueError(f"{self.owner} {seg}: offset {offset} is {where}, not a batch "
+                             "boundary")
+        return seg.base_offset, batch.position
+
+    def set_replication_bound(self, bound: int | None) -> bool:
+        """Set what bounds the high watermark: None makes it the durable offset (every
+        unreplicated log); an int, the smallest fetch offset of the in-sync followers (a
+        batch boundary, as fetch offsets are), makes it max(itself, min(durable_offset,
+        bound)). Wakes the acks=all waiters it passes and calls on_hw; True if the high
+        watermark moved. ValueError (nothing changed) for a bound inside a batch."""
+        if bound is not None and bound < 0:
+            raise ValueError(f"{self.owner}: replication bound {bound} is negative")
+        previous, self._bound = self._bound, bound
+        try:
+            return self._raise_hw()
+        except ValueError:
+            self._bound = previous
+            raise
+
+    def _raise_hw(self, notify: bool = True) -> bool:
+        """Move the high watermark up to min(durable offset, bound); True if it moved.
+        With notify, wake the waiters it passed and call on_hw."""
+        target = self._durable if self._bound is None else min(self._durable, self._bound)
+        if target <= self._hw:
+            return False
+        if target == self._durable:
+            base, position = self._durable_base, self._durable_position
+        else:  # below the durable offset: the index finds where the batch at target starts
+            base, position = self._boundary_position(target)
+        self._hw, self._hw_base, self._hw_position = target, base, position
+        if notify:
+            self._wake_durable_waiters()
+            if self._on_hw is not None:
+                self._on_hw(target)
+        return True
 
     # --- opening and recovery (P22) --------------------------------------------------
 
@@ -253,9 +388,17 @@ class PartitionLog:
                 f"ends at offset {active.next_offset}, below the recovery point "
                 f"{recovery_point}, so durable data is missing. Nothing was truncated. To "
                 "accept the loss, remove the partition's recovery-point checkpoint and reopen")
-        self._next_offset = self._hw = active.next_offset
-        self._hw_base, self._hw_position = active.base_offset, active.size
-        if self._hw != recovery_point:
+        self._next_offset = self._durable = active.next_offset
+        self._durable_base, self._durable_position = active.base_offset, active.size
+        # visible from the log start up to what the replication bound allows; quietly:
+        # the owner's callbacks are for its own thread, and nobody waits yet
+        self._hw, self._hw_base, self._hw_position = self._bases[0], self._bases[0], 0
+        try:
+            self._raise_hw(notify=False)
+        except ValueError as exc:
+            log.warning("%s replication bound at open: %s; the high watermark starts at the "
+                        "log start %d", self.owner, exc, self._hw)
+        if self._durable != recovery_point:
             self._write_checkpoint()
         else:  # unchanged (a clean close wrote it): two fsyncs saved per partition opened
             self._recovery_point, self._last_checkpoint_ms = recovery_point, self._mono_ms()
@@ -312,19 +455,23 @@ class PartitionLog:
     # --- appends, rolls and flushes (P4, P5) -----------------------------------------
 
     def append(self, batches, append_time: int | None = None,
-               check: Callable[[core.Scan], None] | None = None) -> AppendResult:
+               check: Callable[[core.Scan], None] | None = None,
+               leader_epoch: int | None = None) -> AppendResult:
         """Validate (CRC included), stamp offsets into `batches` (a writable buffer of
         RecordBatch v2) and append them to the active segment. Visible to reads once
-        flushed. Raises CorruptRecordError for a bad batch (nothing is written),
-        MessageTooLarge above max_batch_bytes, LogSyncFailedError once a flush failed.
-        `check(scan)` runs after validation and before the write (the idempotence check
-        reads the producer fields the C scan returns); what it raises is raised, and
-        nothing is written."""
+        flushed (and replicated, under a replication bound). Raises CorruptRecordError
+        for a bad batch (nothing is written), MessageTooLarge above max_batch_bytes,
+        LogSyncFailedError once a flush failed. `check(scan)` runs after validation and
+        before the write (the idempotence check reads the producer fields the C scan
+        returns); what it raises is raised, and nothing is written. A leader passes its
+        leader_epoch: it is stamped into every batch, and recorded in `epochs` when it
+        is new."""
         self._check_writable()
         try:
             scan = core.scan_batches(batches, stamp_offset=self._next_offset,
                                      append_time=append_time,
-                                     max_batch=self.config.max_batch_bytes)
+                                     max_batch=self.config.max_batch_bytes,
+                                     leader_epoch=leader_epoch)
         except CoreError as exc:
             if core.is_code(exc, "TOO_LARGE"):
                 raise MessageTooLarge(f"{self.owner}: {exc} ({self.config.max_batch_bytes} "
@@ -334,6 +481,66 @@ class PartitionLog:
             raise ValueError(f"{self.owner}: nothing to append (empty buffer)")
         if check is not None:
             check(scan)
+        if leader_epoch is not None and leader_epoch > self.epochs.latest_epoch():
+            self.epochs.assign(leader_epoch, scan.first_offset)
+        self._write(batches, scan)
+        return AppendResult(scan.first_offset, scan.last_offset, scan.records,
+                            scan.max_timestamp)
+
+    def append_replica(self, batches) -> AppendResult:
+        """A follower's append of batches copied from its leader, offsets and epochs as
+        the leader stamped them: validated (CRC included, no size limit: the leader
+        accepted them), not restamped. The first base offset must be the log end offset
+        and the offsets must follow on without a gap, else ReplicaOffsetMismatch; a bad
+        batch raises CorruptRecordError; either way nothing is written. Each batch's
+        leader epoch above the latest known is recorded in `epochs` (before the write: a
+        crash that loses the write leaves an entry at or past the log end, which the
+        next open drops). Rolls and the flush policy are append's."""
+        self._check_writable()
+        expected = self._next_offset
+        try:
+            scan = core.scan_batches(batches, min_offset=expected)
+        except CoreError as exc:
+            if core.is_code(exc, "BAD_OFFSET"):  # a base offset below the one before
+                base = _BATCH_PREFIX.unpack_from(batches, exc.position)[0]
+                floor = exc.scan.last_offset + 1 if exc.scan.batches else expected
+                raise ReplicaOffsetMismatch(
+                    f"{self.owner}: replica batch at byte {exc.position} has base offset "
+                    f"{base}, below {floor}; the log end offset is {expected}") from None
+            raise
+        if scan.batches == 0:
+            raise ValueError(f"{self.owner}: nothing to append (empty buffer)")
+        if scan.first_offset != expected:
+            raise ReplicaOffsetMismatch(
+                f"{self.owner}: replica batches start at offset {scan.first_offset}, the "
+                f"log end offset is {expected}")
+        if not offsets_contiguous(scan, expected):
+            raise ReplicaOffsetMismatch(
+                f"{self.owner}: replica batches from offset {expected} hold "
+                f"{scan.records} records but end at offset {scan.last_offset}: a gap")
+        self._learn_epochs(batches, scan)
+        try:
+            self._write(batches, scan)
+        except BaseException:
+            self.epochs.truncate_from_end(self._next_offset)  # nothing was written
+            raise
+        return AppendResult(scan.first_offset, scan.last_offset, scan.records,
+                            scan.max_timestamp)
+
+    def _learn_epochs(self, batches, scan: core.Scan) -> None:
+        """Record the epochs of a follower's batches that are above the latest known: one
+        assign when the scan says they share one epoch, else a walk of the headers."""
+        if scan.epoch_changes == 0:
+            if scan.last_leader_epoch > self.epochs.latest_epoch():
+                self.epochs.assign(scan.last_leader_epoch, scan.first_offset)
+            return
+        for base, epoch in _batch_epochs(batches, scan.valid_bytes):
+            if epoch > self.epochs.latest_epoch():
+                self.epochs.assign(epoch, base)
+
+    def _write(self, batches, scan: core.Scan) -> None:
+        """Append validated, stamped batches to the active segment (rolling first when
+        due) and apply the flush policy."""
         now = self._now_ms()
         if self._should_roll(len(batches), now):
             self.roll()
@@ -353,8 +560,6 @@ class PartitionLog:
                 self.flush()
             else:
                 self._on_flush_due()
-        return AppendResult(scan.first_offset, scan.last_offset, scan.records,
-                            scan.max_timestamp)
 
     def _should_roll(self, incoming: int, now: int) -> bool:
         active = self._segments[-1]
@@ -384,7 +589,7 @@ class PartitionLog:
                                             self.owner, sync_dir=standalone))
         failpoints.hit("roll.after_create")
         if standalone:
-            self._hw_base, self._hw_position = self._next_offset, 0
+            self._durable_base, self._durable_position = self._next_offset, 0
             self._write_checkpoint()
         else:
             self._dir_dirty = True
@@ -395,7 +600,7 @@ class PartitionLog:
         for every append since the last flush), and advance the high watermark to the
         log end. Returns the high watermark."""
         self._check_writable()
-        if self._hw == self._next_offset:
+        if self._durable == self._next_offset:
             return self._hw
         ticket = self._ticket()
         try:
@@ -403,15 +608,15 @@ class PartitionLog:
         except OSError as exc:
             self._fence(exc)
             raise
-        self._advance_hw(ticket.offset, ticket.base, ticket.position, ticket.seconds)
+        self._flushed(ticket)
         return self._hw
 
     def _ticket(self) -> FlushTicket:
         """A ticket covering everything appended so far; resets the flush policy."""
-        first = bisect.bisect_right(self._bases, self._hw_base) - 1
+        first = bisect.bisect_right(self._bases, self._durable_base) - 1
         syncs = [(os.dup(seg.file.fd), seg.log_path, seg.size)
                  for seg in self._segments[max(first, 0):]
-                 if seg.active or self._flushed_end(seg) < seg.size]
+                 if seg.active or self._durable_end(seg) < seg.size]
         active = self._segments[-1]
         ticket = FlushTicket(syncs, self.directory if self._dir_dirty else None,
                              self._next_offset, active.base_offset, active.size)
@@ -427,16 +632,17 @@ class PartitionLog:
         Appends made meanwhile wait for the next flush. None when nothing is unflushed
         or a ticket is already out, or the log is fenced by a failed flush."""
         self._check_open()
-        if (self._hw == self._next_offset or self._flush_ticket is not None or
+        if (self._durable == self._next_offset or self._flush_ticket is not None or
                 self._sync_error is not None):
             return None
         self._flush_ticket = ticket = self._ticket()
         return ticket
 
     def end_flush(self, ticket: FlushTicket, error: BaseException | None = None) -> bool:
-        """Finish a ticket of begin_flush: advance the high watermark to what it made
-        durable, or, when its sync failed (error), fence the log (LogSyncFailedError).
-        True if the high watermark moved."""
+        """Finish a ticket of begin_flush: advance the durable offset to what it made
+        durable (and the high watermark as far as the replication bound allows), or,
+        when its sync failed (error), fence the log (LogSyncFailedError). True if the
+        durable offset moved."""
         if self._flush_ticket is ticket:
             self._flush_ticket = None
         if self.closed:
@@ -447,9 +653,9 @@ class PartitionLog:
         if self._sync_error is not None:
             # a later sync can "succeed" without the pages an earlier failure lost
             return False
-        if ticket.offset <= self._hw:
+        if ticket.offset <= self._durable:
             return False  # a synchronous flush (standalone roll or policy) overtook it
-        self._advance_hw(ticket.offset, ticket.base, ticket.position, ticket.seconds)
+        self._flushed(ticket)
         return True
 
     @property
@@ -466,7 +672,7 @@ class PartitionLog:
         if self._sync_error is None:
             log.error("%s fdatasync failed: %s; the log takes no more appends, and offsets "
                       "%d.. stay invisible until it is reopened and recovered",
-                      self.owner, error, self._hw)
+                      self.owner, error, self._durable)
         self._sync_error = error
         self._unflushed_messages = 0      # nothing for the flush policy to retry
         self._first_unflushed_ms = None
@@ -479,14 +685,16 @@ class PartitionLog:
         for _offset, _seq, callback in sorted(waiters):
             callback(error)
 
-    def _advance_hw(self, offset: int, base: int, position: int, seconds: float) -> None:
-        self._hw = offset
-        self._hw_base = base
-        self._hw_position = position
+    def _flushed(self, ticket: FlushTicket) -> None:
+        """A ticket's sync succeeded: its offsets are durable, and visible as far as the
+        replication bound allows (which wakes waiters and calls on_hw)."""
+        self._durable = ticket.offset
+        self._durable_base = ticket.base
+        self._durable_position = ticket.position
         self.flush_count += 1
-        self._wake_durable_waiters()
+        self._raise_hw()
         if self._on_flush is not None:
-            self._on_flush(self._hw, seconds)
+            self._on_flush(self._durable, ticket.seconds)
 
     def reconfigure(self, config: LogConfig) -> None:
         """Apply new settings (a topic config change) from the next operation on; the
@@ -518,17 +726,18 @@ class PartitionLog:
         return flushed
 
     def maybe_checkpoint(self, now_ms: int | None = None) -> None:
-        """Record the high watermark as the recovery point if recovery_checkpoint_ms
+        """Record the durable offset as the recovery point if recovery_checkpoint_ms
         has passed since the last time and it moved."""
         now = self._mono_ms() if now_ms is None else now_ms
-        if (self._recovery_point < self._hw and
+        if (self._recovery_point < self._durable and
                 now - self._last_checkpoint_ms >= self.config.recovery_checkpoint_ms):
             self._write_checkpoint()
 
     def when_durable(self, offset: int, callback: Callable[[BaseException | None], None]) -> bool:
-        """Call callback(None) once offset is flushed (acks=all), or callback(error) when
-        it never will be (the log is fenced by a failed sync, or closing). Returns True
-        and calls it at once if that is already known."""
+        """Call callback(None) once offset is below the high watermark (acks=all: flushed,
+        and replicated when a replication bound is set), or callback(error) when it never
+        will be (the log is fenced by a failed sync, closing, or was cut below offset by
+        truncate_to / reset_to). Returns True and calls it at once if that is known."""
         if offset < self._hw:
             callback(None)
             return True
@@ -545,21 +754,155 @@ class PartitionLog:
             heapq.heappop(waiters)[2](None)
 
     def _write_checkpoint(self) -> None:
-        """Record the high watermark as the recovery point. A failure (a full disk) is
+        """Record the durable offset as the recovery point. A failure (a full disk) is
         logged and leaves the older recovery point, which only makes recovery scan more."""
         self._last_checkpoint_ms = self._mono_ms()
-        point = self._hw
+        point = self._durable
         if write_recovery_point(self.directory, point, self.owner):
             self._recovery_point = point
 
     def checkpoint_due(self) -> int | None:
-        """The recovery point an owner's checkpoint should write (the high watermark,
+        """The recovery point an owner's checkpoint should write (the durable offset,
         when it moved past the last one written), or None: nothing changed."""
-        return self._hw if self._hw > self._recovery_point else None
+        return self._durable if self._durable > self._recovery_point else None
 
     def checkpointed(self, point: int) -> None:
-        """An owner wrote `point` as the recovery point (checkpoint_due, off this thread)."""
+        """An owner wrote `point` as the recovery point (checkpoint_due, off this thread).
+        A point above the durable offset was computed before a truncate_to / reset_to
+        and written after it: the file now names offsets the log no longer holds (a
+        reopen would call that lost durable data), so it is rewritten at once."""
+        if point > self._durable:
+            log.warning("%s a recovery point %d written after a truncation to %d; "
+                        "rewriting it", self.owner, point, self._durable)
+            self._write_checkpoint()
+            return
         self._recovery_point = max(self._recovery_point, point)
+
+    # --- a follower's truncation -----------------------------------------------------
+
+    def truncate_to(self, offset: int) -> int:
+        """Cut the log at offset (a follower at its divergence point from the leader):
+        offsets >= offset are gone, and the next append (append_replica) goes at offset.
+        offset must lie in [log_start_offset, log_end_offset] and be a batch boundary,
+        else ValueError; refused while a flush ticket is out (FlushInProgress); nothing
+        is changed then. Returns the bytes removed.
+        Crash safety, in this order: the recovery point is lowered to offset durably
+        first (a crash after the cut would otherwise reopen a log that ends below its
+        recovery point, CorruptLogError); the later segments are deleted last one first
+        (a crash leaves a gapless prefix) and the directory synced; the segment holding
+        offset is cut and synced, its indexes rebuilt, and it becomes the active one.
+        The durable offset and high watermark drop to offset if above it; acks=all
+        waiters at or above it fail (LogTruncatedError); `epochs` drops the entries
+        from offset on. The owner rebuilds whatever it derived from the cut offsets
+        (producer state)."""
+        self._check_writable()
+        self._check_not_flushing("truncate to", offset)
+        if not self.log_start_offset <= offset <= self._next_offset:
+            raise ValueError(f"{self.owner}: cannot truncate to offset {offset}, outside "
+                             f"[{self.log_start_offset}, {self._next_offset}]")
+        if offset == self._next_offset:
+            self.epochs.truncate_from_end(offset)
+            return 0
+        base, position = self._boundary_position(offset)  # ValueError inside a batch
+        self._lower_recovery_point(offset)
+        i = self._bases.index(base)
+        seg = self._segments[i]
+        try:
+            removed = self._delete_segments_after(i)
+            removed += seg.truncate_to(position, offset)
+        except OSError as exc:
+            # half cut: fenced like a failed sync; a reopen recovers from the lowered
+            # recovery point whatever the crash-safe order left
+            self._fence(exc)
+            raise
+        self._next_offset = offset
+        if self._durable > offset:
+            self._durable, self._durable_base, self._durable_position = offset, base, position
+        if self._hw > offset:
+            self._hw, self._hw_base, self._hw_position = offset, base, position
+        self._after_cut(offset)
+        log.warning("%s truncated to offset %d (%s position %d): %d bytes removed",
+                    self.owner, offset, seg, position, removed)
+        return removed
+
+    def reset_to(self, offset: int) -> int:
+        """Delete every segment and start empty at offset (a follower whose fetch offset
+        fell below the leader's log start). Refused while a flush ticket is out
+        (FlushInProgress). Returns the bytes removed. `epochs` is cleared, every
+        acks=all waiter fails (LogTruncatedError), and log start, durable offset, high
+        watermark and log end are all offset.
+        Crash safety: the recovery point goes to 0 first, durably, so whatever a crash
+        leaves opens: a prefix of the old segments (deleted last one first), the new
+        empty segment, or, between the last deletion and the creation, an empty
+        directory, which opens at offset 0 (the follower's fetch is then out of range
+        again and it resets again). The recovery point is offset at the end."""
+        self._check_writable()
+        self._check_not_flushing("reset to", offset)
+        if offset < 0:
+            raise ValueError(f"{self.owner}: cannot reset to offset {offset}")
+        self._lower_recovery_point(0)
+        try:
+            removed = self._delete_segments_after(0)
+            removed += self._segments[0].size
+            self._segments[0].delete()
+            self._segments, self._bases = [], []
+            self._add_segment(LogSegment.create(self.directory, offset, self.config,
+                                                self.owner))
+        except OSError as exc:
+            self._fence(exc)  # as in truncate_to: a reopen sorts out what is left
+            raise
+        self._dir_dirty = False  # create synced the directory
+        self._next_offset = offset
+        self._durable, self._durable_base, self._durable_position = offset, offset, 0
+        self._hw, self._hw_base, self._hw_position = offset, offset, 0
+        self.epochs.clear()
+        self._after_cut(offset, waiters_from=0)  # every offset a waiter named is gone
+        self._write_checkpoint()
+        log.warning("%s reset to start empty at offset %d: %d bytes removed", self.owner,
+                    offset, removed)
+        return removed
+
+    def _check_not_flushing(self, what: str, offset: int) -> None:
+        if self._flush_ticket is not None:
+            raise FlushInProgress(f"{self.owner}: cannot {what} offset {offset} while a "
+                                  f"flush ticket up to offset {self._flush_ticket.offset} "
+                                  "is out; end it first")
+
+    def _lower_recovery_point(self, point: int) -> None:
+        """Make the recovery point at most `point`, durably, before offsets above it are
+        cut; OSError (a full disk) leaves everything as it was."""
+        if self._recovery_point > point:
+            checkpoint.write_recovery_point(self.directory, point)
+            self._recovery_point = point
+
+    def _delete_segments_after(self, i: int) -> int:
+        """Delete the segments after the i-th, the last one first, and sync the directory
+        (an old segment must not come back after new data took its offsets); their bytes."""
+        later = self._segments[i + 1:]
+        for seg in reversed(later):
+            seg.delete()
+        del self._segments[i + 1:]
+        del self._bases[i + 1:]
+        if later:
+            files.fsync_dir(self.directory)
+        return sum(seg.size for seg in later)
+
+    def _after_cut(self, offset: int, waiters_from: int | None = None) -> None:
+        """Bookkeeping after offsets >= offset left the log: the flush policy restarts
+        when nothing is unflushed, the epochs from offset on go, and the acks=all
+        waiters at or above waiters_from (default offset) fail."""
+        if self._durable == self._next_offset:
+            self._unflushed_messages = 0
+            self._first_unflushed_ms = None
+        self.epochs.truncate_from_end(offset)
+        limit = offset if waiters_from is None else waiters_from
+        cut = [w for w in self._durable_waiters if w[0] >= limit]
+        if cut:
+            self._durable_waiters = [w for w in self._durable_waiters if w[0] < limit]
+            heapq.heapify(self._durable_waiters)
+            error = LogTruncatedError(f"{self.owner}: truncated to offset {offset}")
+            for _offset, _seq, callback in sorted(cut):
+                callback(error)
 
     # --- reads (P7, P8, P10, P12) ----------------------------------------------------
 
@@ -569,22 +912,29 @@ class PartitionLog:
                 f"{self.owner}: offset {offset} is outside [{self.log_start_offset}, "
                 f"{self._next_offset}]")
 
-    def read(self, offset: int, max_bytes: int) -> FileSlice | None:
-        """Up to max_bytes of flushed batches from the batch holding offset, as a file
+    def read(self, offset: int, max_bytes: int, *, to_log_end: bool = False) -> FileSlice | None:
+        """Up to max_bytes of visible batches from the batch holding offset, as a file
         range for sendfile; at least the whole first batch even if it is larger. None when
-        offset is at or past the high watermark. OffsetOutOfRange outside the log."""
+        offset is at or past the high watermark. With to_log_end (a follower's fetch),
+        up to the log end instead: appended, maybe not yet flushed. OffsetOutOfRange
+        outside the log."""
         if self.closed:
             self._check_open()
         bases = self._bases
-        if offset >= self._hw or offset < bases[0]:
+        if to_log_end:  # every written byte is whole batches: the active size is the end
+            limit, limit_base = self._next_offset, bases[-1]
+            limit_position = self._segments[-1].size
+        else:
+            limit, limit_base, limit_position = self._hw, self._hw_base, self._hw_position
+        if offset >= limit or offset < bases[0]:
             self._check_offset(offset)
             return None
         if offset >= bases[-1]:  # the common case: a consumer near the end of the log
-            seg, end = self._segments[-1], self._hw_position  # offset < hw: hw is here
+            seg, end = self._segments[-1], limit_position  # offset < limit: the limit is here
         else:
             i = bisect.bisect_right(bases, offset) - 1
             seg = self._segments[i]
-            end = seg.size if seg.base_offset != self._hw_base else self._hw_position
+            end = seg.size if seg.base_offset != limit_base else limit_position
         batch = seg.seek(offset, end)
         if batch is None:
             if seg is self._segments[-1]:
@@ -594,7 +944,7 @@ class PartitionLog:
             log.error("%s %s file=%s ends at byte %d without offset %d: data lost; "
                       "serving from offset %d", self.owner, seg, seg.log_path, seg.size,
                       offset, bases[i + 1])
-            return self.read(bases[i + 1], max_bytes)
+            return self.read(bases[i + 1], max_bytes, to_log_end=to_log_end)
         position, length = batch[0], batch[1]
         if max_bytes > length:  # at least the whole first batch; conditionals, not min/max,
             length = max_bytes  # which cost a tenth of a lookup
@@ -603,13 +953,13 @@ class PartitionLog:
         return _tuple_new(FileSlice, (seg.file, position, length, batch[2]))
 
     def offset_for_time(self, timestamp: int) -> int | None:
-        """Base offset of the first flushed batch with maxTimestamp >= timestamp (ListOffsets
+        """Base offset of the first visible batch with maxTimestamp >= timestamp (ListOffsets
         by time), or None if there is none."""
         self._check_open()
         for seg in self._segments:
             if seg.base_offset >= self._hw:
                 break
-            end = self._flushed_end(seg)
+            end = self._visible_end(seg)
             if end == 0 or seg.max_timestamp() < timestamp:
                 continue
             batch = seg.seek_time(timestamp, end)
@@ -633,7 +983,9 @@ class PartitionLog:
             self.roll()
         deleted = 0
         total = self.size_bytes()
-        while len(self._segments) > 1 and self._bases[1] <= self._hw:  # flushed whole
+        # only segments wholly flushed and visible: unreplicated data is never deleted
+        kept_from = min(self._hw, self._durable)
+        while len(self._segments) > 1 and self._bases[1] <= kept_from:
             seg = self._segments[0]
             over_size = (self.config.retention_bytes >= 0 and
                          total - seg.size >= self.config.retention_bytes)
@@ -659,11 +1011,11 @@ class PartitionLog:
         a description of each problem found, empty when the log is intact."""
         problems = []
         for seg in self._segments:
-            if seg.base_offset > self._hw_base:
+            if seg.base_offset > self._durable_base:
                 break
-            end = self._flushed_end(seg)
+            end = self._durable_end(seg)
             check = check_range(seg.file.fd, 0, end, seg.base_offset)
-            if seg.base_offset < self._hw_base:
+            if seg.base_offset < self._durable_base:
                 check = _check_segment_end(check, seg.next_offset)
             if check.problem is not None:
                 problems.append(f"{self.owner} {seg} file={seg.log_path} "
@@ -671,11 +1023,11 @@ class PartitionLog:
         return problems
 
     def scrub_targets(self) -> list["ScrubTarget"]:
-        """The sealed segments wholly below the high watermark (durable, immutable), each
+        """The sealed segments wholly below the durable offset (durable, immutable), each
         with a duplicate fd a scrub thread reads and closes (ScrubTarget.check)."""
         return [ScrubTarget(self.owner, repr(seg), seg.log_path, os.dup(seg.file.fd),
                             seg.size, seg.base_offset, seg.next_offset)
-                for seg in self._segments[:-1] if seg.next_offset <= self._hw]
+                for seg in self._segments[:-1] if seg.next_offset <= self._durable]
 
     # --- closing ---------------------------------------------------------------------
 

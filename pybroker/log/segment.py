@@ -7,7 +7,9 @@ Contract:
   closed cleanly; `size` is where the next append goes.
 - Only the active (last) segment is appended to; its indexes are preallocated and
   mapped. A sealed segment's indexes are trimmed and loaded on first use, when their
-  invariants are checked; a damaged index is rebuilt from the log.
+  invariants are checked; a damaged index is rebuilt from the log. A follower's
+  truncation (`truncate_to`) cuts a segment at a batch boundary and makes it the
+  active one again.
 - Owned by one partition log, i.e. one worker; not thread-safe.
 - Crash: the file may end in a torn batch and the indexes may be stale; `recover`
   truncates at the first bad batch and rebuilds both indexes. Offsets have no gaps, so
@@ -185,6 +187,26 @@ class LogSegment:
         self.time_index.delete()
         self.file = None
         self.cursor = None
+
+    def truncate_to(self, position: int, next_offset: int) -> int:
+        """Cut the file to `position`, a batch boundary below which it holds the offsets
+        [base_offset, next_offset), durably (ftruncate, then fdatasync: the new size
+        must not come back longer after a crash once later data took those offsets),
+        and make this the active segment: both indexes rebuilt from the bytes kept,
+        preallocated. Returns the bytes removed. In-flight FileSlices past position
+        then read a shorter file (sendfile reports it truncated)."""
+        if not 0 <= position <= self.size:
+            raise ValueError(f"{self.owner} {self}: cannot truncate to position {position} "
+                             f"of a {self.size}-byte file")
+        removed = self.size - position
+        os.ftruncate(self.file.fd, position)
+        files.fdatasync(self.file.fd, self.log_path)
+        self.size = position
+        self.next_offset = next_offset
+        self.active = True
+        self.cursor = None
+        self._rebuild_indexes(position)
+        return removed
 
     # --- appends and flushes ---------------------------------------------------------
 
