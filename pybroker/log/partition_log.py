@@ -329,6 +329,8 @@ class PartitionLog:
         watermark moved. ValueError (nothing changed) for a bound inside a batch."""
         if bound is not None and bound < 0:
             raise ValueError(f"{self.owner}: replication bound {bound} is negative")
+        if bound is not None and self._hw < bound < self._next_offset:
+            self._boundary_position(bound)  # checked now, not at a later flush's end
         previous, self._bound = self._bound, bound
         try:
             return self._raise_hw()
@@ -345,7 +347,16 @@ class PartitionLog:
         if target == self._durable:
             base, position = self._durable_base, self._durable_position
         else:  # below the durable offset: the index finds where the batch at target starts
-            base, position = self._boundary_position(target)
+            try:
+                base, position = self._boundary_position(target)
+            except ValueError:
+                # a bound given at open, or checked before a truncate_to and now inside a
+                # batch appended since: the high watermark stops at that batch's start
+                seg = self._segments[bisect.bisect_right(self._bases, target) - 1]
+                batch = seg.seek(target, seg.size)
+                target, base, position = batch.base_offset, seg.base_offset, batch.position
+                if target <= self._hw:
+                    return False
         self._hw, self._hw_base, self._hw_position = target, base, position
         if notify:
             self._wake_durable_waiters()
@@ -393,11 +404,7 @@ class PartitionLog:
         # visible from the log start up to what the replication bound allows; quietly:
         # the owner's callbacks are for its own thread, and nobody waits yet
         self._hw, self._hw_base, self._hw_position = self._bases[0], self._bases[0], 0
-        try:
-            self._raise_hw(notify=False)
-        except ValueError as exc:
-            log.warning("%s replication bound at open: %s; the high watermark starts at the "
-                        "log start %d", self.owner, exc, self._hw)
+        self._raise_hw(notify=False)
         if self._durable != recovery_point:
             self._write_checkpoint()
         else:  # unchanged (a clean close wrote it): two fsyncs saved per partition opened

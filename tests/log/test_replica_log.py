@@ -302,12 +302,36 @@ def test_the_bound_at_open_starts_the_high_watermark_there(log_dir):
     assert open_log(log_dir, replication_bound=99).high_watermark == 5
 
 
-def test_a_bound_inside_a_batch_at_open_starts_at_the_log_start(log_dir, caplog):
+def test_a_bound_inside_a_batch_at_open_stops_at_its_start(log_dir):
     log = open_log(log_dir)
-    log.append(batch_for(0, 3))
+    log.append(batch_for(0))
+    log.append(batch_for(1, 3))  # offsets 1..3
     log.close()
-    log = open_log(log_dir, replication_bound=1)
-    assert log.high_watermark == 0 and "replication bound at open" in caplog.text
+    log = open_log(log_dir, replication_bound=2)
+    assert log.high_watermark == 1 and log.read(0, 1 << 20).length == BATCH_BYTES
+
+
+def test_a_checked_bound_that_a_truncation_left_inside_a_batch(log_dir):
+    log = open_log(log_dir, replication_bound=0)
+    append_values(log, 4)
+    log.flush()
+    log.set_replication_bound(3)
+    log.truncate_to(1)                 # the follower side of a leader change
+    log.append(batch_for(1, 4))        # offsets 1..4: the bound 3 is inside it now
+    log.append(batch_for(5))
+    log.flush()                        # must not raise in the flush path
+    assert log.high_watermark == 1     # stops at the start of the batch holding 3
+    log.set_replication_bound(5)
+    assert log.high_watermark == 5
+
+
+def test_a_bound_is_checked_when_it_is_set(log_dir):
+    log = open_log(log_dir, replication_bound=0)
+    log.append(batch_for(0, 3))
+    with pytest.raises(ValueError, match="offset 2 is inside"):  # checked before the flush
+        log.set_replication_bound(2)
+    log.flush()
+    assert log.high_watermark == 0
 
 
 def test_bound_moves_across_segments(log_dir):
