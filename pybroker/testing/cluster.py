@@ -35,7 +35,9 @@ The cluster remembers which brokers are down or paused: its Metadata, ListOffset
 CreateTopics requests go only to nodes of running, unpaused brokers.
 
 Observing: metadata(topic) (a RawClient Metadata v8 request, retried over live nodes
-while the answer is transient), wait_for(predicate, timeout) (polled, bounded),
+while the answer is transient), views() (every live node's answer for a partition),
+wait_partition() (until every live node agrees and a predicate holds: after a fault the
+nodes' views differ for a while), wait_for(predicate, timeout) (polled, bounded),
 high_watermark(), replica_files() and assert_replicas_identical() (RecordBatch by
 RecordBatch below a given offset, every byte compared; compare_replicas() is the pure
 function behind it).
@@ -49,6 +51,8 @@ state).
 """
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import signal
 import struct
@@ -83,6 +87,7 @@ RPC_TIMEOUT_S = 3.0         # one request to one node; a stopped node costs this
 METADATA_TIMEOUT_S = 30.0   # metadata() retries transient answers this long
 EXIT_TIMEOUT_S = 10.0       # SIGKILLed processes gone
 POLL_S = 0.05
+CLIENT_LOG_LINES = 20_000   # librdkafka log lines a ProducerThread keeps (debug runs)
 # Metadata answers a test may see while a topic is being created or a leader moves.
 UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER = 3, 5, 6
 TRANSIENT_TOPIC_ERRORS = {UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE}
@@ -325,23 +330,44 @@ class Cluster:
     def partition(self, topic: str, partition: int, **kwargs) -> PartitionMeta:
         return self.metadata(topic, **kwargs).partitions[partition]
 
+    def views(self, topic: str, partition: int) -> dict[int, PartitionMeta | None]:
+        """{node id: the partition as that live node's Metadata shows it} (None: the
+        node did not answer, or does not list the partition)."""
+        out: dict[int, PartitionMeta | None] = {}
+        for b in self.live_brokers():
+            for node in b.node_ids:
+                try:
+                    meta = self.metadata(topic, timeout=RPC_TIMEOUT_S, via=node)
+                except AssertionError:
+                    out[node] = None
+                    continue
+                out[node] = meta.partitions.get(partition)
+        return out
+
     def wait_partition(self, topic: str, partition: int,
                        predicate: Callable[[PartitionMeta], bool], timeout: float,
                        what: str) -> PartitionMeta:
-        """The first Metadata of the partition that satisfies predicate (bounded)."""
-        seen: list[PartitionMeta] = []
+        """The partition once every live node's Metadata agrees on it (leader, leader
+        epoch, replicas, ISR as a set) and it satisfies predicate (bounded). Nodes
+        disagree for a while after a fault: a host resumed from SIGSTOP still answers
+        from its view of before the pause until it has caught up with ZooKeeper."""
+        seen: list[dict] = [{}]
 
         def check():
-            p = self.metadata(topic, timeout=max(RPC_TIMEOUT_S, timeout)).partitions.get(
-                partition)
-            if p is not None:
-                seen[:] = [p]
-            return p if p is not None and predicate(p) else None
-        return self.wait_for(check, timeout, f"{topic}-{partition}: {what}",
-                             detail=lambda: f"last seen {seen}")
+            views = self.views(topic, partition)
+            seen[0] = views
+            found = list(views.values())
+            if not found or any(v is None for v in found):
+                return None
+            keys = {(v.leader_id, v.leader_epoch, v.replica_nodes, frozenset(v.isr_nodes))
+                    for v in found}
+            return found[0] if len(keys) == 1 and predicate(found[0]) else None
+        return self.wait_for(check, timeout, f"{topic}-{partition}: {what} (on every live "
+                             f"node)", detail=lambda: f"last seen {seen[0]}")
 
     def wait_isr(self, topic: str, partitions, size: int, timeout: float) -> None:
-        """Until each of `partitions` has a leader and an ISR of exactly `size` nodes."""
+        """Until each of `partitions` has a leader and an ISR of exactly `size` nodes,
+        as every live node sees it."""
         for p in partitions:
             self.wait_partition(topic, p, lambda m: m.leader_id >= 0 and
                                 len(m.isr_nodes) == size, timeout, f"a leader and ISR of {size}")
@@ -606,7 +632,7 @@ class ProducerThread(threading.Thread):
     def __init__(self, name: str, bootstrap: str, topic: str, partitions: int,
                  idempotent: bool, rate: float = 100.0, acks: str = "all",
                  message_timeout_ms: int = 120_000, flush_timeout_s: float = 150.0,
-                 config: dict | None = None):
+                 config: dict | None = None, debug: str | None = None):
         super().__init__(name=f"producer-{name}", daemon=True)
         self.label, self.bootstrap, self.topic = name, bootstrap, topic
         self.partitions, self.idempotent, self.rate = partitions, idempotent, rate
@@ -615,6 +641,15 @@ class ProducerThread(threading.Thread):
                        "message.timeout.ms": message_timeout_ms, "retry.backoff.ms": 100,
                        "error_cb": self._on_error, **(config or {})}
         self.flush_timeout_s = flush_timeout_s
+        # librdkafka's own log (debug contexts, e.g. "eos": PID, epoch bumps, drains),
+        # kept in memory, the last CLIENT_LOG_LINES lines
+        self.client_log: collections.deque[str] = collections.deque(maxlen=CLIENT_LOG_LINES)
+        if debug:
+            logger = logging.getLogger(f"pybroker.testing.rdkafka.{name}.{id(self)}")
+            logger.propagate = False
+            logger.setLevel(logging.DEBUG)
+            logger.addHandler(_ListHandler(self.client_log))
+            self.config.update({"debug": debug, "logger": logger})
         self.stop = threading.Event()
         self.acks: list[tuple[bytes, int, int, float]] = []
         self.failed: list[tuple[bytes, str]] = []
@@ -653,6 +688,11 @@ class ProducerThread(threading.Thread):
         except BaseException as exc:   # reported by the test through .exception
             self.exception = exc
 
+    def client_lines(self, *words: str) -> list[str]:
+        """The kept librdkafka log lines containing any of `words` (case-insensitive)."""
+        return [line for line in list(self.client_log)
+                if any(w.lower() in line.lower() for w in words)]
+
     def acked_since(self, t: float, partition: int | None = None) -> int:
         return sum(1 for _v, p, _o, at in list(self.acks)
                    if at > t and (partition is None or p == partition))
@@ -667,6 +707,15 @@ class ProducerThread(threading.Thread):
         assert not self.is_alive(), f"producer {self.label} still flushing after {timeout}s"
         assert self.exception is None, f"producer {self.label}: {self.exception!r}"
         assert self.unflushed == 0, f"producer {self.label}: {self.unflushed} undelivered"
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, lines):
+        super().__init__(logging.DEBUG)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{time.monotonic():.3f} {record.getMessage()}")
 
 
 def read_log(bootstrap: str, topic: str, partitions: int,

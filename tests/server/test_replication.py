@@ -242,7 +242,8 @@ def test_leader_host_killed_a_follower_takes_over_and_the_host_catches_up(cluste
     try:
         cluster.wait_for(lambda: producer.acked_since(0, 0) >= 50, CLIENT_TIMEOUT_S,
                          "the first acks on partition 0")
-        before = cluster.partition(topic, 0)
+        before = cluster.wait_partition(topic, 0, lambda m: m.leader_id >= 0, FAILOVER_S,
+                                        "a leader")
         victim = cluster.broker_of(before.leader_id)
         cluster.kill9(victim)
         killed_at = time.monotonic()
@@ -270,6 +271,130 @@ def test_leader_host_killed_a_follower_takes_over_and_the_host_catches_up(cluste
     assert report.violations() == [], report.summary()
     for p in range(partitions):
         cluster.assert_replicas_identical(topic, p, ends[p], timeout=30)
+
+
+# --- what a new leader must know: producer sequences, leader epochs ------------------
+
+RETRIABLE_PRODUCE = {3, 5, 6, 7, 19, 20}   # unknown, no leader, not leader, timed out,
+                                          # not enough replicas (while the ISR shrinks)
+
+
+def raw_produce(cluster, topic: str, partition: int, batch, timeout: float = 60.0) -> dict:
+    """One acks=all Produce v7 of `batch` to the partition's leader, retried while the
+    answer is retriable (a leader just elected, an ISR still holding a dead host)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        node = cluster.leader_node(topic, partition, timeout)
+        try:
+            with cluster.client(node, timeout=40) as c:
+                body = c.request(ApiKey.PRODUCE, 7, {
+                    "transactional_id": None, "acks": -1, "timeout_ms": 30_000,
+                    "topic_data": [{"name": topic, "partition_data": [
+                        {"index": partition, "records": bytes(batch)}]}]})
+            answer = body["responses"][0]["partition_responses"][0]
+            if answer["error_code"] not in RETRIABLE_PRODUCE:
+                return {**answer, "node": node}
+        except (OSError, ConnectionError) as exc:
+            answer = repr(exc)
+        assert time.monotonic() < deadline, f"produce to {topic}-{partition}: {answer}"
+        time.sleep(0.1)
+
+
+def new_leader(cluster, topic: str, partition: int, victim, before) -> int:
+    """The node leading the partition after `victim` died: from the old ISR, with a
+    higher leader epoch (every live node agreeing)."""
+    after = cluster.wait_partition(
+        topic, partition, lambda m: m.leader_id >= 0 and m.leader_id not in victim.node_ids,
+        FAILOVER_S, f"a leader other than broker {victim.broker_id}")
+    assert after.leader_id in before.isr_nodes and after.leader_epoch > before.leader_epoch, \
+        (before, after)
+    return after.leader_id
+
+
+def test_new_leader_answers_a_retried_idempotent_batch_as_a_duplicate(cluster_factory):
+    # the fault test's idempotent duplicate, made deterministic: the batch is durable on
+    # every replica, its answer is lost with the leader, the producer retries it at the
+    # new leader, which must know the producer's sequences from the replicated batches
+    cluster = cluster_factory(brokers=3, workers=1, settings=REPLICATION)
+    topic = "idem-failover"
+    assert cluster.create_topic(topic, partitions=1, replication_factor=3,
+                                configs={"min.insync.replicas": 2})["error_code"] == NONE
+    before = cluster.wait_partition(topic, 0, lambda m: m.leader_id >= 0, FAILOVER_S,
+                                    "a leader")
+    with cluster.client(before.leader_id) as c:
+        init = c.request(ApiKey.INIT_PRODUCER_ID, 1, {"transactional_id": None,
+                                                      "transaction_timeout_ms": 60_000})
+    assert init["error_code"] == NONE, init
+    pid, epoch = init["producer_id"], init["producer_epoch"]
+    batches = [build_batch([b"idem-%d" % s], producer_id=pid, producer_epoch=epoch,
+                           base_sequence=s) for s in range(3)]
+    for s in (0, 1):
+        answer = raw_produce(cluster, topic, 0, batches[s])
+        assert (answer["error_code"], answer["base_offset"]) == (NONE, s), answer
+    cluster.assert_replicas_identical(topic, 0, 2, timeout=30)   # on every replica
+
+    victim = cluster.broker_of(before.leader_id)
+    cluster.kill9(victim)
+    leader = new_leader(cluster, topic, 0, victim, before)
+    again = raw_produce(cluster, topic, 0, batches[1])            # the retry
+    third = raw_produce(cluster, topic, 0, batches[2])
+    log, ends = read_log(cluster.live_bootstrap, topic, 1)
+    assert [r.value for r in log] == [b"idem-0", b"idem-1", b"idem-2"], \
+        (f"new leader {leader} appended the retried batch again: log {log}, answers "
+         f"{again} {third}")
+    assert (again["error_code"], again["base_offset"]) == (NONE, 1), again
+    assert (third["error_code"], third["base_offset"]) == (NONE, 2), third
+
+
+def test_leader_epochs_survive_two_failovers(cluster_factory):
+    # offsets 0..4 written in epoch e0 by A, 5..9 in e1 by B; then B dies and C (or A,
+    # back in the ISR) leads in e2 from offset 10. The new leader learnt e1 as a
+    # follower, from B's batches: OffsetForLeaderEpoch(e1) must say e1 ends at 10 and
+    # OffsetForLeaderEpoch(e0) that e0 ends at 5 (KIP-101/279: what a follower
+    # truncates to), and every batch keeps the epoch it was written in
+    cluster = cluster_factory(brokers=3, workers=1, settings=REPLICATION)
+    topic = "epochs"
+    assert cluster.create_topic(topic, partitions=1, replication_factor=3,
+                                configs={"min.insync.replicas": 2})["error_code"] == NONE
+    m0 = cluster.wait_partition(topic, 0, lambda m: m.leader_id >= 0, FAILOVER_S, "a leader")
+    for i in range(5):
+        assert raw_produce(cluster, topic, 0, build_batch([b"e0-%d" % i]))["error_code"] \
+            == NONE
+    a = cluster.broker_of(m0.leader_id)
+    cluster.kill9(a)
+    new_leader(cluster, topic, 0, a, m0)
+    m1 = cluster.wait_partition(topic, 0, lambda m: m.leader_id >= 0, FAILOVER_S, "a leader")
+    for i in range(5):
+        answer = raw_produce(cluster, topic, 0, build_batch([b"e1-%d" % i]))
+        assert (answer["error_code"], answer["base_offset"]) == (NONE, 5 + i), answer
+    cluster.restart(a)
+    cluster.wait_isr(topic, [0], 3, CATCH_UP_S)
+    m1 = cluster.wait_partition(topic, 0, lambda m: m.leader_id >= 0, FAILOVER_S, "a leader")
+    b = cluster.broker_of(m1.leader_id)
+    cluster.kill9(b)
+    c_node = new_leader(cluster, topic, 0, b, m1)
+    m2 = cluster.wait_partition(topic, 0, lambda m: m.leader_id >= 0, FAILOVER_S, "a leader")
+    e0, e1, e2 = m0.leader_epoch, m1.leader_epoch, m2.leader_epoch
+    assert e0 < e1 < e2, (m0, m1, m2)
+
+    def end_of(epoch: int) -> tuple:
+        with cluster.client(c_node, timeout=15) as c:
+            body = c.request(ApiKey.OFFSET_FOR_LEADER_EPOCH, 3, {
+                "replica_id": -1, "topics": [{"topic": topic, "partitions": [{
+                    "partition": 0, "current_leader_epoch": e2, "leader_epoch": epoch}]}]})
+        p = body["topics"][0]["partitions"][0]
+        return p["error_code"], p["leader_epoch"], p["end_offset"]
+    assert end_of(e1) == (NONE, e1, 10), f"node {c_node}: epochs {e0} {e1} {e2}"
+    assert end_of(e0) == (NONE, e0, 5), f"node {c_node}: epochs {e0} {e1} {e2}"
+    assert end_of(e2) == (NONE, e2, cluster.high_watermark(topic, 0))
+
+    holder = cluster.broker_of(c_node)
+    batches, _tail = split_batches(cluster.replica_files(topic, 0, [holder])[holder.broker_id])
+    stamped = [int.from_bytes(x.data[12:16], "big", signed=True) for x in batches]
+    assert stamped[:10] == [e0] * 5 + [e1] * 5, stamped
+    cluster.restart(b)
+    cluster.wait_isr(topic, [0], 3, CATCH_UP_S)
+    cluster.assert_replicas_identical(topic, 0, cluster.high_watermark(topic, 0), timeout=30)
 
 
 # --- a follower's host stopped -------------------------------------------------------------

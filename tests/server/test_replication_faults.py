@@ -52,7 +52,11 @@ def run_schedule(cluster, rounds: int) -> None:
     result = cluster.create_topic(TOPIC, partitions=PARTITIONS, replication_factor=3,
                                   configs={"min.insync.replicas": 2})
     assert result["error_code"] == 0, result
-    producers = [ProducerThread("idem", cluster.bootstrap, TOPIC, PARTITIONS, True, RATE),
+    # the idempotent producer keeps librdkafka's "eos" log: PID, epoch bumps and
+    # partition drains, printed below (a bumped epoch resets sequences, so the broker
+    # cannot tell its retries from new writes: what caused a bump matters)
+    producers = [ProducerThread("idem", cluster.bootstrap, TOPIC, PARTITIONS, True, RATE,
+                                debug="eos"),
                  ProducerThread("plain", cluster.bootstrap, TOPIC, PARTITIONS, False, RATE)]
     for p in producers:
         p.start()
@@ -62,8 +66,9 @@ def run_schedule(cluster, rounds: int) -> None:
         begin = time.monotonic()
         for r in range(rounds * len(KINDS)):
             kind, partition = KINDS[r % len(KINDS)], r % PARTITIONS
-            before = cluster.partition(TOPIC, partition)
-            victim = cluster.leader_broker(TOPIC, partition)
+            before = cluster.wait_partition(TOPIC, partition, lambda m: m.leader_id >= 0,
+                                            FAILOVER_S, "a leader")
+            victim = cluster.broker_of(before.leader_id)
             faults.note(f"round {r}: {kind} broker {victim.broker_id} (leads {TOPIC}-"
                         f"{partition}, epoch {before.leader_epoch}, isr {before.isr_nodes})")
             if kind == "kill":
@@ -105,6 +110,9 @@ def run_schedule(cluster, rounds: int) -> None:
         print(f"{p.label}: sent {p.sent} acked {len(p.acks)} failed {len(p.failed)} "
               f"client errors {len(p.errors)} {p.errors[:3]}")
 
+    for line in producers[0].client_lines("bump", "epoch:1", "fatal", "sequence",
+                                          "persisted", "UNKNOWN_PRODUCER"):
+        print(f"idem client: {line}")
     log, ends = read_log(cluster.bootstrap, TOPIC, PARTITIONS)
     acks = [a for p in producers for a in p.history()]
     report = history.check(acks, [history.Delivery(r.value, r.partition, r.offset)
