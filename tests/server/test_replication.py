@@ -38,9 +38,12 @@ CLIENT_TIMEOUT_S = 30.0
 
 
 def produce_acked(bootstrap: str, topic: str, values, partition: int | None = None,
-                  acks: str = "all", **config) -> tuple[list, list]:
+                  acks: str = "all", spread: int | None = None,
+                  **config) -> tuple[list, list]:
     """Produce values with one confluent-kafka producer, flush (bounded); returns
-    ([(value, partition, offset)] acked, [(value, KafkaError)] failed)."""
+    ([(value, partition, offset)] acked, [(value, KafkaError)] failed). Value i goes
+    to `partition`, or with `spread` to partition i % spread (librdkafka's sticky
+    partitioner would otherwise leave some partitions empty)."""
     acked, failed = [], []
 
     def on_delivery(err, msg):
@@ -50,8 +53,9 @@ def produce_acked(bootstrap: str, topic: str, values, partition: int | None = No
             acked.append((msg.value(), msg.partition(), msg.offset()))
     producer = Producer({"bootstrap.servers": bootstrap, "acks": acks, "linger.ms": 5,
                          "message.timeout.ms": 30_000, **config})
-    for v in values:
-        kwargs = {} if partition is None else {"partition": partition}
+    for i, v in enumerate(values):
+        target = partition if spread is None else i % spread
+        kwargs = {} if target is None else {"partition": target}
         producer.produce(topic, value=v, on_delivery=on_delivery, **kwargs)
         producer.poll(0)
     assert producer.flush(60) == 0, "messages still undelivered after 60 s"
@@ -93,7 +97,7 @@ def test_three_brokers_form_one_cluster(cluster_factory):
         == {1, 2, 3}
 
     acked, failed = produce_acked(cluster.bootstrap, "plain",
-                                  [b"plain-%d" % i for i in range(60)])
+                                  [b"plain-%d" % i for i in range(60)], spread=6)
     assert failed == [] and len(acked) == 60
     log, ends = read_log(cluster.bootstrap, "plain", 6)
     assert sorted(r.value for r in log) == sorted(v for v, _p, _o in acked)
@@ -208,7 +212,7 @@ def test_acks_all_on_rf3_reads_back_and_replicas_are_identical(cluster_factory):
     assert cluster.create_topic("durable", partitions=3, replication_factor=3,
                                 configs={"min.insync.replicas": 2})["error_code"] == NONE
     values = [b"durable-%d" % i for i in range(3000)]
-    acked, failed = produce_acked(cluster.bootstrap, "durable", values,
+    acked, failed = produce_acked(cluster.bootstrap, "durable", values, spread=3,
                                   **{"enable.idempotence": True})
     assert failed == [] and len(acked) == len(values)
 
