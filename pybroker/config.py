@@ -76,6 +76,26 @@ SETTINGS: tuple[Setting, ...] = (
             "request may ask for in all (Kafka counts the sum over its topics; refused with "
             "POLICY_VIOLATION before anything is built).",
             lambda v: v >= 1, ">= 1"),
+    Setting("default.replication.factor", int, 1, "Replicas of a topic created without "
+            "a replication factor (auto-created, or -1 in CreateTopics); each on another "
+            "broker.", lambda v: 1 <= v <= 32, "1..32"),
+    Setting("min.insync.replicas", int, 1, "acks=all is refused (NOT_ENOUGH_REPLICAS) "
+            "while the in-sync replica set is smaller than this.", lambda v: 1 <= v <= 32,
+            "1..32", topic_key="min.insync.replicas"),
+    Setting("replica.lag.time.max.ms", int, 30_000, "A follower that has not caught up "
+            "to the leader's log end for this long leaves the ISR.", lambda v: v >= 100,
+            ">= 100"),
+    Setting("replica.fetch.wait.max.ms", int, 500, "How long a follower's fetch waits at "
+            "the leader for new data.", lambda v: 1 <= v <= 60_000, "1..60000"),
+    Setting("replica.fetch.max.bytes", int, 1 << 20, "Bytes a follower asks per partition "
+            "and fetch (at least one whole batch is always sent).", lambda v: v >= 1024,
+            ">= 1024"),
+    Setting("replica.fetch.response.max.bytes", int, 10 << 20, "Bytes a follower asks per "
+            "fetch in all.", lambda v: v >= 1024, ">= 1024"),
+    Setting("unclean.leader.election.enable", bool, False, "Only false is supported: a "
+            "partition whose in-sync replicas are all gone stays offline rather than lose "
+            "acknowledged records.", lambda v: v is False, "false",
+            topic_key="unclean.leader.election.enable"),
     Setting("group.max.size", int, 10_000, "Most members (and member ids handed out, "
             "KIP-394) one consumer group may hold; more joins answer GROUP_MAX_SIZE_REACHED "
             "(Kafka's name; its default is unbounded).", lambda v: v >= 1, ">= 1"),
@@ -132,7 +152,7 @@ def _parse(setting: Setting, raw: Any, name: str = "") -> Any:
     if setting.type is bool and isinstance(raw, str):
         if raw.strip().lower() not in ("true", "false"):
             raise ConfigError(f"{name}={raw!r}: expected true or false")
-        return raw.strip().lower() == "true"
+        raw = raw.strip().lower() == "true"
     try:
         value = setting.type(raw.strip() if isinstance(raw, str) else raw)
     except (TypeError, ValueError):
@@ -211,8 +231,22 @@ class BrokerConfig:
             setting = TOPIC_SETTINGS.get(key)
             if setting is None:
                 raise ConfigError(f"unknown topic config {key!r}")
-            values[setting.log_field] = setting.to_log(_parse(setting, raw, key))
+            value = _parse(setting, raw, key)
+            if setting.log_field:  # others (min.insync.replicas) are not the log's
+                values[setting.log_field] = setting.to_log(value)
         return LogConfig(**values)
+
+    def for_topic(self, key: str, topic_config: dict[str, Any] | None = None) -> Any:
+        """A setting's value for one topic: its topic override when it has a valid one
+        (Kafka's topic key), else the broker's."""
+        setting = BY_KEY[key]
+        raw = (topic_config or {}).get(setting.topic_key) if setting.topic_key else None
+        if raw is None:
+            return self[key]
+        try:
+            return _parse(setting, raw, setting.topic_key)
+        except ConfigError:
+            return self[key]
 
 
 def reference_table() -> str:

@@ -10,9 +10,19 @@ def test_a_topic_override_means_what_the_broker_setting_means():
     assert (broker.log_config().max_batch_bytes ==
             BrokerConfig().log_config({"max.message.bytes": "5000"}).max_batch_bytes)
     for topic_key, setting in TOPIC_SETTINGS.items():
+        if not setting.log_field:
+            continue  # not a log setting (min.insync.replicas): see for_topic below
         value = setting.default if setting.default > 0 else 1000
         assert (BrokerConfig({setting.key: value}).log_config() ==
                 BrokerConfig().log_config({topic_key: str(value)})), topic_key
+
+
+def test_for_topic_takes_a_valid_topic_override_else_the_broker_setting():
+    broker = BrokerConfig({"min.insync.replicas": 2})
+    assert broker.for_topic("min.insync.replicas") == 2
+    assert broker.for_topic("min.insync.replicas", {"min.insync.replicas": "3"}) == 3
+    assert broker.for_topic("min.insync.replicas", {"min.insync.replicas": "zero"}) == 2
+    assert topic_config_error({"unclean.leader.election.enable": "true"})
 
 
 @pytest.mark.parametrize("configs, named", [

@@ -37,14 +37,21 @@ def _parse_configs(pairs) -> dict:
 def create(args) -> int:
     cluster, conn = _admin(args)
     body = {"topics": [{"name": args.topic, "num_partitions": args.partitions,
-                        "replication_factor": 1, "assignments": [],
+                        "replication_factor": args.replication_factor, "assignments": [],
                         "configs": [{"name": k, "value": v}
                                     for k, v in _parse_configs(args.config).items()]}],
             "timeout_ms": int(args.timeout * 1000), "validate_only": False}
     result = conn.request(ApiKey.CREATE_TOPICS, 4, body)["topics"][0]
     _check(result["error_code"], result["error_message"], f"create {args.topic}")
-    print(f"created {args.topic} with {args.partitions} partition(s)")
+    factor = ("default.replication.factor" if args.replication_factor == -1
+              else args.replication_factor)
+    print(f"created {args.topic} with {args.partitions} partition(s), replication factor "
+          f"{factor}")
     return 0
+
+
+def _nodes(nodes) -> str:
+    return ",".join(str(n) for n in nodes) or "-"
 
 
 def list_topics(args) -> int:
@@ -67,10 +74,13 @@ def describe(args) -> int:
     _check(topic["error_code"], None, f"describe {args.topic}")
     offsets = _offsets(cluster, args.topic, topic["partitions"])
     print(f"topic {args.topic}: {len(topic['partitions'])} partition(s)")
-    print(f"{'partition':>9} {'leader':>7} {'log start':>12} {'log end':>12}")
+    print(f"{'partition':>9} {'leader':>7} {'epoch':>6} {'log start':>12} {'log end':>12}  "
+          "replicas  isr  offline")
     for p in sorted(topic["partitions"], key=lambda p: p["partition_index"]):
         start, end = offsets.get(p["partition_index"], (-1, -1))
-        print(f"{p['partition_index']:>9} {p['leader_id']:>7} {start:>12} {end:>12}")
+        print(f"{p['partition_index']:>9} {p['leader_id']:>7} {p['leader_epoch']:>6} "
+              f"{start:>12} {end:>12}  {_nodes(p['replica_nodes'])}  {_nodes(p['isr_nodes'])}"
+              f"  {_nodes(p['offline_replicas'])}")
     configs = conn.request(ApiKey.DESCRIBE_CONFIGS, 1, {
         "resources": [{"resource_type": TOPIC_RESOURCE, "resource_name": args.topic,
                        "configuration_keys": None}], "include_synonyms": False})["results"][0]
@@ -128,6 +138,9 @@ def add_parser(sub) -> None:
     p = tsub.add_parser("create", help="create a topic")
     p.add_argument("topic")
     p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--replication-factor", type=int, default=-1,
+                   help="replicas per partition, each on another broker (default: the "
+                        "broker's default.replication.factor)")
     p.add_argument("--config", action="append", metavar="KEY=VALUE",
                    help="topic config override, e.g. retention.ms=3600000 (repeatable)")
     common(p)

@@ -4,9 +4,19 @@ Paths, under the connect string's optional chroot (Kafka 0.8 layout):
   /brokers/ids/<node>           ephemeral: {"host", "port", "endpoints", "partitions"
                                 (online here), "offline" (stored here, offline),
                                 "pybroker_owner"}
-  /brokers/topics/<topic>       persistent: {"version": 2, "partitions": {"<p>": [node]}}
+  /brokers/topics/<topic>       persistent: {"version": 2, "partitions": {"<p>": [replica
+                                nodes, preferred leader first]}}
+  /brokers/topics/<topic>/partitions/<p>/state
+                                persistent: {"version": 1, "leader", "leader_epoch", "isr",
+                                "controller_epoch"} (Kafka 0.8's layout). Written only by
+                                compare-and-set on the znode version: by the controller
+                                (leader changes, dead replicas out of the ISR) and by the
+                                leader (ISR shrink and expand).
   /config/topics/<topic>        persistent: {"version": 1, "config": {key: value}}
   /controller                   ephemeral election: {"version": 1, "brokerid": node}
+  /controller_epoch             persistent: the count of controller elections; every
+                                controller write checks its znode version (fencing a
+                                controller that lost its session without knowing it)
   /cluster/id                   persistent: {"version": "1", "id": "<cluster id>"}
   /pybroker/producer_id_block   persistent: {"next": <first unallocated producer id>}
 
@@ -32,11 +42,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (BadVersionError, ConnectionClosedError, ConnectionLoss,
-                              KazooException, NodeExistsError, NoNodeError,
+                              KazooException, NodeExistsError, NoNodeError, RolledBackError,
                               SessionExpiredError)
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
@@ -53,9 +63,11 @@ IDS = "/brokers/ids"
 TOPICS = "/brokers/topics"
 TOPIC_CONFIGS = "/config/topics"
 CONTROLLER = "/controller"
+CONTROLLER_EPOCH = "/controller_epoch"
 CLUSTER_ID = "/cluster/id"
 PRODUCER_ID_BLOCK = "/pybroker/producer_id_block"
 PRODUCER_ID_BLOCK_SIZE = 1000  # ids a worker takes per ZooKeeper round trip
+STATES_PER_TRANSACTION = 500   # partition-state creates per multi (ZooKeeper's 1 MB limit)
 
 # Reconnect backoff: kazoo's default doubles up to an hour, so after a long outage a
 # node could stay away for many minutes after ZooKeeper is back. 0.1 s doubling to
@@ -122,6 +134,32 @@ def ensure_chroot(connect: str, timeout: float = 30.0) -> None:
         client.close()
 
 
+def state_path(topic: str, partition: int) -> str:
+    return f"{TOPICS}/{topic}/partitions/{partition}/state"
+
+
+class PartitionInfo(NamedTuple):
+    """A partition's replicas (assignment order: the first is the preferred leader) and
+    its leadership as its state znode holds it. leader -1: none (offline); version -1:
+    no state znode yet (a topic written before replication: the controller adds it)."""
+
+    replicas: tuple
+    leader: int
+    leader_epoch: int
+    isr: tuple
+    version: int = -1
+
+    def state_data(self, controller_epoch: int) -> bytes:
+        return _dumps({"version": 1, "leader": self.leader, "leader_epoch": self.leader_epoch,
+                       "isr": list(self.isr), "controller_epoch": controller_epoch})
+
+
+def initial_info(replicas) -> PartitionInfo:
+    """A new partition's leadership: the first replica leads epoch 0, all are in sync."""
+    replicas = tuple(replicas)
+    return PartitionInfo(replicas, replicas[0], 0, replicas)
+
+
 @dataclass(frozen=True)
 class ClusterState:
     """One consistent read of the registries."""
@@ -129,13 +167,23 @@ class ClusterState:
     cluster_id: str = ""
     controller_id: int = -1
     nodes: dict = field(default_factory=dict)          # node id -> (host, port)
-    topics: dict = field(default_factory=dict)         # topic -> {partition: node}
+    topics: dict = field(default_factory=dict)         # topic -> {partition: leader, -1: none}
     topic_configs: dict = field(default_factory=dict)  # topic -> {key: value}
     serving: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" online
     offline: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" offline
+    partitions: dict = field(default_factory=dict)     # (topic, partition) -> PartitionInfo
+    controller_epoch: int = 0
 
     def leader(self, topic: str, partition: int) -> int | None:
+        """The partition's leader node (-1: none now); None for an unknown partition."""
         return self.topics.get(topic, {}).get(partition)
+
+    def partition(self, topic: str, partition: int) -> PartitionInfo | None:
+        return self.partitions.get((topic, partition))
+
+    def is_live(self, node: int, topic: str, partition: int) -> bool:
+        """node is registered and does not say it has the partition offline."""
+        return node in self.nodes and f"{topic}-{partition}" not in self.offline.get(node, ())
 
     def served(self, topic: str, partition: int) -> bool:
         """The partition's leader is registered and says it has the log online (it
@@ -143,16 +191,18 @@ class ClusterState:
         leader = self.leader(topic, partition)
         return f"{topic}-{partition}" in self.serving.get(leader, ())
 
-    def offline_at_leader(self, topic: str, partition: int) -> bool:
-        """The partition's leader says it has the log offline (failed open, failed
-        sync, damage found)."""
-        leader = self.leader(topic, partition)
-        return f"{topic}-{partition}" in self.offline.get(leader, ())
-
     def topic_served(self, topic: str) -> bool:
         """The topic exists and every partition's leader serves it."""
         parts = self.topics.get(topic)
         return parts is not None and all(self.served(topic, p) for p in parts)
+
+
+def _raise_first(results, ignore: tuple = ()) -> None:
+    """Raise the first failure of a committed transaction (kazoo returns them)."""
+    failures = [r for r in results if isinstance(r, Exception)
+                and not isinstance(r, (RolledBackError, *ignore))]
+    if failures:
+        raise failures[0]  # the op that failed; the others only rolled back
 
 
 def _dumps(obj) -> bytes:
@@ -225,6 +275,11 @@ class Registry:
         # Owned by the worker's ZooKeeper thread.
         self._id_block: list[int] = [0, 0]  # [next, end) of this worker's producer ids
         self.state = ClusterState()
+        # While this node is the controller (registry thread): its election's epoch
+        # and the /controller_epoch version every controller write checks.
+        self.controller_epoch = 0
+        self.controller_epoch_version = -1
+        self.on_view: Callable[[ClusterState], None] | None = None  # the controller's hook
 
     @property
     def zk(self) -> KazooClient:
@@ -396,9 +451,29 @@ class Registry:
         try:
             self._zk.create(CONTROLLER, _dumps({"version": 1, "brokerid": self.node_id}),
                             ephemeral=True)
-            log.info("node=%d elected controller", self.node_id)
         except NodeExistsError:
-            pass
+            return
+        self.controller_epoch, self.controller_epoch_version = self._bump_controller_epoch()
+        log.info("node=%d elected controller (controller epoch %d)", self.node_id,
+                 self.controller_epoch)
+
+    def _bump_controller_epoch(self) -> tuple[int, int]:
+        """Count this election in /controller_epoch by CAS: (epoch, znode version)."""
+        while True:
+            try:
+                data, stat = self._zk.get(CONTROLLER_EPOCH)
+            except NoNodeError:
+                try:
+                    self._zk.create(CONTROLLER_EPOCH, b"1")
+                    return 1, 0
+                except NodeExistsError:
+                    continue
+            epoch = int(data.decode() or 0) + 1
+            try:
+                stat = self._zk.set(CONTROLLER_EPOCH, str(epoch).encode(), version=stat.version)
+                return epoch, stat.version
+            except BadVersionError:
+                continue
 
     def set_partitions(self, partitions: list[str], offline: list[str] = ()) -> None:
         """Publish the partitions this node serves (and those it stores but has
@@ -440,6 +515,8 @@ class Registry:
                         self._views_dirty = True
                         raise
                     self._on_change(self.state)
+                    if self.on_view is not None:
+                        self.on_view(self.state)
                 if self._failing:
                     self._failing = False
                     log.info("node=%d registry pass succeeded again", self.node_id)
@@ -475,41 +552,123 @@ class Registry:
                 offline[int(child)] = frozenset(info.get("offline", ()))
             except NoNodeError:
                 continue
-        topics, configs = {}, {}
+        topics, configs, partitions = {}, {}, {}
+        pending = []
         for name in zk.get_children(TOPICS, watch=self._watch):
             try:
                 info = self._read_json(f"{TOPICS}/{name}", watch=True)
             except NoNodeError:
                 continue
-            topics[name] = {int(p): replicas[0] for p, replicas in info["partitions"].items()}
+            if info.get("deleting") or "partitions" not in info:
+                continue  # being deleted (or not a topic we wrote): gone
+            for p, replicas in info["partitions"].items():
+                pending.append((name, int(p), tuple(replicas),
+                                zk.get_async(state_path(name, int(p)), watch=self._watch)))
             try:
                 configs[name] = self._read_json(f"{TOPIC_CONFIGS}/{name}",
                                                 watch=True).get("config", {})
             except NoNodeError:
                 configs[name] = {}
-        try:
-            controller = int(self._read_json(CONTROLLER, watch=True)["brokerid"])
-        except NoNodeError:
-            self._elect()
-            controller = int(self._read_json(CONTROLLER, watch=True)["brokerid"])
+        for name, p, replicas, answer in pending:  # pipelined: one round trip for all
+            partitions[(name, p)] = info = self._partition_info(name, p, replicas, answer)
+            topics.setdefault(name, {})[p] = info.leader
+        controller = self._read_controller()
         cluster_id = self._read_json(CLUSTER_ID)["id"]
-        return ClusterState(cluster_id, controller, nodes, topics, configs, serving, offline)
+        return ClusterState(cluster_id, controller, nodes, topics, configs, serving, offline,
+                            partitions, self.controller_epoch)
+
+    def _read_controller(self) -> int:
+        """The controller's node id, electing ourselves when there is none. A /controller
+        naming this node under a session not ours was left by a dead incarnation of it
+        (a restarted worker): it is deleted and the election held again, instead of
+        having no controller until that session expires."""
+        for _ in range(RECONCILE_ROUNDS):
+            try:
+                data, stat = self._zk.get(CONTROLLER, watch=self._watch)
+            except NoNodeError:
+                self._elect()
+                continue
+            controller = int(json.loads(data.decode())["brokerid"])
+            if controller != self.node_id or stat.ephemeralOwner == self._zk.client_id[0]:
+                return controller
+            log.warning("node=%d %s names this node under session 0x%x, not ours: "
+                        "deleting it", self.node_id, CONTROLLER, stat.ephemeralOwner)
+            try:
+                self._zk.delete(CONTROLLER, version=stat.version)
+            except (NoNodeError, BadVersionError):
+                pass
+        return int(self._read_json(CONTROLLER, watch=True)["brokerid"])
+
+    def _partition_info(self, topic: str, p: int, replicas: tuple, answer) -> PartitionInfo:
+        try:
+            data, stat = answer.get()
+        except NoNodeError:
+            # a topic from before replication, or one whose creation is still writing
+            # its states: its first replica leads until the controller writes a state
+            self._zk.exists(state_path(topic, p), watch=self._watch)
+            return initial_info(replicas)._replace(version=-1)
+        state = json.loads(data.decode())
+        return PartitionInfo(replicas, int(state["leader"]), int(state["leader_epoch"]),
+                             tuple(state["isr"]), stat.version)
 
     # --- changes: blocking, call on the worker's ZooKeeper thread (Worker.run_zk) ---
 
-    def create_topic(self, name: str, assignment: dict[int, int], config: dict) -> None:
-        """Write a new topic's partition assignment and config; TopicExists if taken.
-        Blocks: call on the ZooKeeper thread."""
+    def create_topic(self, name: str, assignment: dict[int, list[int]], config: dict) -> None:
+        """Write a new topic's replica assignment, config and partition states (first
+        replica leading epoch 0, every replica in sync); TopicExists if taken. The
+        topic and its first states are one transaction; a large topic's other states
+        follow in more (a reader meanwhile sees their initial state, which the state
+        written is). Blocks: call on the ZooKeeper thread."""
+        parts = sorted(assignment.items())
         tx = self._zk.transaction()
         tx.create(f"{TOPICS}/{name}", _dumps({"version": 2, "partitions": {
-            str(p): [node] for p, node in sorted(assignment.items())}}))
+            str(p): list(replicas) for p, replicas in parts}}))
         tx.create(f"{TOPIC_CONFIGS}/{name}", _dumps({"version": 1, "config": config}))
+        tx.create(f"{TOPICS}/{name}/partitions", b"")
+        chunk = STATES_PER_TRANSACTION
+        self._add_states(tx, name, parts[:chunk])
         results = tx.commit()
         if any(isinstance(r, NodeExistsError) for r in results):
-            raise TopicExists(name)
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
+            raise TopicExists(name)  # or its znodes are still being deleted
+        _raise_first(results)
+        for start in range(chunk, len(parts), chunk):
+            tx = self._zk.transaction()
+            self._add_states(tx, name, parts[start:start + chunk])
+            _raise_first(tx.commit(), ignore=(NodeExistsError,))  # the controller's, maybe
+
+    def _add_states(self, tx, name: str, parts) -> None:
+        for p, replicas in parts:
+            tx.create(f"{TOPICS}/{name}/partitions/{p}", b"")
+            tx.create(state_path(name, p), initial_info(replicas).state_data(
+                self.state.controller_epoch))
+
+    def create_partition_state(self, topic: str, p: int, info: PartitionInfo,
+                               controller_epoch: int) -> None:
+        """The controller: a state znode for a partition that has none. NodeExistsError
+        if one appeared meanwhile, NoNodeError if the topic is gone (its parents are
+        never created here: that would bring a deleted topic back)."""
+        for parent in (f"{TOPICS}/{topic}/partitions", f"{TOPICS}/{topic}/partitions/{p}"):
+            try:
+                self._zk.create(parent, b"")
+            except NodeExistsError:
+                pass
+        self._zk.create(state_path(topic, p), info.state_data(controller_epoch))
+
+    def write_partition_state(self, topic: str, p: int, info: PartitionInfo,
+                              controller_epoch: int, fence: int | None = None) -> int:
+        """Compare-and-set a partition's state over version info.version; the new
+        version. With fence (the controller's /controller_epoch version), in one
+        transaction with a check of that version, so a deposed controller writes
+        nothing. BadVersionError when either changed. Blocks."""
+        data = info.state_data(controller_epoch)
+        if fence is None:
+            return self._zk.set(state_path(topic, p), data, version=info.version).version
+        tx = self._zk.transaction()
+        tx.check(CONTROLLER_EPOCH, fence)
+        tx.set_data(state_path(topic, p), data, version=info.version)
+        results = tx.commit()
+        _raise_first(results)
+        return results[1].version
 
     def set_topic_config(self, name: str, config: dict) -> None:
         """Replace a topic's config overrides (every node applies them on refresh).
@@ -524,10 +683,18 @@ class Registry:
     def delete_topic(self, name: str) -> bool:
         """Remove a topic's registry entries; False if it did not exist. Blocks: call
         on the ZooKeeper thread."""
-        if not self._zk.exists(f"{TOPICS}/{name}"):
-            return False  # kazoo's recursive delete hides NoNodeError, so ask first
+        path = f"{TOPICS}/{name}"
+        try:  # marked first: readers take it as gone while its znodes go leaf by leaf
+            data, stat = self._zk.get(path)
+            info = json.loads(data.decode()) if data else {}
+            info["deleting"] = True
+            self._zk.set(path, _dumps(info), version=stat.version)
+        except NoNodeError:
+            return False
+        except BadVersionError:
+            pass  # changed meanwhile (marked by another node): delete it anyway
         try:
-            self._zk.delete(f"{TOPICS}/{name}", recursive=True)
+            self._zk.delete(path, recursive=True)
         except NoNodeError:
             return False
         try:

@@ -248,6 +248,7 @@ class PartitionLog:
         self._flush_ticket: FlushTicket | None = None  # a flush under way off-thread
         self._sync_error: BaseException | None = None  # a failed fdatasync fences the log
         self.closed = False
+        self.leader_epoch: int | None = None  # stamped into appends (the owner leads)
         os.makedirs(directory, exist_ok=True)
         self._open()
         self.epochs = LeaderEpochCache(directory, self.owner)
@@ -471,9 +472,12 @@ class PartitionLog:
         LogSyncFailedError once a flush failed. `check(scan)` runs after validation and
         before the write (the idempotence check reads the producer fields the C scan
         returns); what it raises is raised, and nothing is written. A leader passes its
-        leader_epoch: it is stamped into every batch, and recorded in `epochs` when it
-        is new."""
+        leader_epoch (default: the attribute `leader_epoch`, which an owner sets while
+        it leads): it is stamped into every batch, and recorded in `epochs` when it is
+        new."""
         self._check_writable()
+        if leader_epoch is None:
+            leader_epoch = self.leader_epoch
         try:
             scan = core.scan_batches(batches, stamp_offset=self._next_offset,
                                      append_time=append_time,

@@ -26,7 +26,9 @@ answers KAFKA_STORAGE_ERROR (its acks=all waiters too), CLOSING NOT_LEADER_OR_FO
 Every state change is one log line naming the partition, its directory and the reason.
 
 A partition is stored here exactly when the ZooKeeper assignment names this node as
-its leader; its directory is `<data-dir>/<topic>-<partition>`.
+one of its replicas; its directory is `<data-dir>/<topic>-<partition>`. Whether this
+node leads or follows it is the ReplicaManager's business (server/replication.py):
+`logs` holds every online log, led or followed.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from pybroker import failpoints
 from pybroker.config import BrokerConfig, ConfigError
 from pybroker.coord.registry import ClusterState
 from pybroker.errors import CorruptLogError, LogSyncFailedError
-from pybroker.log import LogConfig, PartitionLog
+from pybroker.log import LogConfig, PartitionLog, checkpoint
 from pybroker.log.partition_log import write_recovery_point
 from pybroker.protocol import ErrorCode
 from pybroker.server.partition_state import PartitionState
@@ -66,7 +68,8 @@ class Partition:
     """A partition this node stores: its state, its log once opened, and why it is
     offline when it is."""
 
-    __slots__ = ("tp", "directory", "state", "log", "reason", "wanted", "delete", "successor")
+    __slots__ = ("tp", "directory", "state", "log", "reason", "wanted", "delete", "successor",
+                 "leader_epoch", "replicated")
 
     def __init__(self, tp: tuple[str, int], directory: str):
         self.tp = tp
@@ -77,6 +80,8 @@ class Partition:
         self.wanted = True     # False once unassigned: close when the open completes
         self.delete = False    # the topic is gone: delete the directory after closing
         self.successor = None  # (partition, config) to open once this one has closed
+        self.leader_epoch = None  # the epoch this node leads in when the open began
+        self.replicated = False   # more than one replica: its high watermark is bounded
 
     @property
     def name(self) -> str:
@@ -106,7 +111,10 @@ class LogManager:
         self.scrubbed_bytes = 0                        # read by scrubs so far (stats)
         self.scrub_passes = 0
         self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
+        self._append_waiters: dict[tuple[str, int], set[asyncio.Future]] = {}  # followers'
+        self._sync_waiters: dict[tuple[str, int], list] = {}  # [(offset, future)] (sync_now)
         self._checkpointing = False
+        self._hw_stored: dict[tuple[str, int], int] = {}  # high watermarks last written
         self._replaced: set[Partition] = set()  # closing, while a new open of tp runs
         self._stopping = False
 
@@ -136,8 +144,7 @@ class LogManager:
     def sync(self, state: ClusterState) -> bool:
         """Open the logs newly assigned to this node, close those no longer assigned and
         delete those whose topic is gone. True if the stored set changed."""
-        wanted = {(t, p) for t, parts in state.topics.items()
-                  for p, node in parts.items() if node == self.node_id}
+        wanted = {tp for tp, info in state.partitions.items() if self.node_id in info.replicas}
         changed = False
         for tp in sorted(tp for tp, part in self.partitions.items()
                          if tp not in wanted and part.wanted):
@@ -147,7 +154,10 @@ class LogManager:
         for tp in sorted(wanted):
             part = self.partitions.get(tp)
             if part is None or not part.wanted:
-                self._start_open(tp, configs[tp[0]])
+                info = state.partitions[tp]
+                self._start_open(tp, configs[tp[0]],
+                                 info.leader_epoch if info.leader == self.node_id else None,
+                                 len(info.replicas) > 1)
                 changed = True
         for tp, plog in self.logs.items():
             config = configs[tp[0]]
@@ -173,15 +183,20 @@ class LogManager:
         level = logging.ERROR if state == PartitionState.OFFLINE else logging.INFO
         log.log(level, "node=%d tp=%s dir=%s %s -> %s: %s", self.node_id, part.name,
                 part.directory, old.label, state.label, reason)
+        if state != PartitionState.ONLINE and part.tp in self._sync_waiters:
+            self._answer_sync_waiters(part, part.log, None)
         if self.on_change is not None:
             self.on_change()
 
     # --- opening ---------------------------------------------------------------------
 
-    def _start_open(self, tp: tuple[str, int], config: LogConfig) -> None:
+    def _start_open(self, tp: tuple[str, int], config: LogConfig,
+                    leader_epoch: int | None = None, replicated: bool = False) -> None:
         directory = partition_dir(self.data_dir, *tp)
         previous = self.partitions.get(tp)
         part = Partition(tp, directory)
+        part.leader_epoch = leader_epoch
+        part.replicated = replicated
         self.partitions[tp] = part
         log.info("node=%d tp=%s dir=%s opening", self.node_id, part.name, directory)
         if previous is not None:
@@ -201,16 +216,26 @@ class LogManager:
         """On the storage thread: recover the log and replay its producer state."""
         failpoints.hit("partition.open")
         tp = part.tp
-        plog = PartitionLog(part.directory, config, name=part.name,
+        # a replica shows nothing above its last known high watermark until its leader
+        # (or, leading, its followers) say more is in the whole ISR
+        bound = (checkpoint.read_high_watermark(part.directory) or 0) if part.replicated else None
+        plog = PartitionLog(part.directory, config, name=part.name, replication_bound=bound,
                             on_flush=lambda _hw, seconds: self._flushed(tp, seconds),
                             on_flush_due=lambda: self._flush_due(tp),
+                            on_hw=lambda _hw: self._hw_moved(tp),
                             monotonic=time.monotonic)
         try:
             self.producers.load(tp, plog)
+            if part.leader_epoch is not None:  # leading: its epoch starts at the log end
+                plog.epochs.assign(part.leader_epoch, plog.log_end_offset)
         except BaseException:
             plog.close()
             raise
         return plog
+
+    def run_storage(self, fn, *args) -> asyncio.Future:
+        """fn(*args) on the storage thread, after the jobs already queued there."""
+        return self.loop.run_in_executor(self._storage, fn, *args)
 
     def _opened(self, part: Partition, fut: asyncio.Future) -> None:
         exc = fut.exception()
@@ -318,7 +343,10 @@ class LogManager:
     # --- flush policy (P5) -----------------------------------------------------------
 
     def appended(self, tp: tuple[str, int]) -> None:
-        """Note an append: arm the flush timer if the log holds unflushed data."""
+        """Note an append: wake the followers' fetches waiting for it, and arm the flush
+        timer if the log holds unflushed data."""
+        if tp in self._append_waiters:
+            self._wake_set(self._append_waiters.get(tp, ()))
         if self._flush_timer is not None and tp in self._dirty:
             return  # the armed timer will look at this log (hot path)
         plog = self.logs[tp]
@@ -374,6 +402,8 @@ class LogManager:
                    fut: asyncio.Future) -> None:
         error = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
         plog.end_flush(ticket, error)  # the high watermark, acks=all, fetches; or fenced
+        if part.tp in self._sync_waiters:
+            self._answer_sync_waiters(part, plog, error)
         if part.state == PartitionState.CLOSING:
             self._continue_close(part)
             return
@@ -392,6 +422,44 @@ class LogManager:
             self._dirty.add(part.tp)
             self._arm_flush_timer(deadline)
 
+    def sync_now(self, tp: tuple[str, int]) -> asyncio.Future:
+        """A Future resolved (None) once everything appended to tp so far is durable
+        here, flushing now if needed: a follower's group commit after a fetch round.
+        Resolved with an exception when the sync failed or the log went away."""
+        fut = self.loop.create_future()
+        part = self.partitions.get(tp)
+        plog = self.logs.get(tp)
+        if plog is None or part is None:
+            fut.set_exception(LogSyncFailedError(f"tp={tp[0]}-{tp[1]} is not online"))
+            return fut
+        if plog.sync_failed:
+            fut.set_exception(LogSyncFailedError(f"tp={part.name}: an fdatasync failed"))
+            return fut
+        target = plog.log_end_offset
+        if plog.durable_offset >= target:
+            fut.set_result(None)
+            return fut
+        self._sync_waiters.setdefault(tp, []).append((target, fut))
+        self._start_flush(part, plog)  # or the ticket out now, then the next one
+        return fut
+
+    def _answer_sync_waiters(self, part: Partition, plog: PartitionLog, error) -> None:
+        waiting = self._sync_waiters.pop(part.tp, [])
+        keep = []
+        for target, fut in waiting:
+            if fut.done():
+                continue
+            if error is not None or part.state != PartitionState.ONLINE:
+                fut.set_exception(LogSyncFailedError(
+                    f"tp={part.name}: {error or 'the log is no longer online'}"))
+            elif plog.durable_offset >= target:
+                fut.set_result(None)
+            else:
+                keep.append((target, fut))
+        if keep:
+            self._sync_waiters[part.tp] = keep
+            self._start_flush(part, plog)
+
     def flush_all(self) -> None:
         """Start a flush of every online log now (shutdown answers acks=all early)."""
         for tp, plog in list(self.logs.items()):
@@ -408,8 +476,11 @@ class LogManager:
         for tp, plog in self.logs.items():
             point = plog.checkpoint_due()
             snapshot = self.producers.snapshot(tp, plog)
-            if point is not None or snapshot is not None:
-                jobs.append((plog, point, snapshot))
+            hw = plog.high_watermark if plog.replication_bound is not None else None
+            if hw is not None and self._hw_stored.get(tp) == hw:
+                hw = None
+            if point is not None or snapshot is not None or hw is not None:
+                jobs.append((tp, plog, point, snapshot, hw))
         if not jobs:
             return
         self._checkpointing = True
@@ -421,26 +492,33 @@ class LogManager:
         if fut.exception() is not None:
             log.error("node=%d checkpoint failed: %r", self.node_id, fut.exception())
             return
-        for (plog, point, _snapshot), ok in zip(jobs, fut.result()):
+        for (tp, plog, point, _snapshot, hw), ok in zip(jobs, fut.result()):
+            if hw is not None:
+                self._hw_stored[tp] = hw
             if ok and point is not None and not plog.closed:
                 plog.checkpointed(point)
 
     # --- waiting for data (fetch long-poll) ------------------------------------------
 
-    def wait_for_data(self, tps: list[tuple[str, int]], timeout: float) -> asyncio.Future:
-        """A future that completes when any of tps gets newly flushed data (or changes
-        state), or after timeout seconds."""
+    def wait_for_data(self, tps: list[tuple[str, int]], timeout: float,
+                      appends: bool = False) -> asyncio.Future:
+        """A future that completes when any of tps gets newly visible data (or changes
+        state), or after timeout seconds; with appends (a follower's fetch), also when
+        any of them gets an append, flushed or not."""
         fut = self.loop.create_future()
-        for tp in tps:
-            self._waiters.setdefault(tp, set()).add(fut)
+        tables = (self._waiters, self._append_waiters) if appends else (self._waiters,)
+        for table in tables:
+            for tp in tps:
+                table.setdefault(tp, set()).add(fut)
 
         def done(_f=None):
-            for tp in tps:
-                waiters = self._waiters.get(tp)
-                if waiters is not None:
-                    waiters.discard(fut)
-                    if not waiters:
-                        del self._waiters[tp]
+            for table in tables:
+                for tp in tps:
+                    waiters = table.get(tp)
+                    if waiters is not None:
+                        waiters.discard(fut)
+                        if not waiters:
+                            del table[tp]
             if not fut.done():
                 fut.set_result(None)
         timer = self.loop.call_later(timeout, done)
@@ -452,8 +530,22 @@ class LogManager:
             self.stats.fsync.observe(seconds)
         self._wake(tp)
 
+    def _hw_moved(self, tp: tuple[str, int]) -> None:
+        if tp in self.logs:  # not while it opens on the storage thread: nobody waits yet
+            self._wake(tp)
+
     def _wake(self, tp: tuple[str, int]) -> None:
-        for fut in list(self._waiters.get(tp, ())):
+        self._wake_set(self._waiters.get(tp, ()))
+        if tp in self._append_waiters:
+            self._wake_set(self._append_waiters[tp])
+
+    def wake(self, tp: tuple[str, int]) -> None:
+        """Wake tp's waiting fetches (its high watermark moved, or its role changed)."""
+        self._wake(tp)
+
+    @staticmethod
+    def _wake_set(waiters) -> None:
+        for fut in list(waiters):
             if not fut.done():
                 fut.set_result(None)
 
@@ -542,6 +634,11 @@ def _close_blocking(part: Partition, snapshot: bytes | None) -> None:
     if plog is not None:
         if snapshot is not None:
             write_snapshot(plog.directory, snapshot)
+        if plog.replication_bound is not None and not part.delete:
+            try:
+                checkpoint.write_high_watermark(plog.directory, plog.high_watermark)
+            except OSError as exc:
+                log.error("%s cannot write the high watermark: %s", plog.owner, exc)
         plog.close()
     if part.delete and os.path.isdir(part.directory):
         doomed = f"{part.directory}.{uuid.uuid4().hex[:8]}-delete"
@@ -552,10 +649,15 @@ def _close_blocking(part: Partition, snapshot: bytes | None) -> None:
 def _write_checkpoints(jobs) -> list[bool]:
     """On the storage thread: each job's recovery point and producer snapshot."""
     results = []
-    for plog, point, snapshot in jobs:
+    for _tp, plog, point, snapshot, hw in jobs:
         ok = True
         if point is not None:
             ok = write_recovery_point(plog.directory, point, plog.owner)
+        if hw is not None:
+            try:
+                checkpoint.write_high_watermark(plog.directory, hw)
+            except OSError as exc:
+                log.error("%s cannot write the high watermark %d: %s", plog.owner, hw, exc)
         if snapshot is not None:
             try:
                 write_snapshot(plog.directory, snapshot)

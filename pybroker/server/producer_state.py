@@ -100,6 +100,7 @@ def write_snapshot(directory: str, data: bytes) -> None:
 class ProducerStates:
     def __init__(self):
         self._tables: dict[tuple[str, int], _Table] = {}
+        self._infos: core.BatchInfos | None = None  # the loop's, for `replicated`
 
     def append(self, tp, plog: PartitionLog, records) -> tuple[int, int, bool]:
         """Check sequences and append; (base offset, last offset, newly appended)."""
@@ -229,19 +230,31 @@ class ProducerStates:
     def forget(self, tp) -> None:
         self._tables.pop(tp, None)
 
+    def replicated(self, tp, batches) -> None:
+        """A follower appended `batches` (copied from its leader, validated by the
+        append): record their producers as the leader's appends did, so this replica
+        checks sequences right away if it becomes leader."""
+        table = self._tables.get(tp)
+        if table is None:
+            table = self._tables[tp] = _Table({}, False, -1)
+        if self._infos is None or self._infos.max_bytes < len(batches):
+            self._infos = core.BatchInfos(max(len(batches), REPLAY_READ_BYTES))
+        scan, packed, _error = core.scan_batch_infos(batches, self._infos)
+        if _apply_infos(table.producers, packed, scan.first_offset if scan.batches else 0):
+            table.changed = True
+
 
 def _replay(producers: dict[int, _Producer], plog: PartitionLog, offset: int) -> int:
-    """Apply the batches from offset to the high watermark to producers, as appends
-    did; returns how many carried a producer id. Header fields come from the C walk
-    (which also checks each CRC); damage below the high watermark raises
-    CorruptLogError, since those batches were acknowledged."""
+    """Apply the batches from offset to the log end to producers, as appends did;
+    returns how many carried a producer id. Called at open (the log end is durable
+    then) and by a follower after a cut of its log (synced first). Header fields come
+    from the C walk (which also checks each CRC); damage raises CorruptLogError, since
+    those batches are durable."""
     infos = core.BatchInfos(REPLAY_READ_BYTES)
-    unpack = core.BATCH_INFO_LAYOUT.iter_unpack
-    get = producers.get
     applied = 0
-    hw = plog.high_watermark
+    hw = plog.log_end_offset
     while offset < hw:
-        piece = plog.read(offset, REPLAY_READ_BYTES)
+        piece = plog.read(offset, REPLAY_READ_BYTES, to_log_end=True)
         if piece is None:
             break
         data = piece.read_bytes()
@@ -252,14 +265,24 @@ def _replay(producers: dict[int, _Producer], plog: PartitionLog, offset: int) ->
             raise CorruptLogError(
                 f"tp={plog.name} file={piece.file.path} position={piece.position}: "
                 f"producer-state replay at offset {offset} found {error or 'no batch'} "
-                f"below the high watermark {hw}")
-        for base, pid, delta, seq, epoch, _attributes, _length in unpack(packed):
-            if pid < 0 or base + delta < offset:
-                continue
-            producer = get(pid)
-            if producer is None or producer.epoch != epoch:
-                producer = producers[pid] = _Producer(epoch)
-            producer.batches.append((seq, (seq + delta) % SEQ_MODULO, base, base + delta))
-            applied += 1
+                f"below the log end {hw}")
+        applied += _apply_infos(producers, packed, offset)
         offset = scan.last_offset + 1
+    return applied
+
+
+def _apply_infos(producers: dict[int, _Producer], packed, offset: int) -> int:
+    """Apply the C walk's per-batch infos (batches ending at or after offset) to
+    producers, as appends did; how many carried a producer id."""
+    get = producers.get
+    applied = 0
+    for base, pid, delta, seq, epoch, _attributes, _length in \
+            core.BATCH_INFO_LAYOUT.iter_unpack(packed):
+        if pid < 0 or base + delta < offset:
+            continue
+        producer = get(pid)
+        if producer is None or producer.epoch != epoch:
+            producer = producers[pid] = _Producer(epoch)
+        producer.batches.append((seq, (seq + delta) % SEQ_MODULO, base, base + delta))
+        applied += 1
     return applied

@@ -10,8 +10,10 @@ publishes the worker's row into the control block every HEARTBEAT_S with the loo
 progress, so the supervisor tells a busy worker (recovering on its storage thread) from
 a hung loop or a stopped process.
 
-SIGTERM: stop accepting, let in-flight requests finish (up to DRAIN_S), flush and
-close every log cleanly (clean-shutdown marker), deregister from ZooKeeper, exit 0.
+SIGTERM: hand the leadership of replicated partitions to in-sync followers on other
+brokers (up to HAND_OVER_S), stop accepting, let in-flight requests finish (up to
+DRAIN_S), flush and close every log cleanly (clean-shutdown marker), deregister from
+ZooKeeper, exit 0.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pybroker.config import BrokerConfig
+from pybroker.coord.controller import Controller
+from pybroker.coord.placement import NODES_PER_BROKER
 from pybroker.coord.registry import ClusterState, Registry, ZooKeeperUnreachable
 from pybroker.protocol import SUPPORTED
 from pybroker.server import controlblock
@@ -34,14 +38,15 @@ from pybroker.server.handlers.api_versions import advertised
 from pybroker.server.heartbeat import Heartbeat
 from pybroker.server.log_manager import LogManager
 from pybroker.server.partition_state import PartitionState
+from pybroker.server.replication import ReplicaManager
 from pybroker.server.stats import WorkerStats
 
 log = logging.getLogger("pybroker.server")
 
 HEARTBEAT_S = 0.25
 DRAIN_S = 5.0
+HAND_OVER_S = 5.0     # SIGTERM: how long successors get to copy a led log's end
 FIRST_VIEW_S = 30.0   # the registry's first read of ZooKeeper, before SERVING
-NODES_PER_BROKER = 100
 
 
 def node_id_for(broker_id: int, index: int) -> int:
@@ -73,6 +78,7 @@ class Worker:
         self._cluster_waiters: list = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.partitions: LogManager | None = None
+        self.replicas: ReplicaManager | None = None
         self.registry: Registry | None = None
         self.control: controlblock.ControlBlock | None = None
         self.heartbeat: Heartbeat | None = None
@@ -104,6 +110,7 @@ class Worker:
         self.heartbeat.start()
         self.partitions = LogManager(self.data_dir, self.config, self.node_id, self.loop,
                                      self.stats, on_change=self._partitions_changed)
+        self.replicas = ReplicaManager(self)
         sock = self._listen or _listen_socket(self.config["listeners.host"], self.port)
         sock.setblocking(False)
         self._listen = sock
@@ -111,6 +118,8 @@ class Worker:
                                  lambda st: self.loop.call_soon_threadsafe(self._on_cluster, st),
                                  self.config["zookeeper.session.timeout.ms"],
                                  owner=registration_owner(self.data_dir, self.node_id))
+        self.controller = Controller(self.registry)
+        self.registry.on_view = self.controller.on_view  # acts while this node controls
         await self._start_registry()
         try:  # accept once the cluster is known: Metadata must never answer from nothing
             await asyncio.wait_for(self._first_view.wait(), FIRST_VIEW_S)
@@ -125,6 +134,8 @@ class Worker:
         self._schedule(self.config["log.flush.offset.checkpoint.interval.ms"] / 1000,
                        self.partitions.checkpoint)
         self.partitions.start_scrubbing()
+        self._schedule(max(self.config["replica.lag.time.max.ms"] / 2000, 0.05),
+                       self.replicas.check_isr)
         idle_ms = self.config["connections.max.idle.ms"]
         if idle_ms > 0:  # swept ten times per limit, at most every 10 s
             self._schedule(min(max(idle_ms / 10_000, 0.05), 10.0), self._close_idle)
@@ -158,6 +169,8 @@ class Worker:
 
     async def _shutdown(self) -> None:
         self.heartbeat.publish_now()  # _collect says STOPPING from now on
+        if self.replicas.leading:
+            await self.replicas.hand_over(HAND_OVER_S)
         self.loop.remove_reader(self._listen.fileno())
         self._listen.close()
         for conn in self.connections:
@@ -169,6 +182,7 @@ class Worker:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.close(CloseReason.SHUTDOWN)
+        self.replicas.stop()  # no follower appends while the logs close
         await self.partitions.close_all()
         await self.loop.run_in_executor(None, self.registry.stop)
         self._zk_executor.shutdown(wait=False)
@@ -251,6 +265,7 @@ class Worker:
             coordinator.cluster_changed()
         if not self.stopping:
             self.partitions.sync(state)
+            self.replicas.sync()
             self._first_view.set()
         waiters, self._cluster_waiters = self._cluster_waiters, []
         for predicate, fut, value in waiters:
@@ -284,6 +299,7 @@ class Worker:
         self._publish_pending = False
         if self.stopping:
             return
+        self.replicas.sync()  # a log that came online takes its role
         self.registry.set_partitions(self.partitions.online_names(),  # never blocks
                                      self.partitions.offline_names())
         self.heartbeat.publish_now()  # `pybroker stats` shows it before it is first used

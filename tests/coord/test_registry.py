@@ -68,12 +68,12 @@ def test_nodes_register_and_see_each_other(registries, zk):
 
 def test_topics_partitions_and_configs(registries):
     a, wa = registries(0)
-    a.create_topic("orders", {0: 0, 1: 0}, {"retention.ms": "1000"})
+    a.create_topic("orders", {0: [0], 1: [0]}, {"retention.ms": "1000"})
     state = wa.wait_for(lambda s: "orders" in s.topics)
     assert state.topics["orders"] == {0: 0, 1: 0}
     assert state.topic_configs["orders"] == {"retention.ms": "1000"}
     with pytest.raises(TopicExists):
-        a.create_topic("orders", {0: 0}, {})
+        a.create_topic("orders", {0: [0]}, {})
     assert a.delete_topic("orders")
     wa.wait_for(lambda s: "orders" not in s.topics)
     assert not a.delete_topic("orders")

@@ -12,7 +12,7 @@ import pytest
 
 from pybroker import failpoints
 from pybroker.config import BrokerConfig
-from pybroker.coord.registry import ClusterState
+from pybroker.coord.registry import ClusterState, initial_info
 from pybroker.errors import CorruptLogError, LogSyncFailedError
 from pybroker.log import LogConfig, PartitionLog, checkpoint, files
 from pybroker.protocol import ErrorCode
@@ -40,7 +40,8 @@ def assigned(*partitions: tuple[str, int]) -> ClusterState:
     topics: dict = {}
     for topic, p in partitions:
         topics.setdefault(topic, {})[p] = NODE
-    return ClusterState(topics=topics)
+    return ClusterState(topics=topics, partitions={
+        tp: initial_info((NODE,)) for tp in partitions})
 
 
 def run(coro):

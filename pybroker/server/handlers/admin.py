@@ -1,9 +1,11 @@
 """CreateTopics (key 19) and DeleteTopics (key 20), topic auto-creation, and the one way
 the handlers call ZooKeeper (`zk_call`).
 
-Topics without replication: a replication factor other than 1 (or -1, the default) is
-refused. Partitions are spread round-robin over the live nodes from a random start,
-and the assignment is written to ZooKeeper, from which every node opens its share.
+Replicas are placed on distinct brokers (pybroker.coord.placement) or as the request's
+explicit assignment says; the replication factor -1 means default.replication.factor.
+A factor larger than the live brokers answers INVALID_REPLICATION_FACTOR. The
+assignment and each partition's first state (first replica leading) are written to
+ZooKeeper, from which every node opens its replicas.
 
 Every count a client declares is checked before anything is built from it: the
 partitions of one request (the sum over its topics, as Kafka's controller counts
@@ -16,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 
 from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from pybroker.config import topic_config_error
+from pybroker.coord import placement
 from pybroker.coord.registry import TopicExists
 from pybroker.protocol import ErrorCode
 
@@ -160,9 +162,11 @@ def zk_error(worker, what: str, exc: Exception) -> tuple[ErrorCode, str]:
 
 # --- creating ----------------------------------------------------------------------
 
-def plan_topic(worker, name: str, partitions: int, configs: dict):
+def plan_topic(worker, name: str, partitions: int, configs: dict,
+               replication_factor: int = -1, assignment: dict | None = None):
     """Validate a new topic: (error code, message, assignment or None). `partitions`
-    must already be within max.partitions.per.request."""
+    must already be within max.partitions.per.request; an explicit `assignment`
+    ({partition: [nodes]}) replaces the placement."""
     problem = topic_name_error(name)
     if problem:
         return ErrorCode.INVALID_TOPIC_EXCEPTION, problem, None
@@ -176,9 +180,22 @@ def plan_topic(worker, name: str, partitions: int, configs: dict):
     if name in worker.cluster.topics:
         return ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists", None
     nodes = sorted(worker.cluster.nodes) or [worker.node_id]
-    start = random.randrange(len(nodes))
-    return ErrorCode.NONE, None, {p: nodes[(start + p) % len(nodes)]
-                                  for p in range(partitions)}
+    if assignment is not None:
+        try:
+            placement.check_assignment(assignment, nodes)
+        except placement.PlacementError as exc:
+            return ErrorCode.INVALID_REPLICA_ASSIGNMENT, str(exc), None
+        return ErrorCode.NONE, None, assignment
+    if replication_factor == -1:
+        replication_factor = worker.config["default.replication.factor"]
+    if replication_factor < 1:
+        return (ErrorCode.INVALID_REPLICATION_FACTOR,
+                f"replication factor must be >= 1 (or -1 for default.replication.factor), "
+                f"got {replication_factor}", None)
+    try:
+        return ErrorCode.NONE, None, placement.assign(nodes, partitions, replication_factor)
+    except placement.PlacementError as exc:
+        return ErrorCode.INVALID_REPLICATION_FACTOR, str(exc), None
 
 
 def create_topics(worker, plans: list) -> asyncio.Future:
@@ -224,17 +241,23 @@ def _check_topic(worker, topic: dict, seen: set):
         partitions = worker.config["num.partitions"]
     if name in seen:
         return ErrorCode.INVALID_REQUEST, f"topic {name!r} appears twice in the request", None
-    if topic["replication_factor"] not in (-1, 1):
-        return (ErrorCode.INVALID_REPLICATION_FACTOR,
-                f"replication factor {topic['replication_factor']}: this broker does not "
-                "replicate; use 1", None)
-    if topic["assignments"]:   # refused whatever its length: never looped over
-        return ErrorCode.INVALID_REQUEST, "manual replica assignment is not supported", None
+    assignment = None
+    if topic["assignments"]:  # bounded by max.partitions.per.request (counted before)
+        if topic["num_partitions"] != -1 or topic["replication_factor"] != -1:
+            return (ErrorCode.INVALID_REQUEST, "with assignments, num_partitions and "
+                    "replication_factor must be -1", None)
+        assignment = {a["partition_index"]: list(a["broker_ids"])
+                      for a in topic["assignments"]}
+        if len(assignment) != len(topic["assignments"]):
+            return (ErrorCode.INVALID_REPLICA_ASSIGNMENT, "a partition is assigned twice",
+                    None)
+        partitions = len(assignment)
     if len(topic["configs"]) > MAX_CONFIG_ENTRIES:
         return (ErrorCode.INVALID_CONFIG, f"{len(topic['configs'])} config entries; at most "
                 f"{MAX_CONFIG_ENTRIES} allowed", None)
     configs = {c["name"]: c["value"] for c in topic["configs"]}
-    code, message, assignment = plan_topic(worker, name, partitions, configs)
+    code, message, assignment = plan_topic(worker, name, partitions, configs,
+                                           topic["replication_factor"], assignment)
     return code, message, (name, assignment, configs) if assignment is not None else None
 
 

@@ -13,10 +13,12 @@ Invariants:
 - Order within a partition is arrival order: anything that must append at once (an
   idempotent batch) or look at a log (any other request) first applies what is
   pending (`apply_partition`, `apply`).
-- acks=all answers wait, after the run, for the flush of the run's appends, at most
-  the request's timeout_ms (then REQUEST_TIMED_OUT for the partitions not yet durable);
-  a log fenced by a failed sync, or closing, answers its partitions at once
-  (KAFKA_STORAGE_ERROR).
+- acks=all answers wait, after the run, for the high watermark to pass the run's
+  appends (durable on every ISR member), at most the request's timeout_ms (then
+  REQUEST_TIMED_OUT for the partitions not yet durable); a log fenced by a failed sync,
+  or closing, answers its partitions at once (KAFKA_STORAGE_ERROR), one this node
+  stopped leading NOT_LEADER_OR_FOLLOWER; one whose ISR shrank below
+  min.insync.replicas meanwhile NOT_ENOUGH_REPLICAS_AFTER_APPEND.
 - A joined append is all or nothing (PartitionLog.append). When it fails on bad input,
   each request is appended alone, so only the bad request gets the error.
 - Nothing is pending between runs: the connection applies at the end of every run,
@@ -63,11 +65,11 @@ def _appended(worker, tp, plog, first: int, last: int, size: int) -> None:
     worker.stats.produced(tp, last - first + 1, size)
 
 
-def _answer(result: dict, base: int, plog, last: int, durable: list | None) -> None:
+def _answer(tp, result: dict, base: int, plog, last: int, durable: list | None) -> None:
     result["base_offset"] = base
     result["log_start_offset"] = plog.log_start_offset
     if durable is not None:
-        durable.append((plog, last, result))
+        durable.append((plog, last, result, tp))
 
 
 def append_one(worker, tp, plog, records, result: dict, durable: list | None) -> None:
@@ -80,19 +82,21 @@ def append_one(worker, tp, plog, records, result: dict, durable: list | None) ->
         return
     if appended:  # not a retried duplicate answered with its first offsets
         _appended(worker, tp, plog, base, last, len(records))
-    _answer(result, base, plog, last, durable)
+    _answer(tp, result, base, plog, last, durable)
 
 
 class AnswerAfterRun:
     """A Produce response whose offsets are filled in when the run's appends are
     applied: the connection then calls `when_ready`."""
 
-    __slots__ = ("response", "durable", "timeout_ms")
+    __slots__ = ("response", "durable", "timeout_ms", "isr_short")
 
-    def __init__(self, response: dict, durable: list | None, timeout_ms: int = 0):
+    def __init__(self, response: dict, durable: list | None, timeout_ms: int = 0,
+                 isr_short=None):
         self.response = response
-        self.durable = durable  # acks=all: (log, last offset, partition result), once applied
+        self.durable = durable  # acks=all: (log, last offset, result, tp), once applied
         self.timeout_ms = timeout_ms
+        self.isr_short = isr_short  # tp -> the ISR is below min.insync.replicas
 
     def when_ready(self, callback, loop) -> None:
         """callback(response) now, or for acks=all once every log in durable has flushed
@@ -113,25 +117,27 @@ class _DurableWait:
     def __init__(self, answer: AnswerAfterRun, callback, loop):
         self.answer = answer
         self.callback = callback
-        self.pending = {id(result) for _plog, _last, result in answer.durable}
+        self.pending = {id(result) for _plog, _last, result, _tp in answer.durable}
         self.timer = None
-        for plog, last, result in answer.durable:
-            plog.when_durable(last, partial(self._one_done, result))
+        for plog, last, result, tp in answer.durable:
+            plog.when_durable(last, partial(self._one_done, result, tp))
         if self.pending:
             self.timer = loop.call_later(max(answer.timeout_ms, 0) / 1000, self._expire)
 
-    def _one_done(self, result: dict, error) -> None:
+    def _one_done(self, result: dict, tp, error) -> None:
         if id(result) not in self.pending:
             return  # answered already (timed out), or a second entry of this partition
         if error is not None:
-            result["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
+            result["error_code"] = getattr(error, "error_code", ErrorCode.KAFKA_STORAGE_ERROR)
+        elif self.answer.isr_short is not None and self.answer.isr_short(tp):
+            result["error_code"] = ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND
         self.pending.discard(id(result))
         if not self.pending:
             self._finish()
 
     def _expire(self) -> None:
         self.timer = None
-        for _plog, _last, result in self.answer.durable:
+        for _plog, _last, result, _tp in self.answer.durable:
             if id(result) in self.pending:
                 result["error_code"] = ErrorCode.REQUEST_TIMED_OUT
         self.pending.clear()
@@ -194,6 +200,6 @@ class AppendBatch:
         _appended(worker, tp, plog, appended.base_offset, last, len(joined))
         position = 0
         for _, records, result, durable in entries:
-            _answer(result, _BASE_OFFSET.unpack_from(joined, position)[0], plog, last,
+            _answer(tp, result, _BASE_OFFSET.unpack_from(joined, position)[0], plog, last,
                     durable)
             position += len(records)

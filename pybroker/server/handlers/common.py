@@ -5,8 +5,9 @@ from pybroker.protocol import ErrorCode
 
 
 def partition_error(worker, topic: str, partition: int) -> ErrorCode:
-    """Why this node cannot serve topic/partition (NONE when it can)."""
-    if (topic, partition) in worker.partitions.logs:
+    """Why this node cannot serve topic/partition to clients (NONE when it leads it and
+    has its log online)."""
+    if (topic, partition) in worker.replicas.leader_logs:
         return ErrorCode.NONE
     stored = worker.partitions.error_for((topic, partition))  # opening, offline, closing
     if stored is not None:
@@ -14,6 +15,6 @@ def partition_error(worker, topic: str, partition: int) -> ErrorCode:
     leader = worker.cluster.leader(topic, partition)
     if leader is None:
         return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-    if leader == worker.node_id:
-        return ErrorCode.LEADER_NOT_AVAILABLE  # assigned here, log not open yet
+    if leader == worker.node_id or leader < 0:
+        return ErrorCode.LEADER_NOT_AVAILABLE  # becoming leader here, or none elected
     return ErrorCode.NOT_LEADER_OR_FOLLOWER

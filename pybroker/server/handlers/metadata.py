@@ -1,7 +1,8 @@
 """Metadata (key 3): nodes, controller, cluster id, and topic/partition leaders.
 
-Every answer lists at least the answering node. Leader epochs are -1 (no replication,
-no OffsetForLeaderEpoch). Unknown topics are auto-created when the broker allows it
+Every answer lists at least the answering node. Replicas, ISR and leader epoch come
+from the partition's state znode; a replica that is not registered (or says it has
+the partition offline) is listed in offline_replicas. Unknown topics are auto-created when the broker allows it
 and the request does (v4+ flag; always in v0-v3): the topics are written on the
 worker's ZooKeeper thread (admin.zk_call), and the answer waits until they are in this
 node's view of ZooKeeper, so the client gets leaders at once. One request auto-creates
@@ -25,23 +26,29 @@ def _brokers(worker, state) -> list[dict]:
             for node, (host, port) in sorted(nodes.items())]
 
 
+def _live(worker, state, node: int, name: str, index: int) -> bool:
+    """node is registered and has the partition's log usable: this node knows its own
+    offline partitions, the others publish theirs in ZooKeeper."""
+    if node == worker.node_id:
+        return worker.partitions.error_for((name, index)) != ErrorCode.KAFKA_STORAGE_ERROR
+    return state.is_live(node, name, index)
+
+
 def _topic(worker, state, name: str) -> dict:
     partitions = []
     for index, leader in sorted(state.topics[name].items()):
         # A registered leader is given even while it opens the log (it answers the
         # retriable LEADER_NOT_AVAILABLE meanwhile), as clients expect a leader to stay
-        # put; an offline partition is shown without one, as Kafka does: this node
-        # knows its own, the others publish theirs in ZooKeeper.
-        if leader == worker.node_id:
-            offline = worker.partitions.error_for((name, index)) == ErrorCode.KAFKA_STORAGE_ERROR
-        else:
-            offline = state.offline_at_leader(name, index)
-        alive = leader in state.nodes and not offline
+        # put; an offline partition is shown without one, as Kafka does.
+        info = state.partition(name, index)
+        alive = leader >= 0 and _live(worker, state, leader, name, index)
         partitions.append({
             "error_code": ErrorCode.NONE if alive else ErrorCode.LEADER_NOT_AVAILABLE,
             "partition_index": index, "leader_id": leader if alive else -1,
-            "leader_epoch": -1, "replica_nodes": [leader], "isr_nodes": [leader] if alive else [],
-            "offline_replicas": [] if alive else [leader]})
+            "leader_epoch": info.leader_epoch, "replica_nodes": list(info.replicas),
+            "isr_nodes": list(info.isr),
+            "offline_replicas": [n for n in info.replicas
+                                 if not _live(worker, state, n, name, index)]})
     return {"error_code": ErrorCode.NONE, "name": name, "is_internal": False,
             "partitions": partitions, "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS}
 

@@ -37,7 +37,7 @@ def _partition(worker, topic: str, p: dict) -> dict:
     if code:
         answer["error_code"] = code
         return answer
-    plog = worker.partitions.logs[tp]
+    plog = worker.replicas.leader_logs[tp]
     ts = p["timestamp"]
     if ts == EARLIEST:
         answer["offset"] = plog.log_start_offset

@@ -3,8 +3,10 @@
 Each partition's records are validated whole (magic 2, CRC-32C, sizes, record counts)
 before any byte of them is appended; a bad partition gets its error code and the other
 partitions of the request are appended as usual. acks=0: no response; acks=1: answer
-after the append; acks=-1: answer once the flush that makes the batches durable has
-happened (group commit, P5). Plain (non-idempotent) appends wait for the end of the
+after the leader's append; acks=-1: answer once the batches are durable on every
+in-sync replica (the high watermark passed them: group commit, P5, and the followers'
+fetches), refused with NOT_ENOUGH_REPLICAS while the ISR is smaller than
+min.insync.replicas. Plain (non-idempotent) appends wait for the end of the
 connection's run of pipelined frames, to be written with the run's others for the same
 partition (append_batch.py).
 """
@@ -42,12 +44,14 @@ def handle(ctx, request):
                 result["error_code"] = refused
                 continue
             tp = (name, pd["index"])
-            plog = worker.partitions.logs.get(tp)
+            plog = worker.replicas.leader_logs.get(tp)
             records = pd["records"]
             if plog is None:
                 result["error_code"] = partition_error(worker, *tp)
             elif records is None or len(records) == 0:
                 result["error_code"] = ErrorCode.INVALID_RECORD
+            elif durable is not None and worker.replicas.isr_short(tp):
+                result["error_code"] = ErrorCode.NOT_ENOUGH_REPLICAS
             elif not is_idempotent(records):
                 batch.add(tp, plog, records, result, durable)
             else:
@@ -57,7 +61,8 @@ def handle(ctx, request):
     if acks == 0:
         return None
     response = {"responses": responses, "throttle_time_ms": 0}
-    return AnswerAfterRun(response, durable, request["timeout_ms"])  # after the run's appends
+    return AnswerAfterRun(response, durable, request["timeout_ms"],  # after the run's appends
+                          worker.replicas.isr_short)
 
 
 def handle_init_producer_id(ctx, request):

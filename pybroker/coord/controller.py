@@ -1,0 +1,101 @@
+"""The controller: leader election from the ISR when brokers come and go (Kafka 0.8's
+ZooKeeper-based controller).
+
+One node at a time holds /controller (Registry._elect). After every read of the
+registries its registry thread calls `Controller.on_view`, which compares each
+partition's state znode with the live nodes and writes what must change:
+- a partition without a state znode (a topic from before replication) gets one: its
+  first live replica leads epoch 0, the live replicas are in sync;
+- a leader that is gone (unregistered, or it says it has the partition offline) is
+  replaced by the first replica, in assignment order, that is in the ISR and live;
+  the leader epoch goes up by one and the ISR keeps only live members;
+- with a live leader, ISR members that are gone leave the ISR (the leader would wait
+  replica.lag.time.max.ms to find out; acks=all waits for every ISR member);
+- with no live ISR member nothing is written: unclean election is off, so the
+  partition stays without a leader until an ISR member returns, and Metadata shows it
+  offline (its recorded leader is not live).
+Each write is a compare-and-set on the state znode's version inside a transaction
+that checks /controller_epoch's version, so a controller deposed while it was paused
+(SIGSTOP, a long GC) writes nothing. Nodes learn the outcome from their watches on the
+state znodes (Kafka's controller sends LeaderAndIsr requests instead).
+"""
+from __future__ import annotations
+
+import logging
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+
+from pybroker.coord.registry import ClusterState, PartitionInfo
+
+log = logging.getLogger("pybroker.coord")
+
+
+def decide(state: ClusterState, topic: str, partition: int,
+           info: PartitionInfo) -> PartitionInfo | None:
+    """The state this partition should have now, or None when its znode is right."""
+    def live(node: int) -> bool:
+        return state.is_live(node, topic, partition)
+
+    if info.version < 0:
+        alive = tuple(n for n in info.replicas if live(n))
+        return info._replace(leader=alive[0] if alive else info.replicas[0],
+                             leader_epoch=0, isr=alive or info.replicas)
+    if info.leader >= 0 and live(info.leader):
+        isr = tuple(n for n in info.isr if live(n))
+        if info.leader not in isr:
+            isr = (info.leader,) + isr  # the leader is always in its ISR
+        return info._replace(isr=isr) if isr != info.isr else None
+    candidates = [n for n in info.replicas if n in info.isr and live(n)]
+    if not candidates:
+        return None  # no clean leader: stay offline until an ISR member returns
+    return info._replace(leader=candidates[0], leader_epoch=info.leader_epoch + 1,
+                         isr=tuple(n for n in info.isr if live(n)))
+
+
+def plan(state: ClusterState) -> list[tuple[str, int, PartitionInfo]]:
+    """Every (topic, partition, new info) the controller should write for this view."""
+    changes = []
+    for (topic, partition), info in sorted(state.partitions.items()):
+        new = decide(state, topic, partition, info)
+        if new is not None:
+            changes.append((topic, partition, new))
+    return changes
+
+
+class Controller:
+    """The controller role of one node; acts only while the view names it controller."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.elections = 0   # leader changes written (stats, tests)
+
+    def on_view(self, state: ClusterState) -> None:
+        """On the registry thread, after each read: write this view's decisions."""
+        if state.controller_id != self.registry.node_id or self.registry.controller_epoch <= 0:
+            return
+        for topic, partition, new in plan(state):
+            old = state.partitions[(topic, partition)]
+            if not self._write(topic, partition, old, new):
+                return  # the view is stale: the watches bring a new one
+            if new.leader != old.leader:
+                self.elections += 1
+            log.info("node=%d controller: tp=%s-%d leader %d -> %d epoch %d isr %s -> %s",
+                     self.registry.node_id, topic, partition, old.leader, new.leader,
+                     new.leader_epoch, list(old.isr), list(new.isr))
+
+    def _write(self, topic: str, partition: int, old: PartitionInfo,
+               new: PartitionInfo) -> bool:
+        registry = self.registry
+        try:
+            if old.version < 0:
+                registry.create_partition_state(topic, partition, new,
+                                                registry.controller_epoch)
+            else:
+                registry.write_partition_state(topic, partition, new,
+                                               registry.controller_epoch,
+                                               fence=registry.controller_epoch_version)
+            return True
+        except (BadVersionError, NodeExistsError, NoNodeError) as exc:
+            log.info("node=%d controller: tp=%s-%d changed under us (%s); re-reading",
+                     registry.node_id, topic, partition, type(exc).__name__)
+            return False
