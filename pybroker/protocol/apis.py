@@ -13,6 +13,7 @@ from .messages.groups import (DESCRIBE_GROUPS, FIND_COORDINATOR, HEARTBEAT, JOIN
                               LEAVE_GROUP, LIST_GROUPS, SYNC_GROUP)
 from .messages.metadata import API_VERSIONS, METADATA
 from .messages.offsets import OFFSET_COMMIT, OFFSET_FETCH
+from .messages.partitions import CREATE_PARTITIONS, ELECT_LEADERS
 from .messages.produce import INIT_PRODUCER_ID, PRODUCE
 from .messages.replication import OFFSET_FOR_LEADER_EPOCH
 from .messages.topics import CREATE_TOPICS, DELETE_TOPICS
@@ -42,6 +43,8 @@ class ApiKey:
     OFFSET_FOR_LEADER_EPOCH = 23
     DESCRIBE_CONFIGS = 32
     ALTER_CONFIGS = 33
+    CREATE_PARTITIONS = 37
+    ELECT_LEADERS = 43
     INCREMENTAL_ALTER_CONFIGS = 44
 
 
@@ -49,7 +52,8 @@ APIS: dict[int, Message] = {m.api_key: m for m in (
     PRODUCE, FETCH, LIST_OFFSETS, METADATA, OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR,
     JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS,
     API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH,
-    DESCRIBE_CONFIGS, ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS,
+    DESCRIBE_CONFIGS, ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS, CREATE_PARTITIONS,
+    ELECT_LEADERS,
 )}
 
 # api_key -> (min_version, max_version) advertised in ApiVersions.
@@ -75,6 +79,8 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     ApiKey.DESCRIBE_CONFIGS: (0, 2),
     ApiKey.ALTER_CONFIGS: (0, 2),
     ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 1),
+    ApiKey.CREATE_PARTITIONS: (0, 3),
+    ApiKey.ELECT_LEADERS: (0, 2),
 }
 
 

@@ -1,0 +1,71 @@
+"""Partition administration: CreatePartitions (key 37) and ElectLeaders (key 43).
+
+CreatePartitions raises a topic's partition count (never lowers it), optionally with
+an explicit replica assignment for the new partitions only. ElectLeaders moves a
+partition's leadership to its preferred replica (KIP-183; election types, KIP-460).
+"""
+
+from ..schema import Array, Field as F, Message, Struct
+
+# Spec: validVersions 0-3, flexibleVersions 2+. We implement 0-3. v1 is v0 (the broker
+# answers before throttling); v2 is the first flexible version; v3 may answer
+# THROTTLING_QUOTA_EXCEEDED (KIP-599; we never throttle). `assignments` is null when
+# the broker places the new partitions; otherwise one entry per new partition, in
+# partition order, each naming its replicas (preferred leader first). The spec gives
+# it no default, so an absent one is the empty array, as Kafka's generated code has.
+CREATE_PARTITIONS = Message(
+    37, "CreatePartitions", valid_versions="0-3", flexible_versions="2+",
+    request=[
+        F("topics", Array(Struct(
+            "CreatePartitionsTopic",
+            F("name", "string", "0+"),
+            F("count", "int32", "0+"),
+            F("assignments", Array(Struct(
+                "CreatePartitionsAssignment",
+                F("broker_ids", Array("int32"), "0+"),
+            )), "0+", nullable_versions="0+"),
+        )), "0+"),
+        F("timeout_ms", "int32", "0+"),
+        F("validate_only", "bool", "0+"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "0+"),
+        F("results", Array(Struct(
+            "CreatePartitionsTopicResult",
+            F("name", "string", "0+"),
+            F("error_code", "int16", "0+"),
+            F("error_message", "string", "0+", nullable_versions="0+", default=None),
+        )), "0+"),
+    ],
+)
+
+# Spec: validVersions 0-2, flexibleVersions 2+. We implement 0-2. v1 adds the request's
+# election_type (0 PREFERRED, 1 UNCLEAN; v0 means preferred) and the response's
+# top-level error_code (ignorable false: a v0 answer cannot carry one). A null
+# topic_partitions asks for every partition of the cluster.
+ELECT_LEADERS = Message(
+    43, "ElectLeaders", valid_versions="0-2", flexible_versions="2+",
+    request=[
+        F("election_type", "int8", "1+"),
+        F("topic_partitions", Array(Struct(
+            "TopicPartitions",
+            F("topic", "string", "0+"),
+            F("partitions", Array("int32"), "0+"),
+        )), "0+", nullable_versions="0+"),
+        F("timeout_ms", "int32", "0+", default=60000),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "0+"),
+        F("error_code", "int16", "1+", ignorable=False),
+        F("replica_election_results", Array(Struct(
+            "ReplicaElectionResult",
+            F("topic", "string", "0+"),
+            F("partition_result", Array(Struct(
+                "PartitionResult",
+                F("partition_id", "int32", "0+"),
+                F("error_code", "int16", "0+"),
+                F("error_message", "string", "0+", nullable_versions="0+"),
+            )), "0+"),
+        )), "0+"),
+    ],
+)
