@@ -730,3 +730,39 @@ class Registry:
                 return [start, end]
             except BadVersionError:
                 continue
+
+    def add_partitions(self, topic: str, new_assignment: dict[int, list[int]]) -> None:
+        """CreatePartitions: add partitions n..m-1 ({partition: [replica nodes]}) to a
+        topic of n. In one transaction: the topic znode's partition map, by
+        compare-and-set on the version read here, and the new partitions' znodes with
+        their first states (first replica leading epoch 0, every replica in sync), so
+        a topic changed or deleted meanwhile gets nothing. BadVersionError when the
+        topic changed (its map is not n partitions any more, or another writer came
+        first), NoNodeError when it is gone or being deleted. Past STATES_PER_TRANSACTION
+        partitions the other states follow in more transactions, as in create_topic (a
+        reader meanwhile sees their initial state, which the state written is). Blocks:
+        call on the ZooKeeper thread."""
+        path = f"{TOPICS}/{topic}"
+        data, stat = self._zk.get(path)
+        info = json.loads(data.decode()) if data else {}
+        if info.get("deleting") or "partitions" not in info:
+            raise NoNodeError(f"{path} is being deleted")
+        current = {int(p): r for p, r in info["partitions"].items()}
+        parts = sorted(new_assignment.items())
+        if [p for p, _ in parts] != list(range(len(current), len(current) + len(parts))):
+            raise BadVersionError(f"{path} has {len(current)} partitions now; partitions "
+                                  f"{[p for p, _ in parts]} do not follow them")
+        current.update((p, list(replicas)) for p, replicas in parts)
+        info["partitions"] = {str(p): r for p, r in sorted(current.items())}
+        parent = self._zk.exists(f"{path}/partitions") is not None  # absent: pre-replication
+        tx = self._zk.transaction()
+        tx.set_data(path, _dumps(info), version=stat.version)
+        if not parent:
+            tx.create(f"{path}/partitions", b"")
+        chunk = STATES_PER_TRANSACTION
+        self._add_states(tx, topic, parts[:chunk])
+        _raise_first(tx.commit())
+        for start in range(chunk, len(parts), chunk):
+            tx = self._zk.transaction()
+            self._add_states(tx, topic, parts[start:start + chunk])
+            _raise_first(tx.commit(), ignore=(NodeExistsError,))  # the controller's, maybe

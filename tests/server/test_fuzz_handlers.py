@@ -169,6 +169,15 @@ def well_formed_requests() -> list[bytes]:
             {"topic": TOPIC, "partitions": [
                 {"partition": p, "current_leader_epoch": current, "leader_epoch": 0}
                 for p in parts]}]} for current in (-1, 0)],
+        ApiKey.CREATE_PARTITIONS: [{"topics": [{"name": TOPIC, "count": count,
+                                                "assignments": None}],
+                                    "timeout_ms": 1000, "validate_only": validate}
+                                   for count, validate in ((PARTITIONS + 1, True),
+                                                           (PARTITIONS, False))],
+        ApiKey.ELECT_LEADERS: [{"election_type": kind, "topic_partitions": [
+            {"topic": TOPIC, "partitions": list(parts)}], "timeout_ms": 1000}
+            for kind in (0, 1)] + [{"election_type": 0, "topic_partitions": None,
+                                    "timeout_ms": 1000}],
         ApiKey.FIND_COORDINATOR: [{"key": GROUP, "key_type": 0}],
         ApiKey.JOIN_GROUP: [{"group_id": GROUP, "session_timeout_ms": 1000,
                              "rebalance_timeout_ms": 1000, "member_id": "",

@@ -43,6 +43,8 @@ IMPLEMENTED = {
     22: (0, 1),    # InitProducerId
     # replication
     23: (0, 4),    # OffsetForLeaderEpoch
+    37: (0, 3),    # CreatePartitions
+    43: (0, 2),    # ElectLeaders
     # consumer groups (issue 4)
     8: (2, 7),     # OffsetCommit
     9: (1, 5),     # OffsetFetch

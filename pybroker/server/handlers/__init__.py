@@ -9,8 +9,8 @@ its keys (with the ranges in pybroker.protocol.SUPPORTED).
 """
 from pybroker.protocol import ApiKey
 
-from . import (admin, api_versions, configs, fetch, groups, leader_epoch, metadata, offsets,
-               produce)
+from . import (admin, api_versions, configs, elections, fetch, groups, leader_epoch,
+               metadata, offsets, partitions, produce)
 
 HANDLERS = {
     ApiKey.API_VERSIONS: api_versions.handle,
@@ -34,4 +34,6 @@ HANDLERS = {
     ApiKey.DESCRIBE_CONFIGS: configs.handle_describe,
     ApiKey.ALTER_CONFIGS: configs.handle_alter,
     ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,
+    ApiKey.CREATE_PARTITIONS: partitions.handle,
+    ApiKey.ELECT_LEADERS: elections.handle,
 }
