@@ -1,11 +1,11 @@
-"""`pybroker topics create|list|describe|delete|alter`: topic administration through the
-Kafka protocol (any node of the cluster answers)."""
+"""`pybroker topics create|list|describe|delete|alter|elect-leaders`: topic administration
+through the Kafka protocol (any node of the cluster answers)."""
 from __future__ import annotations
 
 
 from pybroker.cli import CommandError
 from pybroker.client.connection import Cluster, KafkaError
-from pybroker.protocol import ApiKey
+from pybroker.protocol import ApiKey, ErrorCode
 
 TOPIC_RESOURCE = 2
 SET, DELETE = 0, 1
@@ -114,9 +114,14 @@ def alter(args) -> int:
                for k, v in _parse_configs(args.config).items()]
     changes += [{"name": k, "config_operation": DELETE, "value": None}
                 for k in args.delete_config or []]
-    if not changes:
-        raise CommandError("nothing to alter: give --config key=value or --delete-config key")
+    if not changes and args.partitions is None:
+        raise CommandError("nothing to alter: give --partitions N, --config key=value or "
+                           "--delete-config key")
     cluster, conn = _admin(args)
+    if args.partitions is not None:
+        _add_partitions(conn, args)
+    if not changes:
+        return 0
     result = conn.request(ApiKey.INCREMENTAL_ALTER_CONFIGS, 0, {
         "resources": [{"resource_type": TOPIC_RESOURCE, "resource_name": args.topic,
                        "configs": changes}], "validate_only": False})["responses"][0]
@@ -127,8 +132,70 @@ def alter(args) -> int:
     return 0
 
 
+def _add_partitions(conn, args) -> None:
+    """CreatePartitions: raise the topic's partition count to args.partitions (the
+    brokers place the new partitions at the topic's replication factor)."""
+    result = conn.request(ApiKey.CREATE_PARTITIONS, 3, {
+        "topics": [{"name": args.topic, "count": args.partitions, "assignments": None}],
+        "timeout_ms": int(args.timeout * 1000), "validate_only": False})["results"][0]
+    _check(result["error_code"], result["error_message"], f"alter {args.topic}")
+    print(f"altered {args.topic}: {args.partitions} partition(s)")
+
+
+PREFERRED = 0
+
+
+def elect_leaders(args) -> int:
+    """ElectLeaders PREFERRED: each partition back to its preferred (first) replica.
+    Without --topic, every partition of the cluster (the answer then lists only the
+    partitions that changed or could not). Exit 1 if any partition failed."""
+    if args.partition and not args.topic:
+        raise CommandError("--partition needs --topic")
+    cluster, conn = _admin(args)
+    asked = None
+    if args.topic:
+        partitions = args.partition
+        if not partitions:
+            meta = conn.request(ApiKey.METADATA, 8, {
+                "topics": [{"name": args.topic}], "allow_auto_topic_creation": False,
+                "include_cluster_authorized_operations": False,
+                "include_topic_authorized_operations": False})["topics"][0]
+            _check(meta["error_code"], None, f"elect-leaders {args.topic}")
+            partitions = sorted(p["partition_index"] for p in meta["partitions"])
+        asked = [{"topic": args.topic, "partitions": list(partitions)}]
+    body = conn.request(ApiKey.ELECT_LEADERS, 2, {
+        "election_type": PREFERRED, "topic_partitions": asked,
+        "timeout_ms": int(args.timeout * 1000)})
+    _check(body["error_code"], None, "elect-leaders")
+    failed = shown = 0
+    for topic in sorted(body["replica_election_results"], key=lambda t: t["topic"]):
+        for r in sorted(topic["partition_result"], key=lambda r: r["partition_id"]):
+            shown += 1
+            code = r["error_code"]
+            if code == ErrorCode.NONE:
+                what = "preferred leader elected"
+            elif code == ErrorCode.ELECTION_NOT_NEEDED:
+                what = "not needed (the preferred replica leads)"
+            else:
+                failed += 1
+                what = _error_name(code) + (f": {r['error_message']}"
+                                            if r["error_message"] else "")
+            print(f"{topic['topic']}-{r['partition_id']}: {what}")
+    if not shown:
+        print("no partition needed an election")
+    return 1 if failed else 0
+
+
+def _error_name(code: int) -> str:
+    try:
+        return f"{ErrorCode(code).name} ({code})"
+    except ValueError:
+        return f"ERROR_{code}"
+
+
 def add_parser(sub) -> None:
-    topics = sub.add_parser("topics", help="create, list, describe, delete, alter topics")
+    topics = sub.add_parser("topics", help="create, list, describe, delete, alter topics; "
+                            "elect preferred leaders")
     tsub = topics.add_subparsers(dest="topics_command", required=True)
 
     def common(p):
@@ -156,10 +223,19 @@ def add_parser(sub) -> None:
     p.add_argument("topic")
     common(p)
     p.set_defaults(func=delete)
-    p = tsub.add_parser("alter", help="set or reset topic configs")
+    p = tsub.add_parser("alter", help="add partitions, set or reset topic configs")
     p.add_argument("topic")
+    p.add_argument("--partitions", type=int, metavar="N",
+                   help="raise the partition count to N (partitions are never removed)")
     p.add_argument("--config", action="append", metavar="KEY=VALUE", help="set (repeatable)")
     p.add_argument("--delete-config", action="append", metavar="KEY",
                    help="back to the broker default (repeatable)")
     common(p)
     p.set_defaults(func=alter)
+    p = tsub.add_parser("elect-leaders", help="move leadership back to each partition's "
+                        "preferred (first) replica")
+    p.add_argument("--topic", help="only this topic (default: every partition)")
+    p.add_argument("--partition", type=int, action="append", metavar="P",
+                   help="only this partition of --topic (repeatable)")
+    common(p)
+    p.set_defaults(func=elect_leaders)
