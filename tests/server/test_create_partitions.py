@@ -3,17 +3,22 @@ the cluster harness: an RF 3 topic grown from 2 to 5 partitions, each new one wi
 replicas on distinct brokers, a leader and a full ISR on every node's view, written to
 with acks=all and read back; the refusals (a smaller or equal count, an unknown topic,
 a topic named twice, bad assignments, max.partitions.per.request); validate_only; an
-explicit assignment honoured; and confluent-kafka's AdminClient.create_partitions.
+explicit assignment honoured; confluent-kafka's AdminClient.create_partitions; and
+Registry.add_partitions' compare-and-set against a real ZooKeeper.
 
 Every wait is bounded; no assertion is on time.
 """
 from __future__ import annotations
 
 import gc
+import json
 
+import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
+from kazoo.exceptions import BadVersionError, NoNodeError
 
+from pybroker.coord.registry import TOPICS, Registry, initial_info, state_path
 from pybroker.protocol import ApiKey
 from pybroker.testing.broker_plugin import RawClient
 from pybroker.testing.cluster import read_log
@@ -190,3 +195,49 @@ def test_confluent_admin_client_create_partitions(cluster_factory):
     assert futures["admin"].result(timeout=60) is None
     check_placement(cluster, "admin", 5)
     assert list(cluster.metadata("admin")[4].replica_nodes) == [200, 300, 100]
+
+
+# --- Registry.add_partitions against a real ZooKeeper ---------------------------------------
+
+def test_registry_add_partitions_is_one_compare_and_set(zk_connect, zk):
+    """The map and the new states are written together by CAS over the topic znode's
+    version: a stale plan, a change between the read and the write, and a topic being
+    deleted all leave the topic as it was."""
+    reg = Registry(zk_connect, 0, "127.0.0.1", 9092, lambda s: None, 4000)
+    reg.start()
+    try:
+        reg.create_topic("t", {0: [0, 100]}, {})
+        reg.add_partitions("t", {1: [100, 0], 2: [0, 100]})
+        data, stat = zk.get(f"{TOPICS}/t")
+        assert json.loads(data)["partitions"] == {"0": [0, 100], "1": [100, 0], "2": [0, 100]}
+        state = json.loads(zk.get(state_path("t", 1))[0])
+        assert state == json.loads(initial_info([100, 0]).state_data(
+            reg.state.controller_epoch))
+        assert state["leader"] == 100 and state["isr"] == [100, 0]
+
+        with pytest.raises(BadVersionError):          # planned against 1 partition: stale
+            reg.add_partitions("t", {1: [0, 100]})
+
+        real_get = reg._zk.get
+
+        def get_then_race(path, *args, **kwargs):     # another writer between read and CAS
+            answer = real_get(path, *args, **kwargs)
+            if path == f"{TOPICS}/t":
+                zk.set(path, answer[0])
+            return answer
+        reg._zk.get = get_then_race
+        with pytest.raises(BadVersionError):
+            reg.add_partitions("t", {3: [0, 100]})
+        reg._zk.get = real_get
+        assert zk.exists(f"{TOPICS}/t/partitions/3") is None
+        assert len(json.loads(zk.get(f"{TOPICS}/t")[0])["partitions"]) == 3
+
+        info = json.loads(zk.get(f"{TOPICS}/t")[0])
+        zk.set(f"{TOPICS}/t", json.dumps({**info, "deleting": True}).encode())
+        with pytest.raises(NoNodeError):
+            reg.add_partitions("t", {3: [0, 100]})
+        assert zk.exists(f"{TOPICS}/t/partitions/3") is None
+        with pytest.raises(NoNodeError):
+            reg.add_partitions("absent", {1: [0]})
+    finally:
+        reg.stop()
