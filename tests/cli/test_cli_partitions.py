@@ -4,10 +4,15 @@ exit codes and the refusals a person must be able to act on."""
 import subprocess
 import sys
 
+from pybroker import config
 from pybroker.testing.cluster import SESSION_S
 
 PYBROKER = [sys.executable, "-m", "pybroker"]
-SETTINGS = {"replica.lag.time.max.ms": 3000, "auto.leader.rebalance.enable": False}
+# The controller's own preferred-replica rebalance off, so only the request moves leaders
+# back (a pybroker.config without the key has no rebalance at all).
+SETTINGS = {"replica.lag.time.max.ms": 3000,
+            **({"auto.leader.rebalance.enable": False}
+               if "auto.leader.rebalance.enable" in config.BY_KEY else {})}
 
 
 def run(*args, timeout=90):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from confluent_kafka import ElectionType, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from pybroker import config
 from pybroker.protocol import ApiKey
 from pybroker.testing.broker_plugin import RawClient
 from pybroker.testing.cluster import SESSION_S
@@ -28,7 +29,11 @@ INVALID_REQUEST = 42
 PREFERRED_LEADER_NOT_AVAILABLE = 80
 ELECTION_NOT_NEEDED = 84
 PREFERRED, UNCLEAN = 0, 1
-SETTINGS = {"replica.lag.time.max.ms": 3000, "auto.leader.rebalance.enable": False}
+# The controller's own preferred-replica rebalance off, so only the request moves leaders
+# back (a pybroker.config without the key has no rebalance at all).
+SETTINGS = {"replica.lag.time.max.ms": 3000,
+            **({"auto.leader.rebalance.enable": False}
+               if "auto.leader.rebalance.enable" in config.BY_KEY else {})}
 FAILOVER_S = SESSION_S + 10     # kill -9 -> a new leader (liveness bound)
 CATCH_UP_S = 60.0               # restarted broker back in the ISR
 
