@@ -96,6 +96,12 @@ SETTINGS: tuple[Setting, ...] = (
             "partition whose in-sync replicas are all gone stays offline rather than lose "
             "acknowledged records.", lambda v: v is False, "false",
             topic_key="unclean.leader.election.enable"),
+    Setting("auto.leader.rebalance.enable", bool, True, "The controller moves "
+            "leadership back to each partition's preferred (first) replica once it is in "
+            "sync again."),
+    Setting("leader.imbalance.check.interval.seconds", int, 300, "How often the "
+            "controller looks for partitions not led by their preferred replica.",
+            lambda v: v >= 1, ">= 1"),
     Setting("group.max.size", int, 10_000, "Most members (and member ids handed out, "
             "KIP-394) one consumer group may hold; more joins answer GROUP_MAX_SIZE_REACHED "
             "(Kafka's name; its default is unbounded).", lambda v: v >= 1, ">= 1"),

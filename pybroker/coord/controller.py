@@ -13,7 +13,11 @@ partition's state znode with the live nodes and writes what must change:
   replica.lag.time.max.ms to find out; acks=all waits for every ISR member);
 - with no live ISR member nothing is written: unclean election is off, so the
   partition stays without a leader until an ISR member returns, and Metadata shows it
-  offline (its recorded leader is not live).
+  offline (its recorded leader is not live);
+- with auto.leader.rebalance.enable, every leader.imbalance.check.interval.seconds a
+  partition whose preferred replica (the first) is live and in the ISR but does not
+  lead gets it back as leader (Kafka's preferred-replica election), so leaders return
+  to their even placement after brokers come back.
 Each write is a compare-and-set on the state znode's version inside a transaction
 that checks /controller_epoch's version, so a controller deposed while it was paused
 (SIGSTOP, a long GC) writes nothing. Nodes learn the outcome from their watches on the
@@ -22,6 +26,7 @@ state znodes (Kafka's controller sends LeaderAndIsr requests instead).
 from __future__ import annotations
 
 import logging
+import time
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
@@ -52,11 +57,25 @@ def decide(state: ClusterState, topic: str, partition: int,
                          isr=tuple(n for n in info.isr if live(n)))
 
 
-def plan(state: ClusterState) -> list[tuple[str, int, PartitionInfo]]:
-    """Every (topic, partition, new info) the controller should write for this view."""
+def preferred(state: ClusterState, topic: str, partition: int,
+              info: PartitionInfo) -> PartitionInfo | None:
+    """The state moving leadership back to the preferred replica, or None when it
+    leads already or cannot (not live, not in sync)."""
+    first = info.replicas[0]
+    if (info.version < 0 or info.leader == first or first not in info.isr
+            or not state.is_live(first, topic, partition)):
+        return None
+    return info._replace(leader=first, leader_epoch=info.leader_epoch + 1)
+
+
+def plan(state: ClusterState, rebalance: bool = False) -> list[tuple[str, int, PartitionInfo]]:
+    """Every (topic, partition, new info) the controller should write for this view;
+    with rebalance, preferred-replica elections too."""
     changes = []
     for (topic, partition), info in sorted(state.partitions.items()):
         new = decide(state, topic, partition, info)
+        if new is None and rebalance:
+            new = preferred(state, topic, partition, info)
         if new is not None:
             changes.append((topic, partition, new))
     return changes
@@ -65,15 +84,21 @@ def plan(state: ClusterState) -> list[tuple[str, int, PartitionInfo]]:
 class Controller:
     """The controller role of one node; acts only while the view names it controller."""
 
-    def __init__(self, registry):
+    def __init__(self, registry, rebalance_interval_s: float | None = None):
         self.registry = registry
+        self.rebalance_interval_s = rebalance_interval_s  # None: no auto rebalance
+        self._last_rebalance = time.monotonic()
         self.elections = 0   # leader changes written (stats, tests)
 
     def on_view(self, state: ClusterState) -> None:
-        """On the registry thread, after each read: write this view's decisions."""
+        """On the registry thread, after each pass: write this view's decisions."""
         if state.controller_id != self.registry.node_id or self.registry.controller_epoch <= 0:
             return
-        for topic, partition, new in plan(state):
+        rebalance = (self.rebalance_interval_s is not None and
+                     time.monotonic() - self._last_rebalance >= self.rebalance_interval_s)
+        if rebalance:
+            self._last_rebalance = time.monotonic()
+        for topic, partition, new in plan(state, rebalance):
             old = state.partitions[(topic, partition)]
             if not self._write(topic, partition, old, new):
                 return  # the view is stale: the watches bring a new one

@@ -172,7 +172,7 @@ class ClusterState:
     serving: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" online
     offline: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" offline
     partitions: dict = field(default_factory=dict)     # (topic, partition) -> PartitionInfo
-    controller_epoch: int = 0
+    controller_epoch: int = 0                          # /controller_epoch when read
 
     def leader(self, topic: str, partition: int) -> int | None:
         """The partition's leader node (-1: none now); None for an unknown partition."""
@@ -279,7 +279,9 @@ class Registry:
         # and the /controller_epoch version every controller write checks.
         self.controller_epoch = 0
         self.controller_epoch_version = -1
-        self.on_view: Callable[[ClusterState], None] | None = None  # the controller's hook
+        # the controller's hook: after every pass of the registry thread while connected
+        # (a fresh read when something changed, else the last one)
+        self.on_view: Callable[[ClusterState], None] | None = None
 
     @property
     def zk(self) -> KazooClient:
@@ -515,8 +517,8 @@ class Registry:
                         self._views_dirty = True
                         raise
                     self._on_change(self.state)
-                    if self.on_view is not None:
-                        self.on_view(self.state)
+                if self.on_view is not None:  # each pass (at least every RECHECK_S)
+                    self.on_view(self.state)
                 if self._failing:
                     self._failing = False
                     log.info("node=%d registry pass succeeded again", self.node_id)
@@ -574,8 +576,12 @@ class Registry:
             topics.setdefault(name, {})[p] = info.leader
         controller = self._read_controller()
         cluster_id = self._read_json(CLUSTER_ID)["id"]
+        try:
+            controller_epoch = int(self._zk.get(CONTROLLER_EPOCH)[0].decode() or 0)
+        except NoNodeError:
+            controller_epoch = 0
         return ClusterState(cluster_id, controller, nodes, topics, configs, serving, offline,
-                            partitions, self.controller_epoch)
+                            partitions, controller_epoch)
 
     def _read_controller(self) -> int:
         """The controller's node id, electing ourselves when there is none. A /controller

@@ -48,7 +48,8 @@ from pybroker.server.partition_state import PartitionState
 from pybroker.server.stats import LATENCY_BUCKETS, MAX_API_KEY
 
 MAGIC = b"PBCTRL01"
-LAYOUT_VERSION = 4        # 3: seqlocked single-writer rows, supervisor part, sized header; 4: appends
+LAYOUT_VERSION = 5        # 3: seqlocked single-writer rows, supervisor part, sized header; 4: appends;
+                          # 5: replication (leader, replicas, ISR, lag; ISR changes)
 MAX_WORKERS = 64
 PARTITION_SLOTS = 4096    # per worker: 2,000-partition topics on one worker must fit
 TOPIC_MAX_BYTES = 249     # Kafka's longest legal topic name (ASCII, so 249 bytes too)
@@ -120,6 +121,8 @@ WORKER_ROW = RowLayout("worker part", 256, (
     ("flushes", "q", "fdatasyncs (group commits) over all its partitions"),
     ("partition_slots", "q", "high-water mark of its partition slots: readers scan "
                              "slots [0, partition_slots)"),
+    ("isr_shrinks", "q", "ISR shrinks written as leader"),
+    ("isr_expands", "q", "ISR expansions written as leader"),
 ))
 
 PARTITION_ROW = RowLayout("partition", 384, (
@@ -135,6 +138,12 @@ PARTITION_ROW = RowLayout("partition", 384, (
     ("bytes_out", "q", "record bytes fetched"),
     ("flushes", "q", "fdatasyncs"),
     ("appends", "q", "appends to the log (a coalesced run of requests is one)"),
+    ("leader", "q", "1 if this node leads the partition, 0 if it follows it"),
+    ("replicas", "q", "replicas assigned"),
+    ("isr", "q", "in-sync replicas (as the leader knows them; on a follower, the view's)"),
+    ("replica_lag", "q", "messages behind: on the leader, its log end minus the slowest "
+                         "in-sync follower's fetch offset; on a follower, the leader's high "
+                         "watermark minus its log end"),
 ))
 
 HISTOGRAM_ROW = RowLayout("histogram", 128, (
@@ -178,6 +187,10 @@ class PartitionRow:
     bytes_out: int
     flushes: int
     appends: int = 0
+    leader: int = 1
+    replicas: int = 1
+    isr: int = 1
+    replica_lag: int = 0
     state: int = PartitionState.ONLINE
     torn: bool = False  # the seqlock never read the row whole (see the module doc)
 
@@ -352,7 +365,8 @@ class ControlBlock:
                                  f"Kafka's {TOPIC_MAX_BYTES}")
             self._write_once(PARTITION_ROW, self._partition_offset(worker, slot), (
                 topic, r.partition, int(r.state), r.log_start, r.log_end, r.high_watermark,
-                r.messages_in, r.bytes_in, r.bytes_out, r.flushes, r.appends))
+                r.messages_in, r.bytes_in, r.bytes_out, r.flushes, r.appends, r.leader,
+                r.replicas, r.isr, r.replica_lag))
             high_water = max(high_water, slot + 1)
         # raised after the rows are written, so a reader scanning [0, high water) finds
         # every slot in use

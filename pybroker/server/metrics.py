@@ -63,7 +63,11 @@ def render(block: ControlBlock, now_ms: float | None = None) -> str:
             ("pybroker_opening_partitions", "opening", "gauge",
              "partitions being opened (recovery, producer-state replay)"),
             ("pybroker_offline_partitions", "offline", "gauge",
-             "partitions offline (failed open or sync, damaged data)")):
+             "partitions offline (failed open or sync, damaged data)"),
+            ("pybroker_isr_shrinks_total", "isr_shrinks", "counter",
+             "ISR shrinks written by the node as leader"),
+            ("pybroker_isr_expands_total", "isr_expands", "counter",
+             "ISR expansions written by the node as leader")):
         family(name, kind, text)
         for w in workers:
             value = w[field]
@@ -105,10 +109,24 @@ def render(block: ControlBlock, now_ms: float | None = None) -> str:
             out.append(f"pybroker_partition_state"
                        f"{_labels(node=r.node_id, topic=r.topic, partition=r.partition, state=state.label)}"
                        f" {int(r.state == state)}")
+    family("pybroker_under_replicated_partitions", "gauge",
+           "partitions the node leads whose ISR is smaller than their replica set")
+    for w in workers:
+        count = sum(1 for r in partitions if r.node_id == w["node_id"] and r.leader
+                    and r.isr < r.replicas)
+        out.append(f"pybroker_under_replicated_partitions{_labels(node=w['node_id'])} {count}")
     for name, field, kind, text in (
+            ("pybroker_partition_leader", "leader", "gauge",
+             "1 if the node leads the partition, 0 if it follows"),
+            ("pybroker_partition_replicas", "replicas", "gauge", "replicas assigned"),
+            ("pybroker_partition_isr", "isr", "gauge", "in-sync replicas"),
+            ("pybroker_replica_lag_messages", "replica_lag", "gauge",
+             "leader: its log end minus the slowest in-sync follower; follower: the "
+             "leader's high watermark minus its log end"),
             ("pybroker_log_start_offset", "log_start", "gauge", "first retained offset"),
             ("pybroker_log_end_offset", "log_end", "gauge", "next offset to assign"),
-            ("pybroker_high_watermark", "high_watermark", "gauge", "one past the last flushed offset"),
+            ("pybroker_high_watermark", "high_watermark", "gauge",
+             "one past the last offset durable on every in-sync replica"),
             ("pybroker_partition_messages_in_total", "messages_in", "counter", "messages appended"),
             ("pybroker_partition_bytes_in_total", "bytes_in", "counter", "record bytes appended"),
             ("pybroker_partition_bytes_out_total", "bytes_out", "counter", "record bytes fetched"),

@@ -144,6 +144,21 @@ class ReplicaManager:
         return self.worker.config.for_topic(
             "min.insync.replicas", self.worker.cluster.topic_configs.get(tp[0]))
 
+    def row(self, tp) -> tuple[int, int, int, int]:
+        """(leading, replicas, ISR size, lag in messages) of tp for the control block.
+        Runs on the heartbeat thread: reads only, each a single lookup."""
+        ls = self.leading.get(tp)
+        if ls is not None:
+            progress = [ls.progress.get(n, 0) for n in list(ls.isr) if n != self.node_id]
+            lag = ls.plog.log_end_offset - min(progress) if progress else 0
+            return 1, len(ls.replicas), len(ls.isr), max(lag, 0)
+        info = self.worker.cluster.partition(*tp)
+        fs = self.following.get(tp)
+        lag = max(fs.leader_hw - fs.plog.log_end_offset, 0) if fs is not None else 0
+        if info is None:
+            return 0, 1, 0, lag
+        return int(info.leader == self.node_id), len(info.replicas), len(info.isr), lag
+
     def isr_short(self, tp) -> bool:
         """The ISR of a partition led here is smaller than min.insync.replicas."""
         ls = self.leading.get(tp)

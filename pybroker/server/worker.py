@@ -118,7 +118,9 @@ class Worker:
                                  lambda st: self.loop.call_soon_threadsafe(self._on_cluster, st),
                                  self.config["zookeeper.session.timeout.ms"],
                                  owner=registration_owner(self.data_dir, self.node_id))
-        self.controller = Controller(self.registry)
+        self.controller = Controller(self.registry, (
+            self.config["leader.imbalance.check.interval.seconds"]
+            if self.config["auto.leader.rebalance.enable"] else None))
         self.registry.on_view = self.controller.on_view  # acts while this node controls
         await self._start_registry()
         try:  # accept once the cluster is known: Metadata must never answer from nothing
@@ -312,6 +314,7 @@ class Worker:
         stats = self.stats
         rows = []
         parts = list(self.partitions.partitions.items()) if self.partitions is not None else []
+        replicas = self.replicas
         for tp, part in sorted(parts, key=lambda item: item[0]):
             plog = part.log
             msgs, size, appends = stats.partition_in.get(tp, (0, 0, 0))
@@ -320,13 +323,17 @@ class Worker:
             rows.append(controlblock.PartitionRow(
                 tp[0], tp[1], self.node_id, *offsets, msgs, size,
                 stats.partition_out.get(tp, 0), plog.flush_count if plog else 0,
-                appends, state=part.state))
+                appends, *(replicas.row(tp) if replicas is not None else ()),
+                state=part.state))
         state = (controlblock.STOPPING if self.stopping else
                  controlblock.SERVING if self.serving else controlblock.STARTING)
         fields = dict(pid=os.getpid(), node_id=self.node_id, port=self.port, state=state,
                       connections=len(self.connections), requests=stats.requests,
                       bytes_in=stats.bytes_in, bytes_out=stats.bytes_out,
                       messages_in=stats.messages_in)
+        if self.replicas is not None:
+            fields.update(isr_shrinks=self.replicas.isr_shrinks,
+                          isr_expands=self.replicas.isr_expands)
         return fields, rows, (dict(stats.latency_by_api), stats.fsync)
 
     def log_bad_input(self, tp, exc) -> None:

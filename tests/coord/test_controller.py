@@ -64,3 +64,15 @@ def test_plan_lists_only_the_partitions_that_change():
                          partitions={("t", 0): ok, ("t", 1): dead})
     changes = plan(state)
     assert [(t, p, i.leader) for t, p, i in changes] == [("t", 1, 2)]
+
+
+def test_a_rebalance_gives_leadership_back_to_a_live_in_sync_preferred_replica():
+    moved = info(2, (1, 2, 3))
+    state = view({1, 2, 3}, moved)
+    assert plan(state) == []                       # no rebalance asked: left alone
+    [(_t, _p, new)] = plan(state, rebalance=True)
+    assert (new.leader, new.leader_epoch, new.isr) == (1, 4, (1, 2, 3))
+
+
+def test_a_preferred_replica_out_of_sync_is_not_made_leader():
+    assert plan(view({1, 2, 3}, info(2, (2, 3))), rebalance=True) == []

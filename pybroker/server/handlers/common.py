@@ -7,9 +7,12 @@ from pybroker.protocol import ErrorCode
 def partition_error(worker, topic: str, partition: int) -> ErrorCode:
     """Why this node cannot serve topic/partition to clients (NONE when it leads it and
     has its log online)."""
-    if (topic, partition) in worker.replicas.leader_logs:
+    tp = (topic, partition)
+    if tp in worker.replicas.leader_logs:
         return ErrorCode.NONE
-    stored = worker.partitions.error_for((topic, partition))  # opening, offline, closing
+    if tp in worker.replicas.leading:  # a controlled shutdown is handing it over
+        return ErrorCode.NOT_LEADER_OR_FOLLOWER
+    stored = worker.partitions.error_for(tp)  # opening, offline, closing
     if stored is not None:
         return stored
     leader = worker.cluster.leader(topic, partition)
