@@ -23,47 +23,44 @@ FORMAT_VERSION = 0
 HIGH_WATERMARK_FILE = "high-watermark-checkpoint"
 
 
-def read_recovery_point(directory: str) -> int:
-    path = os.path.join(directory, files.RECOVERY_POINT_FILE)
+def _read_offset(directory: str, name: str, what: str) -> int | None:
+    """The offset stored in one of the "0\n<offset>\n" files; None when it is missing
+    or unreadable (logged)."""
     try:
-        with open(path, encoding="ascii") as f:
+        with open(os.path.join(directory, name), encoding="ascii") as f:
             version, offset = f.read().split()
         if int(version) != FORMAT_VERSION or int(offset) < 0:
             raise ValueError(f"version {version} offset {offset}")
         return int(offset)
     except FileNotFoundError:
-        return 0
+        return None
     except (ValueError, UnicodeDecodeError) as exc:
-        log.warning("dir=%s unreadable recovery point checkpoint (%s); recovering from 0",
-                    directory, exc)
-        return 0
+        log.warning("dir=%s unreadable %s checkpoint (%s)", directory, what, exc)
+        return None
+
+
+def _write_offset(directory: str, name: str, offset: int) -> None:
+    files.write_atomic(os.path.join(directory, name),
+                       f"{FORMAT_VERSION}\n{offset}\n".encode("ascii"))
+
+
+def read_recovery_point(directory: str) -> int:
+    """The recovery point; 0 (recover everything) when missing or unreadable."""
+    point = _read_offset(directory, files.RECOVERY_POINT_FILE, "recovery point")
+    return 0 if point is None else point
 
 
 def write_recovery_point(directory: str, offset: int) -> None:
-    files.write_atomic(os.path.join(directory, files.RECOVERY_POINT_FILE),
-                       f"{FORMAT_VERSION}\n{offset}\n".encode("ascii"))
+    _write_offset(directory, files.RECOVERY_POINT_FILE, offset)
 
 
 def read_high_watermark(directory: str) -> int | None:
-    """The last stored high watermark of a replica (high-watermark-checkpoint, same
-    format), or None when there is none or it is unreadable."""
-    path = os.path.join(directory, HIGH_WATERMARK_FILE)
-    try:
-        with open(path, encoding="ascii") as f:
-            version, offset = f.read().split()
-        if int(version) != FORMAT_VERSION or int(offset) < 0:
-            raise ValueError(f"version {version} offset {offset}")
-        return int(offset)
-    except FileNotFoundError:
-        return None
-    except (ValueError, UnicodeDecodeError) as exc:
-        log.warning("dir=%s unreadable high watermark checkpoint (%s)", directory, exc)
-        return None
+    """The last stored high watermark of a replica, or None when there is none."""
+    return _read_offset(directory, HIGH_WATERMARK_FILE, "high watermark")
 
 
 def write_high_watermark(directory: str, offset: int) -> None:
-    files.write_atomic(os.path.join(directory, HIGH_WATERMARK_FILE),
-                       f"{FORMAT_VERSION}\n{offset}\n".encode("ascii"))
+    _write_offset(directory, HIGH_WATERMARK_FILE, offset)
 
 
 def mark_clean_shutdown(directory: str) -> None:

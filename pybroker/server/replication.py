@@ -340,6 +340,7 @@ class ReplicaManager:
         if offset > end or offset < plog.log_start_offset:
             return ErrorCode.OFFSET_OUT_OF_RANGE
         now = time.monotonic()
+        previous_offset = ls.progress.get(node)
         ls.progress[node] = offset
         previous = ls.last_fetch.get(node)
         if offset >= end:
@@ -348,7 +349,13 @@ class ReplicaManager:
             ls.caught_up[node] = max(ls.caught_up.get(node, 0.0), previous[0])
         ls.last_fetch[node] = (now, end)
         if node in ls.isr:
-            self._bound(ls)
+            try:
+                self._bound(ls)
+            except ValueError as exc:  # not a batch boundary: no follower of ours sends it
+                ls.progress[node] = previous_offset if previous_offset is not None else 0
+                log.warning("node=%d tp=%s-%d node %d fetched from %d: %s", self.node_id,
+                            tp[0], tp[1], node, offset, exc)
+                return ErrorCode.OFFSET_OUT_OF_RANGE
         elif (not ls.writing and offset >= plog.high_watermark
               and offset >= ls.epoch_start):
             self._change_isr(ls, ls.isr | {node}, f"node {node} caught up at {offset}")
