@@ -11,6 +11,10 @@ Fixture (in pybroker.testing.broker_plugin, which owns the plugin's fixtures)
                      settings are merged over CLUSTER_SETTINGS and given to every
                      broker. Teardown sends SIGCONT to whatever the test left stopped,
                      then broker_factory stops every broker (SIGTERM, exit 0 asserted).
+    factory_data_dir(tmp_path, broker_id) is where the first cluster a test starts puts
+                     broker `broker_id`'s data dir (broker_factory names them by start
+                     order), so a test can mount a file system there beforehand (e.g.
+                     pybroker.testing.disk.LoopExt4) and assert the path once started.
 
 Settings. CLUSTER_SETTINGS are keys pybroker.config knows today. The replication keys
 the tests pass are Kafka's names, which the replication work is expected to add:
@@ -69,7 +73,8 @@ from pybroker.testing.poll import wait_for as _wait_for
 
 __all__ = ["Cluster", "PartitionMeta", "TopicMeta", "ReplicaBatch", "CLUSTER_SETTINGS",
            "REPLICATION_KEYS", "split_batches", "compare_replicas", "ProducerThread",
-           "read_log", "longest_gaps", "FaultLog", "check_settings", "process_state"]
+           "read_log", "longest_gaps", "FaultLog", "check_settings", "process_state",
+           "factory_data_dir"]
 
 # Fast fail-over in tests: a host is declared dead 4 s after it stops answering ZooKeeper
 # (the test ZooKeeper's 500 ms ticks allow 1..10 s); appends are flushed every 20 ms, so
@@ -609,6 +614,13 @@ def process_state(pid: int) -> str | None:
 def _gone(pid: int) -> bool:
     """The process exited (gone, or a zombie waiting for its new parent to reap it)."""
     return _parent_pid(pid) is None
+
+
+def factory_data_dir(tmp_path, broker_id: int):
+    """The data dir broker_factory gives broker `broker_id` (1..n) of the first Cluster
+    a test starts with cluster_factory and no broker started before it: brokers are
+    started in id order and broker_factory names the n-th one tmp_path/broker<n>-data."""
+    return tmp_path / f"broker{broker_id - 1}-data"
 
 
 def check_settings(settings: dict) -> None:

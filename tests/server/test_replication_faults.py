@@ -6,15 +6,31 @@ Load: two acks=all confluent-kafka producers (cluster.ProducerThread), "idem"
 values b"<producer>-<seq>" round-robin over PARTITIONS partitions of an RF 3 topic with
 min.insync.replicas=2.
 
-Faults, `rounds` of each kind, kinds alternating; the victim of round r is the broker
-that leads partition r % PARTITIONS when the fault starts:
+Faults, `rounds` of each kind, kinds alternating; the victim of a leader fault is the
+broker that leads the round's partition when the fault starts:
   kill    kill -9 the host (supervisor and workers); wait until another node of its ISR
           leads that partition with a higher leader epoch; restart the host
   pause   SIGSTOP the host; wait until another node leads that partition (so ZooKeeper
           has expired the host's session); SIGCONT it. The resumed former leader must
           acknowledge nothing as leader: the history check below finds it if it did
+  term    SIGTERM the host (controlled shutdown: its leaderships move to in-sync
+          followers before it exits, exit code 0 asserted); another node of the ISR
+          leads with a higher epoch; restart the host
+  disk    (its own cluster, test_follower_disk_failure_*) broker DISK_BROKER's data dir
+          is a loop-mounted ext4 image (pybroker.testing.disk.LoopExt4) and, by the
+          topic's explicit assignment, it follows every partition and leads none. Its
+          file system is made read-only under it (remount,ro; ext4's remount,abort
+          when files are open for writing, as a running broker always has): every
+          partition's ISR loses it, acks=all goes on with the other two
+          (min.insync.replicas=2), and it should publish its replicas as offline
+          (Metadata offline_replicas; checked last, after the history check). Then the
+          broker is stopped (SIGTERM; its exit code is printed, not asserted), the file
+          system repaired (remount,rw, or umount + e2fsck + mount) and the broker
+          restarted: it must catch up and rejoin every ISR
 After each fault: every partition back to an ISR of 3, and both producers acked on
 every partition again (a liveness bound of LIVENESS_S, never a performance figure).
+The longest time without an ack on a partition within each fault's window (from the
+fault to both producers acking everywhere again) is printed per fault.
 
 Then: producers stopped and flushed; the final log read from offset 0 to each high
 watermark; asserted: 0 lost, 0 inconsistent, 0 idempotent duplicates (and the other
@@ -32,8 +48,9 @@ import time
 import pytest
 
 from pybroker.testing import history
-from pybroker.testing.cluster import (SESSION_S, FaultLog, ProducerThread, longest_gaps,
-                                      read_log)
+from pybroker.testing.cluster import (SESSION_S, FaultLog, ProducerThread, factory_data_dir,
+                                      longest_gaps, read_log)
+from pybroker.testing.disk import LoopExt4
 
 TOPIC = "faults"
 PARTITIONS = 3           # one led by each broker at the start
@@ -41,16 +58,148 @@ RATE = 100               # msgs/s per producer
 LAG_MS = 3000            # replica.lag.time.max.ms (Kafka's name; from the replication work)
 SETTINGS = {"replica.lag.time.max.ms": LAG_MS}
 FAILOVER_S = SESSION_S + 15     # fault -> another leader in Metadata
+SHRINK_S = LAG_MS / 1000 + 20   # a follower whose disk failed -> out of every ISR
+OFFLINE_S = 20.0                # ... -> its replicas listed in offline_replicas
 CATCH_UP_S = 90.0               # a restarted or resumed host back in every ISR
 LIVENESS_S = 30.0               # longest tolerated time without an ack on a partition
 FLUSH_S = 180.0                 # above the producers' message.timeout.ms of 120 s
 FAST_ROUNDS, SLOW_ROUNDS = 2, 5
-KINDS = ("kill", "pause")
+DISK_FAST_ROUNDS, DISK_SLOW_ROUNDS = 1, 3
+KINDS = ("kill", "pause", "term")
+DISK_BROKER = 3                 # the broker whose data dir is the ext4 image
+# Broker b's worker 0 is node b*100: brokers 1 and 2 lead, broker 3 only follows.
+DISK_ASSIGNMENTS = {0: [100, 200, 300], 1: [200, 100, 300], 2: [100, 200, 300]}
 
 
-def run_schedule(cluster, rounds: int) -> None:
+class Schedule:
+    """One run: the cluster, the producers, what happened (notes, fault windows) and the
+    expectations checked only at the very end (so the history check always runs)."""
+
+    def __init__(self, cluster, producers, disk: LoopExt4 | None = None):
+        self.cluster, self.producers, self.disk = cluster, producers, disk
+        self.faults = FaultLog()
+        self.windows: list[tuple[str, str, float, float]] = []  # (label, kind, from, to)
+        self.deferred: list[str] = []
+
+    # --- leader faults ---------------------------------------------------------------
+
+    def leader_fault(self, r: int, kind: str, partition: int) -> None:
+        cluster, faults = self.cluster, self.faults
+        before = cluster.wait_partition(TOPIC, partition, lambda m: m.leader_id >= 0,
+                                        FAILOVER_S, "a leader")
+        victim = cluster.broker_of(before.leader_id)
+        faults.note(f"round {r}: {kind} broker {victim.broker_id} (leads {TOPIC}-"
+                    f"{partition}, epoch {before.leader_epoch}, isr {before.isr_nodes})")
+        t0 = time.monotonic()
+        if kind == "kill":
+            cluster.kill9(victim)
+        elif kind == "pause":
+            cluster.stop_process(victim)
+        else:
+            code = cluster.terminate(victim)          # exit code 0 asserted
+            faults.note(f"  broker {victim.broker_id} exited {code} after "
+                        f"{time.monotonic() - t0:.2f}s (controlled shutdown)")
+        try:
+            after = cluster.wait_partition(
+                TOPIC, partition, lambda m: m.leader_id >= 0 and
+                m.leader_id not in victim.node_ids, FAILOVER_S,
+                f"a leader other than broker {victim.broker_id}")
+            faults.note(f"  new leader {after.leader_id} epoch {after.leader_epoch}, "
+                        f"agreed by every live node {time.monotonic() - t0:.2f}s after "
+                        f"the signal")
+            assert after.leader_id in before.isr_nodes, (before, after)
+            assert after.leader_epoch > before.leader_epoch, (before, after)
+        finally:
+            if kind == "pause":
+                cluster.resume(victim)
+            else:
+                cluster.restart(victim)
+        faults.note(f"  broker {victim.broker_id} back ({kind})")
+
+    # --- a follower's disk -----------------------------------------------------------
+
+    def disk_fault(self, r: int) -> None:
+        cluster, faults, disk = self.cluster, self.faults, self.disk
+        victim = cluster.broker(DISK_BROKER)
+        node = victim.node_ids[0]
+        for p in range(PARTITIONS):
+            m = cluster.partition(TOPIC, p)
+            assert m.leader_id != node and node in m.isr_nodes, m
+        faults.note(f"round {r}: disk of broker {victim.broker_id} (follower of every "
+                    f"partition) fails")
+        t0 = time.monotonic()
+        how = disk.fail()
+        faults.note(f"  read-only by {how}: {disk.events[-1]}")
+        try:
+            for p in range(PARTITIONS):
+                after = cluster.wait_partition(
+                    TOPIC, p, lambda m: m.leader_id >= 0 and node not in m.isr_nodes,
+                    SHRINK_S, f"an ISR without node {node} (its disk failed)")
+                faults.note(f"  {TOPIC}-{p}: leader {after.leader_id} epoch "
+                            f"{after.leader_epoch} isr {after.isr_nodes} offline "
+                            f"{after.offline_replicas} at {time.monotonic() - t0:.2f}s")
+                assert after.leader_id not in victim.node_ids, after
+            shrunk = time.monotonic()
+            self.wait_acks_everywhere(shrunk, f"acks with node {node}'s disk failed")
+            faults.note(f"  both producers acked everywhere with 2 in-sync replicas, "
+                        f"{time.monotonic() - t0:.2f}s after the failure")
+            self._check_offline(node, t0)
+            lines = [line for line in victim.log_text().splitlines()
+                     if "storage error" in line or "offline" in line.lower()]
+            faults.note(f"  broker {victim.broker_id} log: {len(lines)} storage-error/"
+                        f"offline lines; first: {lines[:3]}")
+            code = cluster.terminate(victim, check=False)
+            faults.note(f"  broker {victim.broker_id} stopped (SIGTERM), exit code {code}")
+        finally:
+            if victim.running():   # a failed check above: stop it before the repair
+                cluster.terminate(victim, check=False)
+            disk.repair()
+            faults.note(f"  disk repaired: {disk.events[-2:]}")
+            cluster.restart(victim)
+        faults.note(f"  broker {victim.broker_id} restarted")
+
+    def _check_offline(self, node: int, t0: float) -> None:
+        """Deferred: every partition lists `node` in offline_replicas (its storage
+        failed), as every live node's Metadata answers it."""
+        seen: dict = {}
+
+        def offline_everywhere() -> bool:
+            for p in range(PARTITIONS):
+                views = self.cluster.views(TOPIC, p)
+                seen[p] = {n: v.offline_replicas if v else None for n, v in views.items()}
+                if not views or any(v is None or node not in v.offline_replicas
+                                    for v in views.values()):
+                    return False
+            return True
+        try:
+            self.cluster.wait_for(offline_everywhere, OFFLINE_S,
+                                  f"node {node} in offline_replicas of every partition")
+        except AssertionError:
+            self.deferred.append(f"node {node} (its disk read-only) not published as "
+                                 f"offline within {OFFLINE_S}s of the failure: "
+                                 f"offline_replicas per partition per node {seen}")
+            self.faults.note(f"  NOT offline in Metadata: {seen}")
+        else:
+            self.faults.note(f"  node {node} in offline_replicas of every partition "
+                             f"{time.monotonic() - t0:.2f}s after the failure")
+
+    # --- waiting -----------------------------------------------------------------------
+
+    def wait_acks_everywhere(self, since: float, what: str) -> None:
+        for p in self.producers:
+            for part in range(PARTITIONS):
+                self.cluster.wait_for(
+                    lambda p=p, part=part: p.acked_since(since, part) > 0, LIVENESS_S,
+                    f"{what}: producer {p.label} on {TOPIC}-{part}",
+                    detail=lambda p=p: f"failed {p.failed[-3:]} errors {p.errors[-3:]} "
+                                       f"exception {p.exception!r}")
+
+
+def run_schedule(cluster, rounds: int, kinds=KINDS, disk: LoopExt4 | None = None,
+                 assignments: dict | None = None) -> None:
     result = cluster.create_topic(TOPIC, partitions=PARTITIONS, replication_factor=3,
-                                  configs={"min.insync.replicas": 2})
+                                  configs={"min.insync.replicas": 2},
+                                  assignments=assignments)
     assert result["error_code"] == 0, result
     # the idempotent producer keeps librdkafka's "eos" log: PID, epoch bumps and
     # partition drains, printed below (a bumped epoch resets sequences, so the broker
@@ -58,41 +207,25 @@ def run_schedule(cluster, rounds: int) -> None:
     producers = [ProducerThread("idem", cluster.bootstrap, TOPIC, PARTITIONS, True, RATE,
                                 debug="eos"),
                  ProducerThread("plain", cluster.bootstrap, TOPIC, PARTITIONS, False, RATE)]
+    run = Schedule(cluster, producers, disk)
     for p in producers:
         p.start()
-    faults = FaultLog()
     try:
-        _wait_acks_everywhere(cluster, producers, time.monotonic() - 1e9, "the first acks")
+        run.wait_acks_everywhere(time.monotonic() - 1e9, "the first acks")
         begin = time.monotonic()
-        for r in range(rounds * len(KINDS)):
-            kind, partition = KINDS[r % len(KINDS)], r % PARTITIONS
-            before = cluster.wait_partition(TOPIC, partition, lambda m: m.leader_id >= 0,
-                                            FAILOVER_S, "a leader")
-            victim = cluster.broker_of(before.leader_id)
-            faults.note(f"round {r}: {kind} broker {victim.broker_id} (leads {TOPIC}-"
-                        f"{partition}, epoch {before.leader_epoch}, isr {before.isr_nodes})")
-            if kind == "kill":
-                cluster.kill9(victim)
+        for r in range(rounds * len(kinds)):
+            kind = kinds[r % len(kinds)]
+            partition = (r + r // len(kinds)) % PARTITIONS   # kinds meet every partition
+            start = time.monotonic()
+            if kind == "disk":
+                run.disk_fault(r)
             else:
-                cluster.stop_process(victim)
-            try:
-                after = cluster.wait_partition(
-                    TOPIC, partition, lambda m: m.leader_id >= 0 and
-                    m.leader_id not in victim.node_ids, FAILOVER_S,
-                    f"a leader other than broker {victim.broker_id}")
-                faults.note(f"  new leader {after.leader_id} epoch {after.leader_epoch}")
-                assert after.leader_id in before.isr_nodes, (before, after)
-                assert after.leader_epoch > before.leader_epoch, (before, after)
-            finally:
-                if kind == "kill":
-                    cluster.restart(victim)
-                else:
-                    cluster.resume(victim)
-            faults.note(f"  broker {victim.broker_id} back ({kind})")
+                run.leader_fault(r, kind, partition)
             cluster.wait_isr(TOPIC, range(PARTITIONS), 3, CATCH_UP_S)
             recovered = time.monotonic()
-            faults.note("  every ISR back to 3")
-            _wait_acks_everywhere(cluster, producers, recovered, "acks after the fault")
+            run.faults.note("  every ISR back to 3")
+            run.wait_acks_everywhere(recovered, "acks after the fault")
+            run.windows.append((f"round {r} {kind}", kind, start, time.monotonic()))
         end = time.monotonic()
     finally:
         for p in producers:
@@ -106,6 +239,16 @@ def run_schedule(cluster, rounds: int) -> None:
     for label, per_partition in gaps.items():
         print(f"longest ack gap of {label}: " +
               " ".join(f"p{k}={v:.1f}s" for k, v in sorted(per_partition.items())))
+    worst_by_kind: dict[str, float] = {}
+    for label, kind, start, stop in run.windows:
+        per = {p.label: longest_gaps(p.acks, PARTITIONS, start, stop) for p in producers}
+        worst = max(v for g in per.values() for v in g.values())
+        worst_by_kind[kind] = max(worst_by_kind.get(kind, 0.0), worst)
+        print(f"{label}: longest ack gap {worst:.2f}s (" + "; ".join(
+            f"{name} " + " ".join(f"p{k}={v:.2f}" for k, v in sorted(g.items()))
+            for name, g in per.items()) + ")")
+    print("longest ack gap per fault kind: " +
+          " ".join(f"{k}={v:.2f}s" for k, v in worst_by_kind.items()))
     for p in producers:
         print(f"{p.label}: sent {p.sent} acked {len(p.acks)} failed {len(p.failed)} "
               f"client errors {len(p.errors)} {p.errors[:3]}")
@@ -128,23 +271,48 @@ def run_schedule(cluster, rounds: int) -> None:
               f"{ends[part]}")
     worst = max(v for g in gaps.values() for v in g.values())
     assert worst < LIVENESS_S, f"a partition went {worst:.1f}s without an ack: {gaps}"
+    assert run.deferred == [], "\n".join(run.deferred)
 
 
-def _wait_acks_everywhere(cluster, producers, since: float, what: str) -> None:
-    for p in producers:
-        for part in range(PARTITIONS):
-            cluster.wait_for(lambda p=p, part=part: p.acked_since(since, part) > 0,
-                             LIVENESS_S, f"{what}: producer {p.label} on {TOPIC}-{part}",
-                             detail=lambda p=p: f"failed {p.failed[-3:]} errors "
-                                                f"{p.errors[-3:]} exception {p.exception!r}")
-
-
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_leader_faults_lose_no_acknowledged_write(cluster_factory):
     run_schedule(cluster_factory(brokers=3, workers=1, settings=SETTINGS), FAST_ROUNDS)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2400)
 def test_leader_faults_lose_no_acknowledged_write_soak(cluster_factory):
     run_schedule(cluster_factory(brokers=3, workers=1, settings=SETTINGS), SLOW_ROUNDS)
+
+
+@pytest.fixture
+def follower_disk(tmp_path):
+    """Broker DISK_BROKER's future data dir as the mount point of a fresh ext4 image.
+    Requested before cluster_factory, so it is torn down after broker_factory has
+    stopped every broker: then umount (lazily if still busy), loop device detached."""
+    disk = LoopExt4(tmp_path / "follower-disk.img", factory_data_dir(tmp_path, DISK_BROKER))
+    try:
+        disk.create()
+        yield disk
+    finally:
+        disk.cleanup()
+
+
+def _disk_cluster(cluster_factory, disk: LoopExt4):
+    cluster = cluster_factory(brokers=3, workers=1, settings=SETTINGS)
+    assert str(cluster.broker(DISK_BROKER).data_dir) == str(disk.mountpoint)
+    return cluster
+
+
+@pytest.mark.timeout(600)
+def test_follower_disk_failure_loses_no_acknowledged_write(follower_disk, cluster_factory):
+    run_schedule(_disk_cluster(cluster_factory, follower_disk), DISK_FAST_ROUNDS,
+                 kinds=("disk",), disk=follower_disk, assignments=DISK_ASSIGNMENTS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_follower_disk_failure_loses_no_acknowledged_write_soak(follower_disk,
+                                                               cluster_factory):
+    run_schedule(_disk_cluster(cluster_factory, follower_disk), DISK_SLOW_ROUNDS,
+                 kinds=("disk",), disk=follower_disk, assignments=DISK_ASSIGNMENTS)
