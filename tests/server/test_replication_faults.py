@@ -164,13 +164,13 @@ class Schedule:
         seen: dict = {}
 
         def offline_everywhere() -> bool:
-            for p in range(PARTITIONS):
+            ok = True
+            for p in range(PARTITIONS):   # every partition, for the report
                 views = self.cluster.views(TOPIC, p)
                 seen[p] = {n: v.offline_replicas if v else None for n, v in views.items()}
-                if not views or any(v is None or node not in v.offline_replicas
-                                    for v in views.values()):
-                    return False
-            return True
+                ok = ok and bool(views) and all(v is not None and node in v.offline_replicas
+                                                for v in views.values())
+            return ok
         try:
             self.cluster.wait_for(offline_everywhere, OFFLINE_S,
                                   f"node {node} in offline_replicas of every partition")
