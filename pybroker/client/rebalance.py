@@ -45,6 +45,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from pybroker.coord.offsets import offset_path, path_element_error
+from pybroker.coord.registry import state_path
 from pybroker.errors import PyBrokerError
 
 log = logging.getLogger("pybroker.client.rebalance")
@@ -190,10 +191,11 @@ class GroupRegistry:
             except NoNodeError:
                 snap.partitions[topic] = []
                 continue
-            parts = {int(p): replicas for p, replicas in info.get("partitions", {}).items()}
+            parts = ({} if info.get("deleting") else
+                     {int(p): replicas for p, replicas in info.get("partitions", {}).items()})
             snap.partitions[topic] = sorted(parts)
             for p, replicas in parts.items():
-                snap.leaders[(topic, p)] = replicas[0] if replicas else -1
+                snap.leaders[(topic, p)] = self._leader(topic, p, replicas)
         ids = consumer_path(self.group)
         for cid in zk.get_children(ids, watch=self._watch):
             try:
@@ -202,6 +204,18 @@ class GroupRegistry:
             except (NoNodeError, ValueError, KeyError, AttributeError):
                 continue
         return snap
+
+    def _leader(self, topic: str, partition: int, replicas: list) -> int:
+        """The partition's leader from its state znode (watched: a leader change makes
+        the fetcher go to the new leader); its first replica for a topic written
+        before replication."""
+        try:
+            data = self.zk.get(state_path(topic, partition), watch=self._watch)[0]
+            return int(json.loads(data)["leader"])
+        except NoNodeError:
+            return replicas[0] if replicas else -1
+        except (ValueError, KeyError, TypeError):
+            return -1
 
     def plan(self, snap: Snapshot) -> dict[tuple[str, int], str]:
         """Steps 3-5: {(topic, partition): our stream id} for this snapshot."""

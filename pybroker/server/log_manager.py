@@ -409,13 +409,8 @@ class LogManager:
             return
         if part.state != PartitionState.ONLINE:
             return
-        if error is not None:
-            self.logs.pop(part.tp, None)
-            self._dirty.discard(part.tp)
-            self._transition(part, PartitionState.OFFLINE,
-                             f"fdatasync failed: {error}; produce and fetch answer "
-                             "KAFKA_STORAGE_ERROR until the worker restarts and recovers it")
-            self._wake(part.tp)
+        if error is not None:  # the log fenced itself, failing its acks=all waiters
+            self._take_offline(part, f"fdatasync failed: {error}")
             return
         deadline = plog.flush_deadline_ms()
         if deadline is not None:  # appends came during the sync
@@ -459,6 +454,26 @@ class LogManager:
         if keep:
             self._sync_waiters[part.tp] = keep
             self._start_flush(part, plog)
+
+    def take_offline(self, tp: tuple[str, int], reason: str, error: BaseException) -> None:
+        """Take an online partition offline (a follower's write failed on a broken disk)."""
+        part = self.partitions.get(tp)
+        if part is not None and part.state == PartitionState.ONLINE and part.log is not None:
+            self._take_offline(part, reason, error)
+
+    def _take_offline(self, part: Partition, reason: str,
+                      error: BaseException | None = None) -> None:
+        """ONLINE -> OFFLINE: out of `logs` (handlers answer KAFKA_STORAGE_ERROR, the node
+        publishes it offline, so the controller moves leadership and the ISR away), its
+        acks=all waiters failed with error, its fetches woken."""
+        self.logs.pop(part.tp, None)
+        self._dirty.discard(part.tp)
+        self._transition(part, PartitionState.OFFLINE,
+                         f"{reason}; produce and fetch answer KAFKA_STORAGE_ERROR until the "
+                         "worker restarts and recovers it")
+        if error is not None and part.log is not None:
+            part.log.fail_durable_waiters(error)
+        self._wake(part.tp)
 
     def flush_all(self) -> None:
         """Start a flush of every online log now (shutdown answers acks=all early)."""
@@ -584,12 +599,8 @@ class LogManager:
         problem = (fut.exception() and f"{type(fut.exception()).__name__}: "
                    f"{fut.exception()}") or fut.result()
         if problem and part.state == PartitionState.ONLINE and part.log is not None:
-            self.logs.pop(part.tp, None)
-            self._dirty.discard(part.tp)
-            self._transition(part, PartitionState.OFFLINE,
-                             f"scrub found damaged durable data: {problem}")
-            part.log.fail_durable_waiters(CorruptLogError(problem))
-            self._wake(part.tp)
+            self._take_offline(part, f"scrub found damaged durable data: {problem}",
+                               CorruptLogError(problem))
         self._scrub_next(targets)
 
     # --- retention (P11) -------------------------------------------------------------

@@ -29,6 +29,7 @@ durable here. The follower's visible high watermark follows the leader's.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 
@@ -53,6 +54,12 @@ _WAIT_FOR_VIEW = {ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.FENCED_LEADER_EPOC
                   ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
                   ErrorCode.LEADER_NOT_AVAILABLE, ErrorCode.KAFKA_STORAGE_ERROR,
                   ErrorCode.REPLICA_NOT_AVAILABLE}
+
+
+# A follower's write failing with these is retried (space may be freed, as a leader's
+# appends are); any other errno takes the partition offline, so the controller drops
+# this replica from the ISR at once instead of after replica.lag.time.max.ms.
+_RETRY_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 class NotLeaderError(Exception):
@@ -640,6 +647,9 @@ class ReplicaFetcher:
                     return False
                 except OSError as exc:
                     self.worker.log_storage_error(fs.tp, exc)
+                    if exc.errno not in _RETRY_ERRNOS:  # a broken disk, not a full one
+                        self.worker.partitions.take_offline(
+                            fs.tp, f"replica append failed: {exc}", exc)
                     fs.retry_at = time.monotonic() + BACKOFF_S
                     return False
                 self.worker.producers.replicated(fs.tp, records[:whole])
