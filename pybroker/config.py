@@ -76,6 +76,9 @@ SETTINGS: tuple[Setting, ...] = (
             "request may ask for in all (Kafka counts the sum over its topics; refused with "
             "POLICY_VIOLATION before anything is built).",
             lambda v: v >= 1, ">= 1"),
+    Setting("broker.rack", str, "", "Rack (or zone) of this broker; when every broker has "
+            "one, a partition's replicas go on as many racks as there are replicas. Empty: "
+            "none."),
     Setting("default.replication.factor", int, 1, "Replicas of a topic created without "
             "a replication factor (auto-created, or -1 in CreateTopics); each on another "
             "broker.", lambda v: 1 <= v <= 32, "1..32"),

@@ -8,6 +8,9 @@ broker after the previous partition's, from a random start, and the others follo
 with a shift that grows every len(brokers) partitions, so leaders and followers are
 both even over brokers. Within a broker, its replicas take its workers round-robin,
 leaders and followers each from their own random start, so they are even over workers.
+With a rack for every broker (broker.rack), the brokers are first ordered so racks
+alternate (Kafka's rack-alternated list), and a partition's followers skip brokers on
+racks it already uses until every rack holds one of its replicas.
 """
 from __future__ import annotations
 
@@ -25,14 +28,32 @@ class PlacementError(ValueError):
     / INVALID_REPLICA_ASSIGNMENT)."""
 
 
+def _rack_alternated(brokers: list[int], rack_of: dict[int, str]) -> list[int]:
+    """Brokers ordered so that consecutive ones are on different racks where possible:
+    the first broker of each rack, then the second of each, ..."""
+    by_rack: dict[str, list[int]] = {}
+    for b in brokers:
+        by_rack.setdefault(rack_of[b], []).append(b)
+    racks = [by_rack[r] for r in sorted(by_rack)]
+    return [rack[i] for i in range(max(len(r) for r in racks)) for rack in racks
+            if i < len(rack)]
+
+
 def assign(nodes, partitions: int, replication_factor: int,
-           rng: random.Random | None = None) -> dict[int, list[int]]:
-    """{partition: [replica nodes, preferred leader first]} over the live `nodes`."""
+           rng: random.Random | None = None,
+           racks: dict[int, str] | None = None) -> dict[int, list[int]]:
+    """{partition: [replica nodes, preferred leader first]} over the live `nodes`;
+    racks (node -> rack) is used when every broker has one."""
     rng = rng or random.Random()
     by_broker: dict[int, list[int]] = {}
     for node in sorted(nodes):
         by_broker.setdefault(broker_of(node), []).append(node)
     brokers = sorted(by_broker)
+    rack_of = {broker_of(n): r for n, r in (racks or {}).items() if n in set(nodes)}
+    if rack_of and all(b in rack_of for b in brokers):
+        brokers = _rack_alternated(brokers, rack_of)
+    else:
+        rack_of = {}
     count = len(brokers)
     if replication_factor > count:
         raise PlacementError(f"replication factor {replication_factor} is larger than the "
@@ -47,6 +68,8 @@ def assign(nodes, partitions: int, replication_factor: int,
         first = (start + p) % count
         order = [first] + [_follower(first, shift, j, count)
                            for j in range(replication_factor - 1)]
+        if rack_of:
+            order = _spread_racks(order, first, shift, count, brokers, rack_of)
         replicas = []
         for i, index in enumerate(order):
             broker = brokers[index]
@@ -56,6 +79,23 @@ def assign(nodes, partitions: int, replication_factor: int,
             turn[broker] += 1
         out[p] = replicas
     return out
+
+
+def _spread_racks(order: list[int], first: int, shift: int, count: int,
+                  brokers: list[int], rack_of: dict[int, str]) -> list[int]:
+    """The followers in Kafka's shifted order, but a broker on a rack already used is
+    taken only once every rack holds a replica (or no other broker is left)."""
+    rack_count = len(set(rack_of.values()))
+    chosen, used = [first], {rack_of[brokers[first]]}
+    candidates = [_follower(first, shift, j, count) for j in range(count - 1)]
+    while len(chosen) < len(order):
+        pick = next((c for c in candidates if c not in chosen and
+                     (rack_of[brokers[c]] not in used or len(used) == rack_count)), None)
+        if pick is None:
+            pick = next(c for c in candidates if c not in chosen)
+        chosen.append(pick)
+        used.add(rack_of[brokers[pick]])
+    return chosen
 
 
 def _follower(first: int, shift: int, j: int, count: int) -> int:

@@ -172,6 +172,7 @@ class ClusterState:
     serving: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" online
     offline: dict = field(default_factory=dict)        # node id -> frozenset of "t-p" offline
     partitions: dict = field(default_factory=dict)     # (topic, partition) -> PartitionInfo
+    racks: dict = field(default_factory=dict)          # node id -> broker.rack (if set)
     controller_epoch: int = 0                          # /controller_epoch when read
 
     def leader(self, topic: str, partition: int) -> int | None:
@@ -247,10 +248,11 @@ class Registry:
 
     def __init__(self, connect: str, node_id: int, host: str, port: int,
                  on_change: Callable[[ClusterState], None], session_timeout_ms: int = 10_000,
-                 owner: str | None = None):
+                 owner: str | None = None, rack: str = ""):
         # Configuration, fixed for the object's life.
         self.node_id = node_id
         self.host, self.port = host, port
+        self.rack = rack
         self.path = f"{IDS}/{node_id}"
         self._on_change = on_change
         self._connect = connect
@@ -344,6 +346,7 @@ class Registry:
                        "endpoints": [f"PLAINTEXT://{self.host}:{self.port}"],
                        "jmx_port": -1, "timestamp": str(int(time.time() * 1000)),
                        "partitions": self._published[0], "offline": self._published[1],
+                       "rack": self.rack or None,
                        "pybroker_owner": self._owner})
 
     def _reconcile(self) -> None:
@@ -545,13 +548,15 @@ class Registry:
 
     def _read_state(self) -> ClusterState:
         zk = self._zk
-        nodes, serving, offline = {}, {}, {}
+        nodes, serving, offline, racks = {}, {}, {}, {}
         for child in zk.get_children(IDS, watch=self._watch):
             try:
                 info = self._read_json(f"{IDS}/{child}", watch=True)
                 nodes[int(child)] = (info["host"], int(info["port"]))
                 serving[int(child)] = frozenset(info.get("partitions", ()))
                 offline[int(child)] = frozenset(info.get("offline", ()))
+                if info.get("rack"):
+                    racks[int(child)] = info["rack"]
             except NoNodeError:
                 continue
         topics, configs, partitions = {}, {}, {}
@@ -581,7 +586,8 @@ class Registry:
         except NoNodeError:
             controller_epoch = 0
         return ClusterState(cluster_id, controller, nodes, topics, configs, serving, offline,
-                            partitions, controller_epoch)
+                            partitions=partitions, controller_epoch=controller_epoch,
+                            racks=racks)
 
     def _read_controller(self) -> int:
         """The controller's node id, electing ourselves when there is none. A /controller

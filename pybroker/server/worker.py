@@ -117,7 +117,8 @@ class Worker:
         self.registry = Registry(self.zk_connect, self.node_id, self.advertised_host, self.port,
                                  lambda st: self.loop.call_soon_threadsafe(self._on_cluster, st),
                                  self.config["zookeeper.session.timeout.ms"],
-                                 owner=registration_owner(self.data_dir, self.node_id))
+                                 owner=registration_owner(self.data_dir, self.node_id),
+                                 rack=self.config["broker.rack"])
         self.controller = Controller(self.registry, (
             self.config["leader.imbalance.check.interval.seconds"]
             if self.config["auto.leader.rebalance.enable"] else None))

@@ -52,3 +52,25 @@ def test_explicit_assignments_are_checked(assignment, problem):
 
 def test_a_good_explicit_assignment_passes():
     check_assignment({0: [300, 100], 1: [201, 101]}, THREE_BY_TWO)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_with_racks_the_replicas_of_a_partition_span_the_racks(seed):
+    nodes = [100, 200, 300, 400, 500, 600]          # six brokers of one worker
+    racks = {100: "a", 200: "a", 300: "b", 400: "b", 500: "c", 600: "c"}
+    placed = assign(nodes, 12, 3, random.Random(seed), racks=racks)
+    for replicas in placed.values():
+        assert {racks[n] for n in replicas} == {"a", "b", "c"}, replicas
+        assert len({broker_of(n) for n in replicas}) == 3
+    assert set(Counter(r[0] for r in placed.values()).values()) == {2}  # leaders even
+
+
+def test_two_racks_and_three_replicas_use_both_racks():
+    racks = {100: "a", 200: "a", 300: "b", 400: "b"}
+    for replicas in assign([100, 200, 300, 400], 8, 3, random.Random(4), racks=racks).values():
+        assert {racks[n] for n in replicas} == {"a", "b"}
+
+
+def test_racks_are_ignored_unless_every_broker_has_one():
+    placed = assign(THREE_BY_TWO, 6, 3, random.Random(1), racks={100: "a"})
+    assert placed == assign(THREE_BY_TWO, 6, 3, random.Random(1))

@@ -193,7 +193,8 @@ def plan_topic(worker, name: str, partitions: int, configs: dict,
                 f"replication factor must be >= 1 (or -1 for default.replication.factor), "
                 f"got {replication_factor}", None)
     try:
-        return ErrorCode.NONE, None, placement.assign(nodes, partitions, replication_factor)
+        return ErrorCode.NONE, None, placement.assign(nodes, partitions, replication_factor,
+                                                      racks=worker.cluster.racks)
     except placement.PlacementError as exc:
         return ErrorCode.INVALID_REPLICATION_FACTOR, str(exc), None
 

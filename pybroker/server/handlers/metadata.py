@@ -22,7 +22,7 @@ AUTO_CREATE_WAIT_S = 5.0
 def _brokers(worker, state) -> list[dict]:
     nodes = dict(state.nodes)
     nodes.setdefault(worker.node_id, (worker.advertised_host, worker.port))
-    return [{"node_id": node, "host": host, "port": port, "rack": None}
+    return [{"node_id": node, "host": host, "port": port, "rack": state.racks.get(node)}
             for node, (host, port) in sorted(nodes.items())]
 
 
