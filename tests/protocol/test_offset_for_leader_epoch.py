@@ -19,50 +19,26 @@ import pytest
 from pybroker.protocol import (APIS, SUPPORTED, ApiKey, api_versions_array, codec,
                                decode_request, decode_response, encode_request,
                                encode_response)
+from pybroker.testing import spec_bytes
+from pybroker.testing.spec_bytes import i16, i32, i64
 
 VERSIONS = range(0, 5)
 FLEXIBLE = 4
 MESSAGE = APIS[23]
 
 
-# --- the spec's primitives, by hand -------------------------------------------------------
-
-def i16(v: int) -> bytes:
-    return struct.pack(">h", v)
-
-
-def i32(v: int) -> bytes:
-    return struct.pack(">i", v)
-
-
-def i64(v: int) -> bytes:
-    return struct.pack(">q", v)
-
-
-def uvarint(v: int) -> bytes:
-    out = bytearray()
-    while v >= 0x80:
-        out.append(v & 0x7F | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
+# --- the spec's primitives (pybroker.testing.spec_bytes), by version ------------------------
 
 def string(s: str, version: int) -> bytes:
-    raw = s.encode()
-    if version >= FLEXIBLE:                       # compact: unsigned varint length + 1
-        return uvarint(len(raw) + 1) + raw
-    return i16(len(raw)) + raw
+    return spec_bytes.string(s, version >= FLEXIBLE)
 
 
 def array(items: list[bytes], version: int) -> bytes:
-    count = uvarint(len(items) + 1) if version >= FLEXIBLE else i32(len(items))
-    return count + b"".join(items)
+    return spec_bytes.array(items, version >= FLEXIBLE)
 
 
 def tags(version: int) -> bytes:
-    """An empty tagged-fields section (flexible versions only)."""
-    return b"\x00" if version >= FLEXIBLE else b""
+    return spec_bytes.tags(version >= FLEXIBLE)
 
 
 # --- values -------------------------------------------------------------------------------

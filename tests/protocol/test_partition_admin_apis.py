@@ -28,50 +28,10 @@ import pytest
 from pybroker.protocol import (APIS, SUPPORTED, ApiKey, EncodeError, api_versions_array,
                                codec, decode_request, decode_response, encode_request,
                                encode_response)
+from pybroker.testing.spec_bytes import array, i8, i16, i32, string, tags
 
 CP, EL = APIS[37], APIS[43]
 FLEXIBLE = {37: 2, 43: 2}
-
-
-# --- the spec's primitives, by hand -------------------------------------------------------
-
-def i8(v: int) -> bytes:
-    return struct.pack(">b", v)
-
-
-def i16(v: int) -> bytes:
-    return struct.pack(">h", v)
-
-
-def i32(v: int) -> bytes:
-    return struct.pack(">i", v)
-
-
-def uvarint(v: int) -> bytes:
-    out = bytearray()
-    while v >= 0x80:
-        out.append(v & 0x7F | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def string(s: str | None, flexible: bool) -> bytes:
-    if s is None:
-        return uvarint(0) if flexible else i16(-1)
-    raw = s.encode()
-    return uvarint(len(raw) + 1) + raw if flexible else i16(len(raw)) + raw
-
-
-def array(items: list[bytes] | None, flexible: bool) -> bytes:
-    if items is None:
-        return uvarint(0) if flexible else i32(-1)
-    count = uvarint(len(items) + 1) if flexible else i32(len(items))
-    return count + b"".join(items)
-
-
-def tags(flexible: bool) -> bytes:
-    return b"\x00" if flexible else b""
 
 
 # --- CreatePartitions ---------------------------------------------------------------------
