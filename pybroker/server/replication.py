@@ -72,7 +72,7 @@ class LeaderState:
     """A partition this node leads in `epoch`, with its followers' progress."""
 
     __slots__ = ("tp", "plog", "replicas", "epoch", "isr", "version", "epoch_start",
-                 "progress", "caught_up", "last_fetch", "pending")
+                 "progress", "caught_up", "last_fetch", "pending", "min_isr")
 
     def __init__(self, tp, plog, info: PartitionInfo, node_id: int, now: float):
         self.tp = tp
@@ -88,6 +88,7 @@ class LeaderState:
         self.caught_up = {n: now for n in info.replicas if n != node_id}
         self.last_fetch: dict[int, tuple[float, int]] = {}  # node -> (when, leader's LEO)
         self.pending: set | None = None      # the ISR being written, if a write is out
+        self.min_isr = 1                     # min.insync.replicas, refreshed every view
 
     @property
     def writing(self) -> bool:
@@ -167,9 +168,10 @@ class ReplicaManager:
         return int(info.leader == self.node_id), len(info.replicas), len(info.isr), lag
 
     def isr_short(self, tp) -> bool:
-        """The ISR of a partition led here is smaller than min.insync.replicas."""
+        """The ISR of a partition led here is smaller than min.insync.replicas (per
+        acks=all request: the setting is resolved once per view, not here)."""
         ls = self.leading.get(tp)
-        return ls is not None and len(ls.isr) < self.min_insync(tp)
+        return ls is not None and len(ls.isr) < ls.min_isr
 
     # --- roles -----------------------------------------------------------------------
 
@@ -194,6 +196,7 @@ class ReplicaManager:
     def _lead(self, tp, plog, info: PartitionInfo) -> None:
         ls = self.leading.get(tp)
         if ls is not None and ls.plog is plog and ls.epoch == info.leader_epoch:
+            ls.min_isr = self.min_insync(tp)  # a topic config change comes with a view
             if info.version > ls.version:  # a newer write (the controller's, or ours)
                 ls.isr = set(info.isr) | {self.node_id}
                 ls.version = info.version
@@ -225,6 +228,7 @@ class ReplicaManager:
 
     def _start_leading(self, tp, plog, info: PartitionInfo) -> None:
         ls = LeaderState(tp, plog, info, self.node_id, time.monotonic())
+        ls.min_isr = self.min_insync(tp)
         plog.leader_epoch = ls.epoch  # stamped into every batch produced from now on
         self.leading[tp] = ls
         self.leader_logs[tp] = plog
