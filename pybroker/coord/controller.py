@@ -17,7 +17,10 @@ partition's state znode with the live nodes and writes what must change:
 - with auto.leader.rebalance.enable, every leader.imbalance.check.interval.seconds a
   partition whose preferred replica (the first) is live and in the ISR but does not
   lead gets it back as leader (Kafka's preferred-replica election), so leaders return
-  to their even placement after brokers come back.
+  to their even placement after brokers come back;
+- a partition being reassigned (coord/reassignment.py) whose target replicas are all
+  in the ISR gets its final state (a leader and an ISR within the target), then its
+  topic znode's replicas become the target.
 Each write is a compare-and-set on the state znode's version inside a transaction
 that checks /controller_epoch's version, so a controller deposed while it was paused
 (SIGSTOP, a long GC) writes nothing. Nodes learn the outcome from their watches on the
@@ -30,6 +33,7 @@ import time
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
+from pybroker.coord import reassignment
 from pybroker.coord.registry import ClusterState, PartitionInfo
 
 log = logging.getLogger("pybroker.coord")
@@ -39,7 +43,8 @@ def decide(state: ClusterState, topic: str, partition: int,
            info: PartitionInfo) -> PartitionInfo | None:
     """The state this partition should have now, or None when its znode is right."""
     def live(node: int) -> bool:
-        return state.is_live(node, topic, partition)
+        # a node outside the replicas (left there by a cancelled reassignment) is gone
+        return node in info.replicas and state.is_live(node, topic, partition)
 
     if info.version < 0:
         alive = tuple(n for n in info.replicas if live(n))
@@ -74,11 +79,26 @@ def plan(state: ClusterState, rebalance: bool = False) -> list[tuple[str, int, P
     changes = []
     for (topic, partition), info in sorted(state.partitions.items()):
         new = decide(state, topic, partition, info)
+        if new is None and reassignment.reassigning(info):
+            step = reassignment.settle(state, topic, partition, info)
+            new = step if isinstance(step, PartitionInfo) else None
         if new is None and rebalance:
             new = preferred(state, topic, partition, info)
         if new is not None:
             changes.append((topic, partition, new))
     return changes
+
+
+def completions(state: ClusterState) -> list[tuple[str, int, tuple]]:
+    """(topic, partition, target) of every reassignment whose state znode is final:
+    the topic znode's replicas become the target."""
+    done = []
+    for (topic, partition), info in sorted(state.partitions.items()):
+        if reassignment.reassigning(info):
+            step = reassignment.settle(state, topic, partition, info)
+            if isinstance(step, tuple) and not isinstance(step, PartitionInfo):
+                done.append((topic, partition, step))
+    return done
 
 
 class Controller:
@@ -89,6 +109,7 @@ class Controller:
         self.rebalance_interval_s = rebalance_interval_s  # None: no auto rebalance
         self._last_rebalance = time.monotonic()
         self.elections = 0   # leader changes written (stats, tests)
+        self.reassignments = 0   # reassignments finished
 
     def on_view(self, state: ClusterState) -> None:
         """On the registry thread, after each pass: write this view's decisions."""
@@ -107,6 +128,25 @@ class Controller:
             log.info("node=%d controller: tp=%s-%d leader %d -> %d epoch %d isr %s -> %s",
                      self.registry.node_id, topic, partition, old.leader, new.leader,
                      new.leader_epoch, list(old.isr), list(new.isr))
+        for topic, partition, target in completions(state):
+            if not self._finish(topic, partition, target):
+                return
+
+    def _finish(self, topic: str, partition: int, target: tuple) -> bool:
+        registry = self.registry
+        try:
+            written = registry.update_topic(
+                topic, lambda znode: reassignment.finish(znode, partition, target),
+                fence=registry.controller_epoch_version)
+        except (BadVersionError, NoNodeError) as exc:
+            log.info("node=%d controller: tp=%s-%d reassignment not finished (%s); "
+                     "re-reading", registry.node_id, topic, partition, type(exc).__name__)
+            return False
+        if written:
+            self.reassignments += 1
+            log.info("node=%d controller: tp=%s-%d reassignment done: replicas now %s",
+                     registry.node_id, topic, partition, list(target))
+        return True
 
     def _write(self, topic: str, partition: int, old: PartitionInfo,
                new: PartitionInfo) -> bool:

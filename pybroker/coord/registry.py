@@ -148,6 +148,8 @@ class PartitionInfo(NamedTuple):
     leader_epoch: int
     isr: tuple
     version: int = -1
+    adding: tuple = ()      # a reassignment under way: replicas being added (AR) ...
+    removing: tuple = ()    # ... and being removed (RR); see coord/reassignment.py
 
     def state_data(self, controller_epoch: int) -> bytes:
         return _dumps({"version": 1, "leader": self.leader, "leader_epoch": self.leader_epoch,
@@ -568,16 +570,19 @@ class Registry:
                 continue
             if info.get("deleting") or "partitions" not in info:
                 continue  # being deleted (or not a topic we wrote): gone
+            adding, removing = info.get("adding_replicas", {}), info.get("removing_replicas", {})
             for p, replicas in info["partitions"].items():
-                pending.append((name, int(p), tuple(replicas),
+                moving = (tuple(adding.get(p, ())), tuple(removing.get(p, ())))
+                pending.append((name, int(p), tuple(replicas), moving,
                                 zk.get_async(state_path(name, int(p)), watch=self._watch)))
             try:
                 configs[name] = self._read_json(f"{TOPIC_CONFIGS}/{name}",
                                                 watch=True).get("config", {})
             except NoNodeError:
                 configs[name] = {}
-        for name, p, replicas, answer in pending:  # pipelined: one round trip for all
-            partitions[(name, p)] = info = self._partition_info(name, p, replicas, answer)
+        for name, p, replicas, moving, answer in pending:  # pipelined: one round trip
+            info = self._partition_info(name, p, replicas, answer)
+            partitions[(name, p)] = info = info._replace(adding=moving[0], removing=moving[1])
             topics.setdefault(name, {})[p] = info.leader
         controller = self._read_controller()
         cluster_id = self._read_json(CLUSTER_ID)["id"]
@@ -681,6 +686,41 @@ class Registry:
         results = tx.commit()
         _raise_first(results)
         return results[1].version
+
+    def update_topic(self, name: str, change, fence: int | None = None) -> bool:
+        """Read-modify-write of a topic znode: change(content) -> new content, or None
+        to leave it. The write is a compare-and-set on the version read; when another
+        writer came first, change runs again on the new content (so it must be pure).
+        With fence (the controller's /controller_epoch version) the write is in one
+        transaction with a check of it: BadVersionError once the fence moved. True
+        if written; NoNodeError when the topic is gone or being deleted. Blocks."""
+        path = f"{TOPICS}/{name}"
+        for _ in range(RECONCILE_ROUNDS):
+            data, stat = self._zk.get(path)
+            info = json.loads(data.decode()) if data else {}
+            if info.get("deleting") or "partitions" not in info:
+                raise NoNodeError(f"{path} is being deleted")
+            new = change(info)
+            if new is None:
+                return False
+            if fence is None:
+                try:
+                    self._zk.set(path, _dumps(new), version=stat.version)
+                    return True
+                except BadVersionError:
+                    continue
+            tx = self._zk.transaction()
+            tx.check(CONTROLLER_EPOCH, fence)
+            tx.set_data(path, _dumps(new), version=stat.version)
+            fenced, written = tx.commit()
+            if isinstance(written, BadVersionError):
+                continue
+            if isinstance(fenced, Exception) and not isinstance(fenced, RolledBackError):
+                raise BadVersionError(f"{CONTROLLER_EPOCH} moved: this node is not the "
+                                      "controller any more")
+            _raise_first([fenced, written])
+            return True
+        raise BadVersionError(f"{path} kept changing under {RECONCILE_ROUNDS} attempts")
 
     def set_topic_config(self, name: str, config: dict) -> None:
         """Replace a topic's config overrides (every node applies them on refresh).

@@ -13,7 +13,8 @@ from .messages.groups import (DESCRIBE_GROUPS, FIND_COORDINATOR, HEARTBEAT, JOIN
                               LEAVE_GROUP, LIST_GROUPS, SYNC_GROUP)
 from .messages.metadata import API_VERSIONS, METADATA
 from .messages.offsets import OFFSET_COMMIT, OFFSET_FETCH
-from .messages.partitions import CREATE_PARTITIONS, ELECT_LEADERS
+from .messages.partitions import (ALTER_PARTITION_REASSIGNMENTS, CREATE_PARTITIONS,
+                                  ELECT_LEADERS, LIST_PARTITION_REASSIGNMENTS)
 from .messages.produce import INIT_PRODUCER_ID, PRODUCE
 from .messages.replication import OFFSET_FOR_LEADER_EPOCH
 from .messages.topics import CREATE_TOPICS, DELETE_TOPICS
@@ -46,6 +47,8 @@ class ApiKey:
     CREATE_PARTITIONS = 37
     ELECT_LEADERS = 43
     INCREMENTAL_ALTER_CONFIGS = 44
+    ALTER_PARTITION_REASSIGNMENTS = 45
+    LIST_PARTITION_REASSIGNMENTS = 46
 
 
 APIS: dict[int, Message] = {m.api_key: m for m in (
@@ -53,7 +56,7 @@ APIS: dict[int, Message] = {m.api_key: m for m in (
     JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS,
     API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH,
     DESCRIBE_CONFIGS, ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS, CREATE_PARTITIONS,
-    ELECT_LEADERS,
+    ELECT_LEADERS, ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS,
 )}
 
 # api_key -> (min_version, max_version) advertised in ApiVersions.
@@ -81,6 +84,8 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 1),
     ApiKey.CREATE_PARTITIONS: (0, 3),
     ApiKey.ELECT_LEADERS: (0, 2),
+    ApiKey.ALTER_PARTITION_REASSIGNMENTS: (0, 1),
+    ApiKey.LIST_PARTITION_REASSIGNMENTS: (0, 0),
 }
 
 

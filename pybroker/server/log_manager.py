@@ -143,12 +143,16 @@ class LogManager:
 
     def sync(self, state: ClusterState) -> bool:
         """Open the logs newly assigned to this node, close those no longer assigned and
-        delete those whose topic is gone. True if the stored set changed."""
+        delete those whose topic is gone or that were reassigned to other nodes. True if
+        the stored set changed."""
         wanted = {tp for tp, info in state.partitions.items() if self.node_id in info.replicas}
         changed = False
         for tp in sorted(tp for tp, part in self.partitions.items()
                          if tp not in wanted and part.wanted):
-            self._unassign(self.partitions[tp], delete=tp[0] not in state.topics)
+            # deleted with its topic, or reassigned away (the partition lives on without
+            # this node: its replica is of no use here any more, as Kafka's StopReplica)
+            self._unassign(self.partitions[tp],
+                           delete=tp[0] not in state.topics or tp in state.partitions)
             changed = True
         configs = {topic: self._log_config(topic, state) for topic, _ in wanted}
         for tp in sorted(wanted):

@@ -71,13 +71,14 @@ class NotLeaderError(Exception):
 class LeaderState:
     """A partition this node leads in `epoch`, with its followers' progress."""
 
-    __slots__ = ("tp", "plog", "replicas", "epoch", "isr", "version", "epoch_start",
-                 "progress", "caught_up", "last_fetch", "pending", "min_isr")
+    __slots__ = ("tp", "plog", "replicas", "removing", "epoch", "isr", "version",
+                 "epoch_start", "progress", "caught_up", "last_fetch", "pending", "min_isr")
 
     def __init__(self, tp, plog, info: PartitionInfo, node_id: int, now: float):
         self.tp = tp
         self.plog = plog
         self.replicas = info.replicas
+        self.removing = frozenset(info.removing)  # never added to the ISR: on their way out
         self.epoch = info.leader_epoch
         self.isr = set(info.isr) | {node_id}
         self.version = info.version          # of the state znode, for our CAS
@@ -93,6 +94,20 @@ class LeaderState:
     @property
     def writing(self) -> bool:
         return self.pending is not None
+
+    def reassigned(self, info: PartitionInfo, node_id: int, now: float) -> None:
+        """The replica set changed in this epoch (a reassignment): a new follower starts
+        from nothing and out of the ISR; a removed one is forgotten."""
+        for n in info.replicas:
+            if n != node_id and n not in self.progress:
+                self.progress[n] = 0
+                self.caught_up[n] = now
+        for n in set(self.replicas) - set(info.replicas):
+            self.progress.pop(n, None)
+            self.caught_up.pop(n, None)
+            self.last_fetch.pop(n, None)
+        self.replicas = info.replicas
+        self.removing = frozenset(info.removing)
 
     def followers_in_sync(self, node_id: int) -> list[int]:
         return [n for n in self.isr if n != node_id]
@@ -197,6 +212,8 @@ class ReplicaManager:
         ls = self.leading.get(tp)
         if ls is not None and ls.plog is plog and ls.epoch == info.leader_epoch:
             ls.min_isr = self.min_insync(tp)  # a topic config change comes with a view
+            if info.replicas != ls.replicas or frozenset(info.removing) != ls.removing:
+                ls.reassigned(info, self.node_id, time.monotonic())
             if info.version > ls.version:  # a newer write (the controller's, or ours)
                 ls.isr = set(info.isr) | {self.node_id}
                 ls.version = info.version
@@ -367,13 +384,15 @@ class ReplicaManager:
                 log.warning("node=%d tp=%s-%d node %d fetched from %d: %s", self.node_id,
                             tp[0], tp[1], node, offset, exc)
                 return ErrorCode.OFFSET_OUT_OF_RANGE
-        elif (not ls.writing and offset >= plog.high_watermark
+        elif (not ls.writing and node not in ls.removing and offset >= plog.high_watermark
               and offset >= ls.epoch_start):
             self._change_isr(ls, ls.isr | {node}, f"node {node} caught up at {offset}")
         return ErrorCode.NONE
 
     def _bound(self, ls: LeaderState) -> None:
-        followers = [n for n in ls.maximal_isr() if n != self.node_id]
+        # An ISR member outside the replicas (a cancelled reassignment's, until the
+        # controller drops it) is never elected (controller.decide), so it bounds nothing.
+        followers = [n for n in ls.maximal_isr() if n != self.node_id and n in ls.progress]
         bound = min(ls.progress.get(n, 0) for n in followers) if followers else None
         ls.plog.set_replication_bound(bound)
 

@@ -1,4 +1,5 @@
-"""Partition administration: CreatePartitions (key 37) and ElectLeaders (key 43).
+"""Partition administration: CreatePartitions (key 37), ElectLeaders (key 43),
+AlterPartitionReassignments (key 45) and ListPartitionReassignments (key 46).
 
 CreatePartitions raises a topic's partition count (never lowers it), optionally with
 an explicit replica assignment for the new partitions only. ElectLeaders moves a
@@ -65,6 +66,75 @@ ELECT_LEADERS = Message(
                 F("partition_id", "int32", "0+"),
                 F("error_code", "int16", "0+"),
                 F("error_message", "string", "0+", nullable_versions="0+"),
+            )), "0+"),
+        )), "0+"),
+    ],
+)
+
+# Spec: validVersions 0-1, flexibleVersions 0+ (KIP-455; v1 adds
+# allow_replication_factor_change, KIP-860). We implement 0-1. A null `replicas`
+# cancels the partition's ongoing reassignment. The response's
+# allow_replication_factor_change echoes the request's (ignorable: a v0 answer drops
+# it). Kafka's admin client sends this to the controller; any node of ours can write
+# it, so each answers it.
+ALTER_PARTITION_REASSIGNMENTS = Message(
+    45, "AlterPartitionReassignments", valid_versions="0-1", flexible_versions="0+",
+    request=[
+        F("timeout_ms", "int32", "0+", default=60000),
+        F("allow_replication_factor_change", "bool", "1+", default=True),
+        F("topics", Array(Struct(
+            "ReassignableTopic",
+            F("name", "string", "0+"),
+            F("partitions", Array(Struct(
+                "ReassignablePartition",
+                F("partition_index", "int32", "0+"),
+                F("replicas", Array("int32"), "0+", nullable_versions="0+", default=None),
+            )), "0+"),
+        )), "0+"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "0+"),
+        F("allow_replication_factor_change", "bool", "1+", default=True, ignorable=True),
+        F("error_code", "int16", "0+"),
+        F("error_message", "string", "0+", nullable_versions="0+", default=None),
+        F("responses", Array(Struct(
+            "ReassignableTopicResponse",
+            F("name", "string", "0+"),
+            F("partitions", Array(Struct(
+                "ReassignablePartitionResponse",
+                F("partition_index", "int32", "0+"),
+                F("error_code", "int16", "0+"),
+                F("error_message", "string", "0+", nullable_versions="0+", default=None),
+            )), "0+"),
+        )), "0+"),
+    ],
+)
+
+# Spec: validVersions 0, flexibleVersions 0+. A null `topics` lists every ongoing
+# reassignment; a named partition with none under way is left out of the answer.
+LIST_PARTITION_REASSIGNMENTS = Message(
+    46, "ListPartitionReassignments", valid_versions="0", flexible_versions="0+",
+    request=[
+        F("timeout_ms", "int32", "0+", default=60000),
+        F("topics", Array(Struct(
+            "ListPartitionReassignmentsTopics",
+            F("name", "string", "0+"),
+            F("partition_indexes", Array("int32"), "0+"),
+        )), "0+", nullable_versions="0+", default=None),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "0+"),
+        F("error_code", "int16", "0+"),
+        F("error_message", "string", "0+", nullable_versions="0+", default=None),
+        F("topics", Array(Struct(
+            "OngoingTopicReassignment",
+            F("name", "string", "0+"),
+            F("partitions", Array(Struct(
+                "OngoingPartitionReassignment",
+                F("partition_index", "int32", "0+"),
+                F("replicas", Array("int32"), "0+"),
+                F("adding_replicas", Array("int32"), "0+"),
+                F("removing_replicas", Array("int32"), "0+"),
             )), "0+"),
         )), "0+"),
     ],

@@ -10,7 +10,7 @@ its keys (with the ranges in pybroker.protocol.SUPPORTED).
 from pybroker.protocol import ApiKey
 
 from . import (admin, api_versions, configs, elections, fetch, groups, leader_epoch,
-               metadata, offsets, partitions, produce)
+               metadata, offsets, partitions, produce, reassignments)
 
 HANDLERS = {
     ApiKey.API_VERSIONS: api_versions.handle,
@@ -36,4 +36,6 @@ HANDLERS = {
     ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,
     ApiKey.CREATE_PARTITIONS: partitions.handle,
     ApiKey.ELECT_LEADERS: elections.handle,
+    ApiKey.ALTER_PARTITION_REASSIGNMENTS: reassignments.handle_alter,
+    ApiKey.LIST_PARTITION_REASSIGNMENTS: reassignments.handle_list,
 }
