@@ -1,5 +1,5 @@
-"""`pybroker topics create|list|describe|delete|alter|elect-leaders`: topic administration
-through the Kafka protocol (any node of the cluster answers)."""
+"""`pybroker topics create|list|describe|delete|alter|elect-leaders|reassign`: topic
+administration through the Kafka protocol (any node of the cluster answers)."""
 from __future__ import annotations
 
 
@@ -195,7 +195,7 @@ def _error_name(code: int) -> str:
 
 def add_parser(sub) -> None:
     topics = sub.add_parser("topics", help="create, list, describe, delete, alter topics; "
-                            "elect preferred leaders")
+                            "elect preferred leaders; reassign partitions")
     tsub = topics.add_subparsers(dest="topics_command", required=True)
 
     def common(p):
@@ -239,3 +239,5 @@ def add_parser(sub) -> None:
                    help="only this partition of --topic (repeatable)")
     common(p)
     p.set_defaults(func=elect_leaders)
+    from pybroker.cli import reassign  # it uses this module's helpers
+    reassign.add_parser(tsub, common)

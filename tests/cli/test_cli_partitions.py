@@ -68,3 +68,38 @@ def test_alter_partitions_and_elect_leaders(cluster_factory):
     assert "4 partition(s)" in described
     bad = run("topics", "elect-leaders", "--partition", "0", *b)
     assert bad.returncode == 1 and b"--partition needs --topic" in bad.stderr
+
+
+def test_reassign_execute_verify_list(cluster_factory, tmp_path):
+    """`pybroker topics reassign`: a kafka-reassign-partitions.sh plan moves partition 0
+    from brokers 1, 2 to brokers 3, 2; --verify says in progress or complete (exit 1 /
+    0); --list shows nothing once done; a bad plan is bad usage (exit 2)."""
+    cluster = cluster_factory(brokers=3, workers=1, settings=SETTINGS)
+    b = ["--bootstrap", cluster.bootstrap]
+    assert cluster.create_topic("cli-r", assignments={0: [100, 200]})["error_code"] == 0
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"version": 1, "partitions": [{"topic": "cli-r", "partition": 0, '
+                    '"replicas": [300, 200]}]}')
+    done = run("topics", "reassign", "--execute", plan, *b)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().splitlines() == ["cli-r-0: reassignment started"]
+    cluster.wait_partition("cli-r", 0, lambda m: m.replica_nodes == (300, 200) and
+                           len(m.isr_nodes) == 2, 60, "the move done")
+
+    def verified() -> bool:
+        out = run("topics", "reassign", "--verify", plan, *b)
+        return out.returncode == 0 and out.stdout.decode().splitlines() == [
+            "cli-r-0: complete"]
+    cluster.wait_for(verified, 60, "--verify to say complete")
+    listed = run("topics", "reassign", "--list", *b)
+    assert listed.returncode == 0 and b"no reassignment under way" in listed.stdout
+    cancel = run("topics", "reassign", "--cancel", plan, *b)
+    assert cancel.returncode == 1
+    assert b"cli-r-0: NO_REASSIGNMENT_IN_PROGRESS (85)" in cancel.stdout, cancel.stdout
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"partitions": [{"topic": "cli-r"}]}')
+    bad = run("topics", "reassign", "--execute", wrong, *b)
+    assert bad.returncode == 2 and b"partitions[0] needs topic, partition and replicas" \
+        in bad.stderr, bad.stderr
+    neither = run("topics", "reassign", *b)
+    assert neither.returncode == 2 and b"exactly one of" in neither.stderr
