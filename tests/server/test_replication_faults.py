@@ -27,6 +27,14 @@ broker that leads the round's partition when the fault starts:
           broker is stopped (SIGTERM; its exit code is printed, not asserted), the file
           system repaired (remount,rw, or umount + e2fsck + mount) and the broker
           restarted: it must catch up and rejoin every ISR
+  reassign  (four brokers: test_reassignment_and_preferred_election_*) the round's
+          partition moves off its leader's broker onto the broker holding none of
+          it (kafka-python's alter_partition_reassignments); done when every node
+          shows the target replicas all in sync, the leader in the target at a
+          higher epoch, and the removed replica's directory deleted
+  elect   the round's partition's replicas reordered (its leader last: a
+          reassignment that moves nothing), then a preferred election
+          (confluent-kafka's elect_leaders) makes the new first replica leader
 After each fault: every partition back to an ISR of 3, and both producers acked on
 every partition again (a liveness bound of LIVENESS_S, never a performance figure).
 The longest time without an ack on a partition within each fault's window (from the
@@ -43,10 +51,16 @@ The default run does FAST_ROUNDS rounds of each kind; the soak (-m slow) SLOW_RO
 """
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
+from confluent_kafka import ElectionType, TopicPartition
+from confluent_kafka.admin import AdminClient
+from kafka import KafkaAdminClient
+from kafka import TopicPartition as KafkaTopicPartition
 
+from pybroker import config
 from pybroker.testing import history
 from pybroker.testing.cluster import (SESSION_S, FaultLog, ProducerThread, factory_data_dir,
                                       longest_gaps, read_log)
@@ -64,8 +78,13 @@ CATCH_UP_S = 90.0               # a restarted or resumed host back in every ISR
 LIVENESS_S = 30.0               # longest tolerated time without an ack on a partition
 FLUSH_S = 180.0                 # above the producers' message.timeout.ms of 120 s
 FAST_ROUNDS, SLOW_ROUNDS = 2, 5
+OPERATION_FAST_ROUNDS = 2
 DISK_FAST_ROUNDS, DISK_SLOW_ROUNDS = 1, 3
 KINDS = ("kill", "pause", "term")
+OPERATIONS = ("reassign", "elect")   # on four brokers: a spare one to move replicas to
+OPERATION_SETTINGS = {**SETTINGS, **({"auto.leader.rebalance.enable": False}
+                                     if "auto.leader.rebalance.enable" in config.BY_KEY
+                                     else {})}  # only the request moves leaders
 DISK_BROKER = 3                 # the broker whose data dir is the ext4 image
 # Broker b's worker 0 is node b*100: brokers 1 and 2 lead, broker 3 only follows.
 DISK_ASSIGNMENTS = {0: [100, 200, 300], 1: [200, 100, 300], 2: [100, 200, 300]}
@@ -115,6 +134,69 @@ class Schedule:
             else:
                 cluster.restart(victim)
         faults.note(f"  broker {victim.broker_id} back ({kind})")
+
+    # --- operations under load: a reassignment, a preferred election -----------------
+
+    def reassign(self, r: int, partition: int) -> None:
+        """Move the partition off its leader's broker onto the broker holding no replica
+        of it (four brokers, RF 3): the leader moves too. kafka-python's admin client."""
+        cluster, faults = self.cluster, self.faults
+        before = cluster.wait_partition(TOPIC, partition, lambda m: len(m.isr_nodes) == 3,
+                                        CATCH_UP_S, "a full ISR")
+        spare = next(n for n in cluster.node_ids if n not in before.replica_nodes)
+        target = [spare] + [n for n in before.replica_nodes if n != before.leader_id]
+        faults.note(f"round {r}: reassign {TOPIC}-{partition} {before.replica_nodes} -> "
+                    f"{target} (leader {before.leader_id}, epoch {before.leader_epoch})")
+        t0 = time.monotonic()
+        client = KafkaAdminClient(bootstrap_servers=cluster.bootstrap,
+                                  request_timeout_ms=30000, client_id="faults")
+        try:
+            tp = KafkaTopicPartition(TOPIC, partition)
+            assert client.alter_partition_reassignments({tp: target}) == {tp: None}
+            after = cluster.wait_partition(
+                TOPIC, partition, lambda m: m.replica_nodes == tuple(target)
+                and len(m.isr_nodes) == 3, CATCH_UP_S, f"replicas {target} in sync")
+            assert client.list_partition_reassignments() == {}
+        finally:
+            client.close()
+        assert after.leader_id in target and after.leader_epoch > before.leader_epoch, after
+        gone = cluster.replica_dir(cluster.broker_of(before.leader_id), TOPIC, partition)
+        cluster.wait_for(lambda: not os.path.exists(gone), CATCH_UP_S,
+                         f"the removed replica {gone} deleted")
+        faults.note(f"  done in {time.monotonic() - t0:.2f}s: leader {after.leader_id} "
+                    f"epoch {after.leader_epoch}, isr {after.isr_nodes}; {gone} deleted")
+
+    def elect(self, r: int, partition: int) -> None:
+        """Reorder the partition's replicas so its leader is last (a reassignment that
+        moves nothing: applied at once, the leader stays), then a preferred election
+        (confluent-kafka's AdminClient) hands leadership to the new first replica."""
+        cluster, faults = self.cluster, self.faults
+        before = cluster.wait_partition(TOPIC, partition, lambda m: len(m.isr_nodes) == 3,
+                                        CATCH_UP_S, "a full ISR")
+        order = [n for n in before.replica_nodes if n != before.leader_id] + [before.leader_id]
+        client = KafkaAdminClient(bootstrap_servers=cluster.bootstrap,
+                                  request_timeout_ms=30000, client_id="faults")
+        try:
+            tp = KafkaTopicPartition(TOPIC, partition)
+            assert client.alter_partition_reassignments({tp: order}) == {tp: None}
+        finally:
+            client.close()
+        reordered = cluster.wait_partition(TOPIC, partition,
+                                           lambda m: m.replica_nodes == tuple(order),
+                                           CATCH_UP_S, f"replicas reordered to {order}")
+        assert reordered.leader_id == before.leader_id, reordered
+        faults.note(f"round {r}: elect {TOPIC}-{partition}: replicas {order}, leader "
+                    f"{reordered.leader_id}; preferred election to {order[0]}")
+        t0 = time.monotonic()
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+        result = admin.elect_leaders(ElectionType.PREFERRED,
+                                     [TopicPartition(TOPIC, partition)]).result(timeout=60)
+        assert all(err is None for err in result.values()), result
+        after = cluster.wait_partition(TOPIC, partition, lambda m: m.leader_id == order[0],
+                                       CATCH_UP_S, f"node {order[0]} leading")
+        assert after.leader_epoch > before.leader_epoch, after
+        faults.note(f"  node {order[0]} leads in epoch {after.leader_epoch}, "
+                    f"{time.monotonic() - t0:.2f}s after the request")
 
     # --- a follower's disk -----------------------------------------------------------
 
@@ -219,6 +301,8 @@ def run_schedule(cluster, rounds: int, kinds=KINDS, disk: LoopExt4 | None = None
             start = time.monotonic()
             if kind == "disk":
                 run.disk_fault(r)
+            elif kind in OPERATIONS:
+                getattr(run, kind)(r, partition)
             else:
                 run.leader_fault(r, kind, partition)
             cluster.wait_isr(TOPIC, range(PARTITIONS), 3, CATCH_UP_S)
@@ -283,6 +367,19 @@ def test_leader_faults_lose_no_acknowledged_write(cluster_factory):
 @pytest.mark.timeout(2400)
 def test_leader_faults_lose_no_acknowledged_write_soak(cluster_factory):
     run_schedule(cluster_factory(brokers=3, workers=1, settings=SETTINGS), SLOW_ROUNDS)
+
+
+@pytest.mark.timeout(900)
+def test_reassignment_and_preferred_election_under_load(cluster_factory):
+    run_schedule(cluster_factory(brokers=4, workers=1, settings=OPERATION_SETTINGS),
+                 OPERATION_FAST_ROUNDS, kinds=OPERATIONS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_reassignment_and_preferred_election_under_load_soak(cluster_factory):
+    run_schedule(cluster_factory(brokers=4, workers=1, settings=OPERATION_SETTINGS),
+                 SLOW_ROUNDS, kinds=OPERATIONS)
 
 
 @pytest.fixture
