@@ -18,7 +18,7 @@ import json
 import sys
 
 from pybroker.config import ConfigError
-from pybroker.cli.topics import _admin, _check, _error_name
+from pybroker.cli.topics import _admin, _check, _error_name, topic_metadata
 from pybroker.protocol import ApiKey, ErrorCode
 
 ALTER_VERSION = 0
@@ -91,11 +91,7 @@ def _list(args) -> int:
     _cluster, conn = _admin(args)
     topics = None
     if args.topic:
-        meta = conn.request(ApiKey.METADATA, 8, {
-            "topics": [{"name": args.topic}], "allow_auto_topic_creation": False,
-            "include_cluster_authorized_operations": False,
-            "include_topic_authorized_operations": False})["topics"][0]
-        _check(meta["error_code"], None, f"reassign --list --topic {args.topic}")
+        meta = topic_metadata(conn, args.topic, f"reassign --list --topic {args.topic}")
         topics = [{"name": args.topic, "partition_indexes": sorted(
             p["partition_index"] for p in meta["partitions"])}]
     ongoing = _ongoing(conn, topics)
@@ -108,14 +104,11 @@ def _list(args) -> int:
 
 
 def _verify(args, plan) -> int:
-    cluster, conn = _admin(args)
+    _cluster, conn = _admin(args)
     ongoing = _ongoing(conn, None)
     meta = {}
     for topic in {t for t, _, _ in plan}:
-        body = conn.request(ApiKey.METADATA, 8, {
-            "topics": [{"name": topic}], "allow_auto_topic_creation": False,
-            "include_cluster_authorized_operations": False,
-            "include_topic_authorized_operations": False})["topics"][0]
+        body = topic_metadata(conn, topic, f"reassign --verify: topic {topic}")
         meta.update({(topic, p["partition_index"]): p for p in body["partitions"]})
     pending = 0
     for topic, p, replicas in plan:

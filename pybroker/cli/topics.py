@@ -50,6 +50,17 @@ def create(args) -> int:
     return 0
 
 
+def topic_metadata(conn, topic: str, what: str) -> dict:
+    """Metadata v8 of one topic (its `topics` entry); KafkaError naming `what` when the
+    topic is unknown or has no answer."""
+    meta = conn.request(ApiKey.METADATA, 8, {
+        "topics": [{"name": topic}], "allow_auto_topic_creation": False,
+        "include_cluster_authorized_operations": False,
+        "include_topic_authorized_operations": False})["topics"][0]
+    _check(meta["error_code"], None, what)
+    return meta
+
+
 def _nodes(nodes) -> str:
     return ",".join(str(n) for n in nodes) or "-"
 
@@ -66,12 +77,7 @@ def list_topics(args) -> int:
 
 def describe(args) -> int:
     cluster, conn = _admin(args)
-    meta = conn.request(ApiKey.METADATA, 8, {"topics": [{"name": args.topic}],
-                                             "allow_auto_topic_creation": False,
-                                             "include_cluster_authorized_operations": False,
-                                             "include_topic_authorized_operations": False})
-    topic = meta["topics"][0]
-    _check(topic["error_code"], None, f"describe {args.topic}")
+    topic = topic_metadata(conn, args.topic, f"describe {args.topic}")
     offsets = _offsets(cluster, args.topic, topic["partitions"])
     print(f"topic {args.topic}: {len(topic['partitions'])} partition(s)")
     print(f"{'partition':>9} {'leader':>7} {'epoch':>6} {'log start':>12} {'log end':>12}  "
@@ -156,11 +162,7 @@ def elect_leaders(args) -> int:
     if args.topic:
         partitions = args.partition
         if not partitions:
-            meta = conn.request(ApiKey.METADATA, 8, {
-                "topics": [{"name": args.topic}], "allow_auto_topic_creation": False,
-                "include_cluster_authorized_operations": False,
-                "include_topic_authorized_operations": False})["topics"][0]
-            _check(meta["error_code"], None, f"elect-leaders {args.topic}")
+            meta = topic_metadata(conn, args.topic, f"elect-leaders {args.topic}")
             partitions = sorted(p["partition_index"] for p in meta["partitions"])
         asked = [{"topic": args.topic, "partitions": list(partitions)}]
     body = conn.request(ApiKey.ELECT_LEADERS, 2, {
