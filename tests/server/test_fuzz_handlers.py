@@ -178,6 +178,15 @@ def well_formed_requests() -> list[bytes]:
             {"topic": TOPIC, "partitions": list(parts)}], "timeout_ms": 1000}
             for kind in (0, 1)] + [{"election_type": 0, "topic_partitions": None,
                                     "timeout_ms": 1000}],
+        # refused or cancelling nothing: the fuzzed broker's partitions stay put
+        ApiKey.ALTER_PARTITION_REASSIGNMENTS: [{
+            "timeout_ms": 1000, "allow_replication_factor_change": allow, "topics": [
+                {"name": TOPIC, "partitions": [{"partition_index": p, "replicas": replicas}
+                                               for p in parts]}]}
+            for allow, replicas in ((True, None), (False, [987654]))],
+        ApiKey.LIST_PARTITION_REASSIGNMENTS: [
+            {"timeout_ms": 1000, "topics": None},
+            {"timeout_ms": 1000, "topics": [{"name": TOPIC, "partition_indexes": list(parts)}]}],
         ApiKey.FIND_COORDINATOR: [{"key": GROUP, "key_type": 0}],
         ApiKey.JOIN_GROUP: [{"group_id": GROUP, "session_timeout_ms": 1000,
                              "rebalance_timeout_ms": 1000, "member_id": "",

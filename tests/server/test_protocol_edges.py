@@ -45,6 +45,8 @@ IMPLEMENTED = {
     23: (0, 4),    # OffsetForLeaderEpoch
     37: (0, 3),    # CreatePartitions
     43: (0, 2),    # ElectLeaders
+    45: (0, 1),    # AlterPartitionReassignments
+    46: (0, 0),    # ListPartitionReassignments
     # consumer groups (issue 4)
     8: (2, 7),     # OffsetCommit
     9: (1, 5),     # OffsetFetch
