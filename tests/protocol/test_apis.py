@@ -31,9 +31,9 @@ class FileRange:
 # --- the advertised table ---------------------------------------------------------------
 
 def test_supported_table_is_exactly_the_brief():
-    assert SUPPORTED == {18: (0, 3), 3: (0, 8), 0: (3, 7), 1: (4, 11), 2: (1, 5),
+    assert SUPPORTED == {18: (0, 3), 3: (0, 8), 0: (0, 7), 1: (4, 11), 2: (0, 5),
                          19: (0, 4), 20: (0, 3), 22: (0, 1), 10: (0, 2), 11: (0, 5),
-                         14: (0, 3), 12: (0, 3), 13: (0, 3), 8: (2, 7), 9: (1, 5),
+                         14: (0, 3), 12: (0, 3), 13: (0, 3), 8: (0, 7), 9: (0, 5),
                          16: (0, 2), 15: (0, 4), 32: (0, 2), 33: (0, 2), 44: (0, 1),
                          23: (0, 4), 37: (0, 3), 43: (0, 2), 45: (0, 1),
                          46: (0, 0)}
@@ -273,8 +273,8 @@ def test_unknown_api_key():
 
 def test_unsupported_version_of_a_known_api():
     with pytest.raises(UnsupportedVersion) as info:
-        decode_request(h("0000 0002 00000011 ffff"))  # Produce v2: below our range
-    assert info.value.supported == (3, 7) and info.value.correlation_id == 17
+        decode_request(h("0001 0003 00000011 ffff"))  # Fetch v3: below our range
+    assert info.value.supported == (4, 11) and info.value.correlation_id == 17
 
 
 def test_short_request_and_trailing_bytes():

@@ -196,7 +196,7 @@ def test_api_versions_advertise_the_group_apis(gbroker):
                                                   "client_software_version": "1"})
     ranges = {k["api_key"]: (k["min_version"], k["max_version"]) for k in body["api_keys"]}
     assert {k: ranges.get(k) for k in (8, 9, 10, 11, 12, 13, 14, 15, 16)} == {
-        8: (2, 7), 9: (1, 5), 10: (0, 2), 11: (0, 5), 12: (0, 3), 13: (0, 3), 14: (0, 3),
+        8: (0, 7), 9: (0, 5), 10: (0, 2), 11: (0, 5), 12: (0, 3), 13: (0, 3), 14: (0, 3),
         15: (0, 4), 16: (0, 2)}
 
 

@@ -33,9 +33,9 @@ UNKNOWN_PRODUCER_ID = 59
 
 # What the brief says the broker implements, and so must advertise (and nothing else).
 IMPLEMENTED = {
-    0: (3, 7),     # Produce
+    0: (0, 7),     # Produce (v0-v2 as Kafka 4.0 lists them, refused: KAFKA-18659)
     1: (4, 11),    # Fetch
-    2: (1, 5),     # ListOffsets
+    2: (0, 5),     # ListOffsets
     3: (0, 8),     # Metadata
     18: (0, 3),    # ApiVersions
     19: (0, 4),    # CreateTopics
@@ -48,8 +48,8 @@ IMPLEMENTED = {
     45: (0, 1),    # AlterPartitionReassignments
     46: (0, 0),    # ListPartitionReassignments
     # consumer groups (issue 4)
-    8: (2, 7),     # OffsetCommit
-    9: (1, 5),     # OffsetFetch
+    8: (0, 7),     # OffsetCommit
+    9: (0, 5),     # OffsetFetch
     10: (0, 2),    # FindCoordinator
     11: (0, 5),    # JoinGroup
     12: (0, 3),    # Heartbeat

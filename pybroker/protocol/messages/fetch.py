@@ -58,9 +58,12 @@ FETCH = Message(
     ],
 )
 
-# Spec: validVersions 1-11, flexibleVersions 6+. We implement 1-5 (none flexible).
+# Spec (Kafka 3.x; 4.0 removed v0): validVersions 0-10, flexibleVersions 6+. We
+# implement 0-5 (none flexible). v0 asks for up to max_num_offsets offsets per partition
+# and is answered with an array of them (old_style_offsets); v1 returns one offset and
+# its timestamp.
 LIST_OFFSETS = Message(
-    2, "ListOffsets", valid_versions="1-5", flexible_versions="6+",
+    2, "ListOffsets", valid_versions="0-5", flexible_versions="6+",
     request=[
         F("replica_id", "int32", "0+"),
         F("isolation_level", "int8", "2+"),
@@ -72,6 +75,7 @@ LIST_OFFSETS = Message(
                 F("partition_index", "int32", "0+"),
                 F("current_leader_epoch", "int32", "4+", default=-1, ignorable=True),
                 F("timestamp", "int64", "0+"),
+                F("max_num_offsets", "int32", "0", default=1),
             )), "0+"),
         )), "0+"),
     ],
@@ -84,6 +88,7 @@ LIST_OFFSETS = Message(
                 "ListOffsetsPartitionResponse",
                 F("partition_index", "int32", "0+"),
                 F("error_code", "int16", "0+"),
+                F("old_style_offsets", Array("int64"), "0", ignorable=False),
                 F("timestamp", "int64", "1+", default=-1, ignorable=False),
                 F("offset", "int64", "1+", default=-1, ignorable=False),
                 F("leader_epoch", "int32", "4+", default=-1),

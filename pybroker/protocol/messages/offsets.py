@@ -2,9 +2,12 @@
 
 from ..schema import Array, Field as F, Message, Struct
 
-# Spec: validVersions 2-10, flexibleVersions 8+. We implement 2-7 (none flexible).
+# Spec (Kafka 3.x, before KIP-896 removed 0-1 in 4.0): validVersions 0-9, flexibleVersions
+# 8+. We implement 0-7 (none flexible). v0 is the ZooKeeper-era commit (no group
+# membership); v1 adds the generation, member id and a per-partition commit timestamp;
+# v2 replaces that timestamp with a request-wide retention time.
 OFFSET_COMMIT = Message(
-    8, "OffsetCommit", valid_versions="2-7", flexible_versions="8+",
+    8, "OffsetCommit", valid_versions="0-7", flexible_versions="8+",
     request=[
         F("group_id", "string", "0+"),
         # Named GenerationId before KIP-848; the classic protocol sends the generation.
@@ -20,6 +23,7 @@ OFFSET_COMMIT = Message(
                 F("partition_index", "int32", "0+"),
                 F("committed_offset", "int64", "0+"),
                 F("committed_leader_epoch", "int32", "6+", default=-1, ignorable=True),
+                F("commit_timestamp", "int64", "1", default=-1),
                 F("committed_metadata", "string", "0+", nullable_versions="0+"),
             )), "0+"),
         )), "0+"),
@@ -38,10 +42,11 @@ OFFSET_COMMIT = Message(
     ],
 )
 
-# Spec: validVersions 1-10, flexibleVersions 6+. We implement 1-5 (none flexible).
-# From v2 a null topics array means "all topics of the group".
+# Spec (Kafka 3.x; 4.0 removed v0): validVersions 0-9, flexibleVersions 6+. We
+# implement 0-5 (none flexible). v0 has v1's layout (it read ZooKeeper in old Kafka);
+# from v2 a null topics array means "all topics of the group".
 OFFSET_FETCH = Message(
-    9, "OffsetFetch", valid_versions="1-5", flexible_versions="6+",
+    9, "OffsetFetch", valid_versions="0-5", flexible_versions="6+",
     request=[
         F("group_id", "string", "0-7"),
         F("topics", Array(Struct(

@@ -2,10 +2,13 @@
 
 from ..schema import Array, Field as F, Message, Struct
 
-# Spec: validVersions 3-13, flexibleVersions 9+. We implement 3-7 (none flexible):
-# v3 is the first version carrying RecordBatch v2 (the only format we store).
+# Spec: validVersions 3-13 in Kafka 4.x (0-11 in 3.x), flexibleVersions 9+. We
+# implement 0-7 (none flexible). v3 is the first version carrying RecordBatch v2, the only
+# format we store; v0-v2 (message formats v0/v1) are decoded only to be answered with
+# UNSUPPORTED_FOR_MESSAGE_FORMAT. They are advertised as Kafka 4.0 advertises them
+# (KAFKA-18659): librdkafka before 2.1 compresses only if ApiVersions lists Produce v0.
 PRODUCE = Message(
-    0, "Produce", valid_versions="3-7", flexible_versions="9+",
+    0, "Produce", valid_versions="0-7", flexible_versions="9+",
     request=[
         F("transactional_id", "string", "3+", nullable_versions="3+", default=None),
         F("acks", "int16", "0+"),

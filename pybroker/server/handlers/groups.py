@@ -9,6 +9,13 @@ the coordinator's one offset-registry thread, in arrival order (so two commits o
 partition, or a commit and the fetch pipelined behind it, cannot overtake each other),
 and the answer is a Future completed after it: an OffsetCommit is acknowledged only
 once ZooKeeper has the offsets.
+
+The pre-0.9 versions write and read that same store. OffsetCommit v0 (which old Kafka
+wrote to ZooKeeper, outside any group) carries no generation or member id: it is the
+assign()-mode commit of v2+ (generation -1, no member), accepted while the group has no
+members. v1's per-partition commit timestamp, like v2-v4's retention time, is read
+and not kept: the registry keeps offsets until they are overwritten or deleted. OffsetFetch
+v0 is answered as v1 (no group-level error code: every partition carries it).
 """
 from __future__ import annotations
 
@@ -184,9 +191,9 @@ def handle_offset_fetch(ctx, request):
     worker = ctx.worker
     group = request["group_id"]
     topics = request["topics"]
-    v1 = ctx.api_version < 2
+    v1 = ctx.api_version < 2   # v0 and v1
     code = coordinator_for(worker).status(group)
-    if code:   # v1 has no group-level error: every partition carries it
+    if code:   # v0-v1 have no group-level error: every partition carries it
         if v1:
             return _fetch_response([(t["name"], t["partition_indexes"], code)
                                     for t in (topics or [])], {}, ErrorCode.NONE)

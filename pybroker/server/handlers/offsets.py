@@ -3,15 +3,31 @@
 Latest is the high watermark (= last stable offset: no transactions). By timestamp:
 the earliest offset whose record timestamp is >= the target, found with the time
 index (P8) and, for uncompressed batches, exact to the record.
+
+Version 0 (still sent by Sarama's defaults and Burrow) answers each partition with a
+list of up to max_num_offsets offsets, as Kafka 3.x did (UnifiedLog's
+legacyFetchOffsetsBefore): the candidates are each segment's base offset (at least the
+log start offset), stamped with the segment file's modification time, and the log end
+offset stamped now if the active segment holds data; latest picks the last candidate,
+earliest the first, a timestamp the last one modified at or before it; from there the
+answer runs backwards, newest first. For a consumer (replica id -1) offsets above the
+high watermark are replaced by the high watermark. Other negative timestamps are
+UNSUPPORTED_VERSION, as in Kafka.
 """
 from __future__ import annotations
 
+import os
+import time
+from itertools import dropwhile
+
+from pybroker.log import files
 from pybroker.protocol import ErrorCode
 from pybroker.records import parse_batches, parse_records
 from pybroker.server.handlers.common import partition_error
 
 EARLIEST = -2
 LATEST = -1
+CONSUMER_REPLICA_ID = -1
 
 
 def offset_for_time(plog, timestamp: int) -> tuple[int, int]:
@@ -50,8 +66,64 @@ def _partition(worker, topic: str, p: dict) -> dict:
     return answer
 
 
+def legacy_offsets_before(plog, timestamp: int, max_num_offsets: int,
+                          now_ms: int) -> list[int]:
+    """Kafka's v0 answer for one log before the high-watermark clamp (module doc)."""
+    start = plog.log_start_offset
+    bases = plog.segment_bases()
+    candidates = []
+    for base in bases:
+        try:
+            modified = os.stat(files.segment_paths(plog.directory, base)[0]).st_mtime_ns
+        except FileNotFoundError:   # deleted by retention since segment_bases()
+            continue
+        candidates.append((max(base, start), modified // 1_000_000))
+    if plog.log_end_offset > bases[-1]:   # the active segment holds data
+        candidates.append((plog.log_end_offset, now_ms))
+    if timestamp == LATEST:
+        at = len(candidates) - 1
+    elif timestamp == EARLIEST:
+        at = 0
+    else:
+        at = len(candidates) - 1
+        while at >= 0 and candidates[at][1] > timestamp:
+            at -= 1
+    count = min(max_num_offsets, at + 1)
+    return sorted((candidates[at - j][0] for j in range(count)), reverse=True)
+
+
+def _partition_v0(worker, topic: str, p: dict, replica_id: int) -> dict:
+    answer = {"partition_index": p["partition_index"], "error_code": ErrorCode.NONE,
+              "old_style_offsets": []}
+    ts, wanted = p["timestamp"], p["max_num_offsets"]
+    tp = (topic, p["partition_index"])
+    code = partition_error(worker, *tp)
+    if ts < EARLIEST:
+        code = ErrorCode.UNSUPPORTED_VERSION
+    elif not code and wanted < 0:
+        code = ErrorCode.INVALID_REQUEST
+    if code:
+        answer["error_code"] = code
+        return answer
+    plog = worker.replicas.leader_logs[tp]
+    offsets = legacy_offsets_before(plog, ts, wanted, int(time.time() * 1000))
+    if replica_id == CONSUMER_REPLICA_ID:
+        hw = plog.high_watermark
+        if any(o > hw for o in offsets):
+            offsets = [hw, *dropwhile(lambda o: o > hw, offsets)]
+    answer["old_style_offsets"] = offsets
+    return answer
+
+
 def handle_list_offsets(ctx, request) -> dict:
-    topics = [{"name": t["name"],
-               "partitions": [_partition(ctx.worker, t["name"], p) for p in t["partitions"]]}
-              for t in request["topics"]]
+    worker = ctx.worker
+    if ctx.api_version == 0:
+        replica_id = request["replica_id"]
+        topics = [{"name": t["name"], "partitions": [
+            _partition_v0(worker, t["name"], p, replica_id) for p in t["partitions"]]}
+            for t in request["topics"]]
+    else:
+        topics = [{"name": t["name"], "partitions": [
+            _partition(worker, t["name"], p) for p in t["partitions"]]}
+            for t in request["topics"]]
     return {"throttle_time_ms": 0, "topics": topics}
