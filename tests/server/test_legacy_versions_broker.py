@@ -275,6 +275,24 @@ def test_old_produce_versions_and_formats_are_refused_on_an_open_connection(lbro
                "message format v1 (magic 1)" in line for line in lines), lines
 
 
+def test_only_a_whole_old_format_entry_counts_as_one():
+    """Kafka reads an entry's size before its magic: a size no entry can have, or an
+    entry cut short, is left to the batch validation (CORRUPT_MESSAGE), not called an
+    old format."""
+    from pybroker.server.handlers.produce import old_format_magic
+    for magic in (0, 1):
+        entry = message_set(magic, b"v")
+        assert old_format_magic(entry) == magic
+        assert old_format_magic(memoryview(entry)) == magic
+        assert old_format_magic(entry[:-1]) is None
+        negative = bytearray(entry)
+        negative[8:12] = i32(-12)
+        assert old_format_magic(bytes(negative)) is None
+        assert old_format_magic(bytes(61)) is None     # zeros: size 0
+    assert old_format_magic(bytes(build_batch([b"v2"]))) is None
+    assert old_format_magic(b"\0" * 16) is None
+
+
 # --- kafka-python speaking Kafka 0.8.1 and 0.8.2 --------------------------------------------------
 
 @pytest.mark.parametrize("api_version, commit_version", [((0, 8, 1), 0), ((0, 8, 2), 1)],

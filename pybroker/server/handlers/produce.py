@@ -19,6 +19,7 @@ on such a request, and answers a v3+ one with INVALID_RECORD.)
 from __future__ import annotations
 
 import logging
+import struct
 
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.append_batch import AnswerAfterRun, append_one, partition_result
@@ -30,15 +31,23 @@ log = logging.getLogger("pybroker.server")
 
 VALID_ACKS = (1, -1, 0)  # anything else: INVALID_REQUIRED_ACKS, nothing appended
 FIRST_V2_VERSION = 3     # the first Produce version carrying RecordBatch v2 (magic 2)
-MAGIC_AT = 16            # the magic byte, in a RecordBatch as in a v0/v1 message set entry
+# In a RecordBatch as in a v0/v1 message set entry: offset int64, then the size int32
+# of what follows it, ..., the magic byte at 16.
+_SIZE = struct.Struct(">i")
+SIZE_AT, MAGIC_AT = 8, 16
+LEGACY_OVERHEAD_V0 = 14  # Kafka's LegacyRecord.RECORD_OVERHEAD_V0: the smallest entry
 
 
 def old_format_magic(records) -> int | None:
-    """The magic (0 or 1) when the first batch is in an old message format, else None
-    (magic 2, or too short to tell: the append's validation answers those)."""
-    if len(records) > MAGIC_AT and records[MAGIC_AT] < 2:
-        return records[MAGIC_AT]
-    return None
+    """The magic (0 or 1) when the first batch is a whole entry in an old message
+    format, else None: magic 2, or a size no entry can have, or cut short (Kafka checks
+    the size before the magic; the append's validation answers those, CORRUPT_MESSAGE)."""
+    if len(records) <= MAGIC_AT or records[MAGIC_AT] >= 2:
+        return None
+    (size,) = _SIZE.unpack_from(records, SIZE_AT)
+    if size < LEGACY_OVERHEAD_V0 or SIZE_AT + 4 + size > len(records):
+        return None
+    return records[MAGIC_AT]
 
 
 def handle(ctx, request):
