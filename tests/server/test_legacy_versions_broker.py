@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import subprocess
 import time
 
 import pytest
 from kazoo.client import KazooClient
 
 from pybroker.protocol import ApiKey
-from pybroker.records import build_batch
+from pybroker.records import build_batch, parse_batches
 from pybroker.testing.broker_plugin import Broker
 from pybroker.testing.spec_bytes import i32, i64
 
@@ -332,3 +334,33 @@ def test_kafka_python_with_a_pre_0_9_api_version(lbroker, zkc, group, monkeypatc
             (ApiKey.LIST_OFFSETS, 0)} <= sent, sorted(sent)
     assert {v for k, v in sent if k in (ApiKey.OFFSET_COMMIT, ApiKey.OFFSET_FETCH,
                                         ApiKey.LIST_OFFSETS)} == {0, commit_version}
+
+
+# --- librdkafka before 2.1 (kcat from Debian) compresses again ----------------------------------
+
+@pytest.mark.parametrize("codec, bits", [("gzip", 1), ("snappy", 2), ("lz4", 3)])
+def test_kcat_with_librdkafka_2_0_stores_compressed_batches(lbroker, codec, bits):
+    """librdkafka < 2.1 compresses only if ApiVersions lists Produce v0 (KAFKA-18659);
+    with Produce 3-7 advertised it logged "Broker does not support compression type"
+    and stored the batch uncompressed."""
+    path = shutil.which("kcat")
+    if path is None:
+        pytest.fail("kcat is not installed (Debian: apt-get install -y kcat)", pytrace=False)
+    lines = [f"{codec}-{i}-" + "z" * 40 for i in range(50)]
+    done = subprocess.run([path, "-b", lbroker.bootstrap, "-P", "-t", TOPIC, "-p", "0",
+                           "-z", codec], input=("\n".join(lines) + "\n").encode(),
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"does not support compression" not in done.stderr, done.stderr
+    with lbroker.client() as c:
+        body = c.request(ApiKey.FETCH, 11, {
+            "replica_id": -1, "max_wait_ms": 0, "min_bytes": 0, "max_bytes": 8 << 20,
+            "isolation_level": 0, "session_id": 0, "session_epoch": -1, "topics": [
+                {"topic": TOPIC, "partitions": [{"partition": 0, "current_leader_epoch": -1,
+                                                 "fetch_offset": 0, "log_start_offset": -1,
+                                                 "partition_max_bytes": 8 << 20}]}],
+            "forgotten_topics_data": [], "rack_id": ""})
+    batches = parse_batches(body["responses"][0]["partitions"][0]["records"] or b"")
+    ours = [b for b in batches if b.compression == bits]
+    assert ours and sum(b.last_offset_delta + 1 for b in ours) == len(lines), \
+        [(b.base_offset, b.compression) for b in batches]
