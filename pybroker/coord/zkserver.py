@@ -1,7 +1,9 @@
 """Run a real, standalone Apache ZooKeeper (Debian's `zookeeper` package) as a child.
 
 Used by `pybroker serve` when no `--zookeeper` is given, by `scripts/zookeeper`, and by
-the test plugin `pybroker.testing.zk_plugin`. The server listens on 127.0.0.1 only.
+the test plugin `pybroker.testing.zk_plugin`. The server listens on one address:
+127.0.0.1 unless its owner names another (`host=`, e.g. the bridge address of the
+network-namespace tests, pybroker.testing.netns).
 
 Files under `data_dir` (rewritten on every start, except the data and the log):
     zoo.cfg            the server's configuration
@@ -29,7 +31,7 @@ from pybroker.errors import PyBrokerError
 
 DEFAULT_ENV_FILE = Path("/etc/zookeeper/conf/environment")
 INSTALL_HINT = "install the Debian package `zookeeper` (`apt-get install -y zookeeper`)"
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # the default listen address
 
 # Debian's zookeeper.jar lists slf4j-api in its manifest Class-Path but no slf4j
 # binding, so as packaged the server logs nothing at all (SLF4J falls back to its NOP
@@ -40,7 +42,7 @@ LOG_BINDING_JARS = ("/usr/share/java/slf4j-log4j12.jar", "/usr/share/java/log4j-
 # -Xmx256m: a test or single-host registry holds a few thousand znodes; 256 MiB is
 #   ample and keeps several servers (one per pytest-xdist worker) within a 24 GiB host.
 # SerialGC: one GC thread instead of one per core; pauses are irrelevant at this heap.
-# preferIPv4Stack: we only ever bind 127.0.0.1.
+# preferIPv4Stack: we only ever bind one IPv4 address (127.0.0.1 by default).
 DEFAULT_JVM_FLAGS = ("-Xmx256m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true")
 
 DEFAULT_TICK_MS = 2000  # ZooKeeper's own default; sessions may last 2..20 ticks
@@ -197,7 +199,10 @@ class EmbeddedZooKeeper:
     sleep; see is_ready). If the child exits first, or the timeout passes, it stops
     the child and raises ZooKeeperStartError with the tail of the server's log.
 
-    Ports: `port=0` picks a free port on 127.0.0.1 at the first start and keeps it
+    Address: `host` is the one IPv4 address the server listens on (clientPortAddress),
+    127.0.0.1 unless given; connect_string and the readiness probes use it.
+
+    Ports: `port=0` picks a free port on `host` at the first start and keeps it
     across restarts, so clients can keep their connect string. A picked port that
     another process takes before the JVM binds it is replaced by a fresh one, up to
     BIND_ATTEMPTS times; an explicit port is never changed.
@@ -216,7 +221,7 @@ class EmbeddedZooKeeper:
                  log_path: Path | str | None = None, *, fast_unsafe: bool = False,
                  env_file: Path | str = DEFAULT_ENV_FILE,
                  jvm_flags: tuple[str, ...] = DEFAULT_JVM_FLAGS,
-                 hold_fds: tuple[int, ...] = ()):
+                 hold_fds: tuple[int, ...] = (), host: str = HOST):
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is outside 0..65535")
         if tick_ms <= 0:
@@ -229,6 +234,7 @@ class EmbeddedZooKeeper:
         self.env_file = Path(env_file)
         self.jvm_flags = tuple(jvm_flags)
         self.hold_fds = tuple(hold_fds)
+        self.host = host
         # Chosen at the first start, kept across restarts.
         self._port = port
         # Per run of the child; None/0 while stopped.
@@ -245,10 +251,11 @@ class EmbeddedZooKeeper:
 
     @property
     def connect_string(self) -> str:
-        """'127.0.0.1:PORT', for kazoo and for `pybroker serve --zookeeper`."""
+        """'HOST:PORT' ('127.0.0.1:PORT' by default), for kazoo and for
+        `pybroker serve --zookeeper`."""
         if self._port == 0:
             raise ZooKeeperError("no port chosen yet: call start() first")
-        return f"{HOST}:{self._port}"
+        return f"{self.host}:{self._port}"
 
     @property
     def pid(self) -> int | None:
@@ -272,8 +279,9 @@ class EmbeddedZooKeeper:
         if not self.is_running():
             return False
         try:
-            return (four_letter_word(self._port, "ruok") == b"imok"
-                    and SERVING_MARK in four_letter_word(self._port, "srvr"))
+            return (four_letter_word(self._port, "ruok", host=self.host) == b"imok"
+                    and SERVING_MARK in four_letter_word(self._port, "srvr",
+                                                         host=self.host))
         except OSError:
             return False
 
@@ -289,7 +297,10 @@ class EmbeddedZooKeeper:
         may_repick = self._port == 0
         for attempt in range(1, BIND_ATTEMPTS + 1):
             if may_repick:
-                self._port = pick_free_port()
+                # the default address keeps the one-argument-less call (which tests
+                # replace to hand out a busy port)
+                self._port = (pick_free_port() if self.host == HOST
+                              else pick_free_port(self.host))
             self._spawn(install)
             try:
                 ready = self._wait_ready(deadline, timeout)
@@ -303,7 +314,7 @@ class EmbeddedZooKeeper:
                 continue  # someone took the picked port between our probe and the JVM's bind
             raise ZooKeeperStartError(
                 f"ZooKeeper exited with code {code} before answering ruok on "
-                f"{HOST}:{self._port} (attempt {attempt}); {self.log_path} ends:\n{tail}")
+                f"{self.host}:{self._port} (attempt {attempt}); {self.log_path} ends:\n{tail}")
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def stop(self, grace: float = STOP_GRACE_S) -> int | None:
@@ -350,8 +361,8 @@ class EmbeddedZooKeeper:
         self.stop()
 
     def __repr__(self) -> str:
-        return (f"EmbeddedZooKeeper(data_dir={str(self.data_dir)!r}, port={self._port}, "
-                f"pid={self.pid})")
+        return (f"EmbeddedZooKeeper(data_dir={str(self.data_dir)!r}, host={self.host}, "
+                f"port={self._port}, pid={self.pid})")
 
     # -- the child process --------------------------------------------------------------
 
@@ -384,11 +395,12 @@ class EmbeddedZooKeeper:
             f"tickTime={self.tick_ms}",
             f"dataDir={self.data_dir}",
             f"clientPort={self._port}",
-            f"clientPortAddress={HOST}",
+            f"clientPortAddress={self.host}",
             "admin.enableServer=false",  # no Jetty admin port to collide with
             "4lw.commands.whitelist=ruok,srvr,stat",
-            # Every client of a loopback server comes from 127.0.0.1, so the default
-            # per-address cap of 60 connections would cap the whole cluster.
+            # Every client of a loopback server comes from 127.0.0.1 (and every broker
+            # of one network namespace from its one address), so the default
+            # per-address cap of 60 connections would cap the whole cluster: no cap.
             "maxClientCnxns=0",
             # A long-running embedded server would otherwise keep every snapshot.
             "autopurge.snapRetainCount=3",
