@@ -6,17 +6,26 @@ Enable it next to the ZooKeeper plugin in the root conftest:
 
 Fixtures
     broker_factory   test: `start(workers=2, settings=None, broker_id=0, zk_connect=None,
-                     env=None) -> Broker` (env: extra environment variables of the
-                     broker, e.g. PYBROKER_FAILPOINTS). zk_connect defaults to the test's chroot; "" runs
-                     the broker's private ZooKeeper (no --zookeeper). Each
-                     call starts one supervisor (a subprocess) with its own data dir
-                     under the test's tmp_path and waits until every worker serves; all
-                     are stopped after the test (SIGTERM; exit code 0 is asserted).
+                     env=None, host=None, command_prefix=None) -> Broker` (env: extra
+                     environment variables of the broker, e.g. PYBROKER_FAILPOINTS;
+                     host: the address it listens on and advertises, 127.0.0.1 unless
+                     given; command_prefix: argv run before `python -m pybroker serve`,
+                     which must exec it, e.g. `ip netns exec NS` to start the broker in
+                     a network namespace, pybroker.testing.netns). zk_connect defaults
+                     to the test's chroot; "" runs the broker's private ZooKeeper (no
+                     --zookeeper). Each call starts one supervisor (a subprocess) with
+                     its own data dir under the test's tmp_path and waits until every
+                     worker serves; all are stopped after the test (SIGTERM; exit code
+                     0 is asserted).
     broker           test: a started 2-worker broker with default settings.
-    cluster_factory  test: `start(brokers=3, workers=1, settings=None) -> Cluster`
-                     (pybroker.testing.cluster): brokers with ids 1..n through
-                     broker_factory, settings over cluster.CLUSTER_SETTINGS; SIGCONTs
-                     whatever the test left stopped before broker_factory stops them.
+    cluster_factory  test: `start(brokers=3, workers=1, settings=None, zk_connect=None,
+                     hosts=None) -> Cluster` (pybroker.testing.cluster): brokers with
+                     ids 1..n through broker_factory, settings over
+                     cluster.CLUSTER_SETTINGS; hosts: one placement per broker, an
+                     object with `address` and `command_prefix` (a
+                     pybroker.testing.netns.Host); SIGCONTs whatever the test left
+                     stopped, and heals what it left isolated, before broker_factory
+                     stops them.
 
 A worker counts as serving when its control-block row says so (state 1, with the pid
 of a child of our supervisor), its port accepts a connection, a Kafka ApiVersions
@@ -64,6 +73,7 @@ LOG_REPORT_BYTES = 64 * 1024
 EXIT_USAGE = 2            # pybroker's exit code for bad usage, e.g. a port in use
 _RETRIABLE = {3, 5, 6}     # UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER
 _SIZE = struct.Struct(">i")
+DEFAULT_HOST = "127.0.0.1"   # listen and advertised address unless a test names another
 
 _BROKERS = pytest.StashKey[list]()
 
@@ -154,12 +164,12 @@ class RawClient:
 
 
 def api_versions_ok(port: int, timeout: float = PROBE_TIMEOUT_S,
-                    nodes: list[int] | None = None) -> bool:
+                    nodes: list[int] | None = None, host: str = DEFAULT_HOST) -> bool:
     """A connect + ApiVersions v0 round trip on port succeeds; with `nodes`, a Metadata
     v1 answer on the same connection must also list every one of them (the node's
     view of the cluster is complete, so topics created now spread over all nodes)."""
     try:
-        with RawClient(port, timeout=timeout) as client:
+        with RawClient(port, host=host, timeout=timeout) as client:
             if client.request(ApiKey.API_VERSIONS, 0, {})["error_code"] != 0:
                 return False
             if nodes is None:
@@ -198,7 +208,11 @@ def free_port_run(count: int, attempts: int = 200) -> int:
 class Broker:
     """A `pybroker serve` subprocess and what a test needs to observe and disturb it.
 
-    bootstrap       "127.0.0.1:<port of worker 0>"
+    bootstrap       "<host>:<port of worker 0>"
+    host            the address the workers listen on and advertise (127.0.0.1 unless
+                    given; then passed as --set listeners.host=<host>)
+    command_prefix  argv before `python -m pybroker serve` (e.g. `ip netns exec NS`);
+                    it must exec the command, so proc.pid is the supervisor's pid
     ports           [port of worker i]
     node_ids        [Kafka node id of worker i] (broker_id*100+i)
     data_dir        the broker's data directory (kept across stop/start)
@@ -206,7 +220,8 @@ class Broker:
     """
 
     def __init__(self, data_dir: Path, log_path: Path, zk_connect: str, workers: int = 2,
-                 settings: dict | None = None, broker_id: int = 0, env: dict | None = None):
+                 settings: dict | None = None, broker_id: int = 0, env: dict | None = None,
+                 host: str = DEFAULT_HOST, command_prefix: list[str] | tuple = ()):
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.zk_connect = zk_connect
@@ -214,6 +229,8 @@ class Broker:
         self.settings = dict(settings or {})
         self.broker_id = broker_id
         self.env = dict(env or {})         # extra environment, e.g. PYBROKER_FAILPOINTS
+        self.host = host
+        self.command_prefix = list(command_prefix)
         self.ports: list[int] = []
         self.proc: subprocess.Popen | None = None
         self.returncodes: list[int] = []   # exit codes of the supervisors we stopped
@@ -223,11 +240,11 @@ class Broker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.ports[0]}"
+        return f"{self.host}:{self.ports[0]}"
 
     @property
     def bootstrap_all(self) -> str:
-        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return ",".join(f"{self.host}:{p}" for p in self.ports)
 
     @property
     def node_ids(self) -> list[int]:
@@ -311,7 +328,7 @@ class Broker:
 
     def client(self, worker: int = 0, timeout: float = 10.0) -> RawClient:
         """A new RawClient connected to worker's port."""
-        return RawClient(self.ports[worker], timeout=timeout)
+        return RawClient(self.ports[worker], host=self.host, timeout=timeout)
 
     # --- control block ---------------------------------------------------------------
 
@@ -370,11 +387,14 @@ class Broker:
             os.unlink(self.data_dir / controlblock.FILE_NAME)
         except FileNotFoundError:
             pass
-        cmd = [sys.executable, "-m", "pybroker", "serve", "--data-dir", str(self.data_dir),
+        cmd = [*self.command_prefix,
+               sys.executable, "-m", "pybroker", "serve", "--data-dir", str(self.data_dir),
                "--port", str(self.ports[0]), "--workers", str(self.workers),
                "--broker-id", str(self.broker_id)]
         if self.zk_connect:  # else: the supervisor starts its private ZooKeeper
             cmd += ["--zookeeper", self.zk_connect]
+        if self.host != DEFAULT_HOST:
+            cmd += ["--set", f"listeners.host={self.host}"]
         for key, value in self.settings.items():
             cmd += ["--set", f"{key}={value}"]
         with open(self.log_path, "ab") as log:
@@ -394,8 +414,8 @@ class Broker:
             rows = self._rows_if_ready()
             if rows is not None:
                 for i in sorted(pending):
-                    if self._row_serving(rows[i]) and api_versions_ok(self.ports[i],
-                                                                       nodes=self.node_ids):
+                    if self._row_serving(rows[i]) and api_versions_ok(
+                            self.ports[i], nodes=self.node_ids, host=self.host):
                         pending.discard(i)
                 if not pending:
                     return
@@ -449,7 +469,8 @@ class Broker:
             row = self.worker_row(index)
             if (row["pid"] != old_pid and row["restarts"] > old_restarts
                     and self._row_serving(row)
-                    and api_versions_ok(self.ports[index], nodes=self.node_ids)):
+                    and api_versions_ok(self.ports[index], nodes=self.node_ids,
+                                        host=self.host)):
                 return row
             if time.monotonic() > deadline:
                 raise AssertionError(f"worker {index} not restarted in {timeout}s: row {row}, "
@@ -533,8 +554,8 @@ class Broker:
             time.sleep(POLL_S)
 
     def __repr__(self) -> str:
-        return (f"Broker(pid={self.pid}, ports={self.ports}, workers={self.workers}, "
-                f"data_dir={str(self.data_dir)!r})")
+        return (f"Broker(pid={self.pid}, host={self.host}, ports={self.ports}, "
+                f"workers={self.workers}, data_dir={str(self.data_dir)!r})")
 
 
 _LIVE: set[Broker] = set()   # brokers started by this process, for the exit safety net
@@ -573,11 +594,13 @@ def broker_factory(request, tmp_path, zk_connect):
     request.node.stash[_BROKERS] = started
 
     def start(workers: int = 2, settings: dict | None = None, broker_id: int = 0,
-              zk_connect: str | None = None, env: dict | None = None) -> Broker:
+              zk_connect: str | None = None, env: dict | None = None,
+              host: str | None = None, command_prefix: list[str] | None = None) -> Broker:
         n = len(started)
         b = Broker(tmp_path / f"broker{n}-data", tmp_path / f"broker{n}.log",
                    default_zk_connect if zk_connect is None else zk_connect,
-                   workers=workers, settings=settings, broker_id=broker_id, env=env)
+                   workers=workers, settings=settings, broker_id=broker_id, env=env,
+                   host=host or DEFAULT_HOST, command_prefix=command_prefix or ())
         started.append(b)
         return b.start()
 
@@ -602,20 +625,29 @@ def broker(broker_factory) -> Broker:
 
 @pytest.fixture
 def cluster_factory(broker_factory):
-    """start(brokers=3, workers=1, settings=None) -> a Cluster of `brokers` brokers
-    (broker ids 1..n) on the test's ZooKeeper chroot, each started by broker_factory
-    with `settings` merged over cluster.CLUSTER_SETTINGS, returned once every node lists
-    every node. Teardown continues every broker a test left SIGSTOPped; broker_factory
+    """start(brokers=3, workers=1, settings=None, zk_connect=None, hosts=None) -> a
+    Cluster of `brokers` brokers (broker ids 1..n) on the test's ZooKeeper chroot (or
+    zk_connect), each started by broker_factory with `settings` merged over
+    cluster.CLUSTER_SETTINGS, broker i at hosts[i-1] (its `address` and
+    `command_prefix`; default 127.0.0.1, no prefix), returned once every node lists
+    every node. Teardown continues every broker a test left SIGSTOPped and reconnects
+    every one it left isolated (a controlled shutdown needs ZooKeeper); broker_factory
     then stops them all (the killed ones are skipped)."""
     from pybroker.testing.cluster import CLUSTER_SETTINGS, Cluster, check_settings
     clusters: list = []
 
-    def start(brokers: int = 3, workers: int = 1, settings: dict | None = None):
+    def start(brokers: int = 3, workers: int = 1, settings: dict | None = None,
+              zk_connect: str | None = None, hosts=None):
         merged = {**CLUSTER_SETTINGS, **(settings or {})}
         check_settings(merged)
-        members = [broker_factory(workers=workers, settings=merged, broker_id=i)
-                   for i in range(1, brokers + 1)]
-        cluster = Cluster(members)
+        assert hosts is None or len(hosts) == brokers, \
+            f"{len(hosts)} hosts for {brokers} brokers"
+        members = [broker_factory(
+            workers=workers, settings=merged, broker_id=i, zk_connect=zk_connect,
+            host=hosts[i - 1].address if hosts else None,
+            command_prefix=list(hosts[i - 1].command_prefix) if hosts else None)
+            for i in range(1, brokers + 1)]
+        cluster = Cluster(members, hosts=hosts)
         clusters.append(cluster)
         cluster.wait_registered()
         return cluster
@@ -623,6 +655,7 @@ def cluster_factory(broker_factory):
     yield start
     for cluster in clusters:
         cluster.resume_all()
+        cluster.heal_all()
 
 
 # --- the broker log in failure reports ---------------------------------------------------

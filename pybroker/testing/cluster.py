@@ -7,10 +7,15 @@ replica held by broker b is the directory `<b.data_dir>/<topic>-<partition>/` wi
 segment files `<20-digit base offset>.log`.
 
 Fixture (in pybroker.testing.broker_plugin, which owns the plugin's fixtures)
-    cluster_factory  test: `start(brokers=3, workers=1, settings=None) -> Cluster`;
-                     settings are merged over CLUSTER_SETTINGS and given to every
-                     broker. Teardown sends SIGCONT to whatever the test left stopped,
-                     then broker_factory stops every broker (SIGTERM, exit 0 asserted).
+    cluster_factory  test: `start(brokers=3, workers=1, settings=None, zk_connect=None,
+                     hosts=None) -> Cluster`; settings are merged over CLUSTER_SETTINGS
+                     and given to every broker; hosts (e.g. pybroker.testing.netns
+                     Hosts) place broker i at hosts[i-1]: it listens on and advertises
+                     hosts[i-1].address and is started through its command_prefix
+                     (default: every broker on 127.0.0.1, in this namespace).
+                     Teardown sends SIGCONT to whatever the test left stopped and
+                     heals what it left isolated, then broker_factory stops every
+                     broker (SIGTERM, exit 0 asserted).
     factory_data_dir(tmp_path, broker_id) is where the first cluster a test starts puts
                      broker `broker_id`'s data dir (broker_factory names them by start
                      order), so a test can mount a file system there beforehand (e.g.
@@ -35,8 +40,12 @@ control block), by pid, never by name:
     resume(b)        SIGCONT the workers, then the supervisor
     restart(b)       start a dead broker again (stop + start a live one), same data dir
                      and, if free, the same ports
-The cluster remembers which brokers are down or paused: its Metadata, ListOffsets and
-CreateTopics requests go only to nodes of running, unpaused brokers.
+    isolate(b)       cut the host off the network (its placement's isolate(): with
+                     netns Hosts, the bridge side of its veth goes down; processes in
+                     its namespace still reach it), heal(b) undoes it
+The cluster remembers which brokers are down, paused or isolated: its Metadata,
+ListOffsets and CreateTopics requests go only to nodes of running, unpaused,
+connected brokers, at each broker's address (Broker.host).
 
 Observing: metadata(topic) (a RawClient Metadata v8 request, retried over live nodes
 while the answer is transient), views() (every live node's answer for a partition),
@@ -46,20 +55,26 @@ high_watermark(), replica_files() and assert_replicas_identical() (RecordBatch b
 RecordBatch below a given offset, every byte compared; compare_replicas() is the pure
 function behind it).
 
-Load helpers used by both replication test modules: ProducerThread (a confluent-kafka
-acks=all producer writing unique b"<name>-<seq>" values), read_log() (every record to
-the high watermarks, for pybroker.testing.history) and longest_gaps().
+Load helpers used by the replication test modules: ProducerThread (a confluent-kafka
+acks=all producer writing unique b"<name>-<seq>" values), ProducerProcess (the same
+producer in a child process started through a command prefix, e.g. inside a broker's
+network namespace; same interface), read_log() (every record to the high watermarks,
+for pybroker.testing.history) and longest_gaps().
 
 Not thread-safe: one test thread drives a Cluster (ProducerThreads only read their own
 state).
 """
 from __future__ import annotations
 
+import atexit
 import collections
+import json
 import logging
 import os
 import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,8 +88,8 @@ from pybroker.testing.poll import wait_for as _wait_for
 
 __all__ = ["Cluster", "PartitionMeta", "TopicMeta", "ReplicaBatch", "CLUSTER_SETTINGS",
            "REPLICATION_KEYS", "split_batches", "compare_replicas", "ProducerThread",
-           "read_log", "longest_gaps", "FaultLog", "check_settings", "process_state",
-           "factory_data_dir"]
+           "ProducerProcess", "read_log", "longest_gaps", "FaultLog", "check_settings",
+           "process_state", "factory_data_dir"]
 
 # Fast fail-over in tests: a host is declared dead 4 s after it stops answering ZooKeeper
 # (the test ZooKeeper's 500 ms ticks allow 1..10 s); appends are flushed every 20 ms, so
@@ -217,24 +232,28 @@ def _first_difference(x: bytes, y: bytes) -> int:
 class Cluster:
     """n Brokers (broker ids 1..n) sharing one ZooKeeper chroot; see the module doc."""
 
-    def __init__(self, brokers: list[Broker]):
+    def __init__(self, brokers: list[Broker], hosts: list | None = None):
         self.brokers = brokers
         self.down: set[int] = set()               # broker ids killed or terminated
         self.paused: dict[int, list[int]] = {}    # broker id -> pids we SIGSTOPped
+        self.isolated: set[int] = set()           # broker ids cut off the network
+        # broker id -> its placement (isolate(), heal()), when the factory had hosts
+        self.hosts = {b.broker_id: h for b, h in zip(brokers, hosts)} if hosts else {}
         self._rotation = 0                        # spreads requests over live nodes
 
     # --- addresses -------------------------------------------------------------------
 
     @property
     def bootstrap(self) -> str:
-        """Every worker of every broker, "127.0.0.1:p1,127.0.0.1:p2,..."."""
-        return ",".join(f"127.0.0.1:{p}" for b in self.brokers for p in b.ports)
+        """Every worker of every broker, "host1:p1,host1:p2,...,host2:p1,..." (each
+        broker's own address, 127.0.0.1 by default)."""
+        return ",".join(b.bootstrap_all for b in self.brokers)
 
     @property
     def live_bootstrap(self) -> str:
         """The workers of the live brokers only: a client bootstrapping from a stopped
         host waits out its socket timeout (librdkafka: 60 s) before trying another."""
-        return ",".join(f"127.0.0.1:{p}" for b in self.live_brokers() for p in b.ports)
+        return ",".join(b.bootstrap_all for b in self.live_brokers())
 
     @property
     def node_ids(self) -> list[int]:
@@ -255,7 +274,8 @@ class Cluster:
                              f"(nodes {self.node_ids})")
 
     def is_live(self, b: Broker) -> bool:
-        return b.running() and b.broker_id not in self.down and b.broker_id not in self.paused
+        return (b.running() and b.broker_id not in self.down and
+                b.broker_id not in self.paused and b.broker_id not in self.isolated)
 
     def live_brokers(self) -> list[Broker]:
         return [b for b in self.brokers if self.is_live(b)]
@@ -272,8 +292,12 @@ class Cluster:
     def port_of_node(self, node_id: int) -> int:
         return self.broker_of(node_id).port_of_node(node_id)
 
+    def host_of_node(self, node_id: int) -> str:
+        return self.broker_of(node_id).host
+
     def client(self, node_id: int, timeout: float = RPC_TIMEOUT_S) -> RawClient:
-        return RawClient(self.port_of_node(node_id), timeout=timeout)
+        return RawClient(self.port_of_node(node_id), host=self.host_of_node(node_id),
+                         timeout=timeout)
 
     # --- waiting -----------------------------------------------------------------------
 
@@ -289,7 +313,8 @@ class Cluster:
             want = {n for b in self.live_brokers() for n in b.node_ids}
             for node, port in self.live_nodes():
                 try:
-                    with RawClient(port, timeout=RPC_TIMEOUT_S) as c:
+                    with RawClient(port, host=self.host_of_node(node),
+                                   timeout=RPC_TIMEOUT_S) as c:
                         body = c.request(ApiKey.METADATA, 1, {"topics": []})
                 except (OSError, ConnectionError):
                     return False
@@ -313,7 +338,8 @@ class Cluster:
                      else self.live_nodes())
             for node, port in nodes:
                 try:
-                    with RawClient(port, timeout=RPC_TIMEOUT_S) as c:
+                    with RawClient(port, host=self.host_of_node(node),
+                                   timeout=RPC_TIMEOUT_S) as c:
                         body = c.request(ApiKey.METADATA, 8, {
                             "topics": [{"name": topic}], "allow_auto_topic_creation": False,
                             "include_cluster_authorized_operations": False,
@@ -413,7 +439,8 @@ class Cluster:
             "configs": [{"name": k, "value": str(v)} for k, v in (configs or {}).items()]}],
             "timeout_ms": int(timeout * 1000), "validate_only": False}
         node, port = self.live_nodes()[0]
-        with RawClient(port, timeout=timeout + RPC_TIMEOUT_S) as c:
+        with RawClient(port, host=self.host_of_node(node),
+                       timeout=timeout + RPC_TIMEOUT_S) as c:
             [result] = c.request(ApiKey.CREATE_TOPICS, 4, body)["topics"]
         if wait and result["error_code"] == 0:
             sizes = ({p: len(n) for p, n in assignments.items()} if assignments
@@ -565,6 +592,24 @@ class Cluster:
         for broker_id in list(self.paused):
             self.resume(self.broker(broker_id))
 
+    def isolate(self, b: Broker) -> None:
+        """Cut the host off the network through its placement (the cluster factory's
+        `hosts`); until heal(b) the cluster sends it no request."""
+        assert b.broker_id in self.hosts, \
+            f"broker {b.broker_id} has no placement to isolate (cluster_factory hosts=)"
+        assert b.broker_id not in self.isolated, f"broker {b.broker_id} already isolated"
+        self.isolated.add(b.broker_id)
+        self.hosts[b.broker_id].isolate()
+
+    def heal(self, b: Broker) -> None:
+        """Reconnect an isolated host."""
+        self.hosts[b.broker_id].heal()
+        self.isolated.discard(b.broker_id)
+
+    def heal_all(self) -> None:
+        for broker_id in list(self.isolated):
+            self.heal(self.broker(broker_id))
+
     def restart(self, b: Broker, timeout: float = 60.0) -> Broker:
         """Start a dead broker again, or stop and start a live one (continuing it first
         if stopped); waits until it serves and every live node lists its nodes."""
@@ -635,7 +680,39 @@ def check_settings(settings: dict) -> None:
 
 # --- load helpers --------------------------------------------------------------------------
 
-class ProducerThread(threading.Thread):
+class _ProducerRecords:
+    """What ProducerThread and ProducerProcess both offer over their records."""
+    label: str
+    idempotent: bool
+    acks: list
+    client_log: collections.deque
+
+    def client_lines(self, *words: str) -> list[str]:
+        """The kept librdkafka log lines containing any of `words` (case-insensitive)."""
+        return [line for line in list(self.client_log)
+                if any(w.lower() in line.lower() for w in words)]
+
+    def acked_since(self, t: float, partition: int | None = None) -> int:
+        return sum(1 for _v, p, _o, at in list(self.acks)
+                   if at > t and (partition is None or p == partition))
+
+    def acked_between(self, begin: float, end: float) -> list[tuple[bytes, int, int, float]]:
+        """The acks whose delivery report came within [begin, end]."""
+        return [a for a in list(self.acks) if begin <= a[3] <= end]
+
+    def history(self) -> list[history.Ack]:
+        return [history.Ack(v, p, o, self.label, self.idempotent) for v, p, o, _ in self.acks]
+
+    def finish(self, timeout: float) -> None:
+        """Stop, join (bounded), and assert the producer ended and flushed everything."""
+        self.stop.set()
+        self.join(timeout)
+        assert not self.is_alive(), f"producer {self.label} still flushing after {timeout}s"
+        assert self.exception is None, f"producer {self.label}: {self.exception!r}"
+        assert self.unflushed == 0, f"producer {self.label}: {self.unflushed} undelivered"
+
+
+class ProducerThread(_ProducerRecords, threading.Thread):
     """A confluent-kafka producer writing b"<name>-<seq>" to partition seq % partitions,
     `rate` messages a second, until stop is set; then a bounded flush.
     acks: (value, partition, offset, monotonic time) per delivery without error;
@@ -700,25 +777,6 @@ class ProducerThread(threading.Thread):
         except BaseException as exc:   # reported by the test through .exception
             self.exception = exc
 
-    def client_lines(self, *words: str) -> list[str]:
-        """The kept librdkafka log lines containing any of `words` (case-insensitive)."""
-        return [line for line in list(self.client_log)
-                if any(w.lower() in line.lower() for w in words)]
-
-    def acked_since(self, t: float, partition: int | None = None) -> int:
-        return sum(1 for _v, p, _o, at in list(self.acks)
-                   if at > t and (partition is None or p == partition))
-
-    def history(self) -> list[history.Ack]:
-        return [history.Ack(v, p, o, self.label, self.idempotent) for v, p, o, _ in self.acks]
-
-    def finish(self, timeout: float) -> None:
-        """Stop, join (bounded), and assert the thread ended and flushed everything."""
-        self.stop.set()
-        self.join(timeout)
-        assert not self.is_alive(), f"producer {self.label} still flushing after {timeout}s"
-        assert self.exception is None, f"producer {self.label}: {self.exception!r}"
-        assert self.unflushed == 0, f"producer {self.label}: {self.unflushed} undelivered"
 
 
 class _ListHandler(logging.Handler):
@@ -728,6 +786,193 @@ class _ListHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(f"{time.monotonic():.3f} {record.getMessage()}")
+
+
+class ProducerProcess(_ProducerRecords):
+    """A ProducerThread run in a child process started through `command_prefix` (e.g.
+    `ip netns exec NS`, pybroker.testing.netns: a client inside a broker's network
+    namespace, which stays connected to that broker while it is isolated). Same
+    arguments and the same observable state as ProducerThread (acks, failed, errors,
+    sent, unflushed, exception, client_log; stop.set(), join(), is_alive(), finish()).
+
+    The child (`python -c`, producer_child_main) writes one JSON line per event to its
+    stdout: {"ack": [value, partition, offset, t]}, {"failed": [value, error]},
+    {"error": text}, {"log": line}, {"sent": n} and a last {"done": {...}} with sent,
+    unflushed and the exception; a reader thread here appends them to the lists. Ack
+    times are the child's time.monotonic(), the same clock as ours (CLOCK_MONOTONIC is
+    one clock for the machine; network namespaces do not change it). stop.set() writes
+    "stop" to the child's stdin (EOF does the same: the child never outlives our pipe);
+    kill() ends it by pid. Values are ASCII (b"<name>-<seq>")."""
+
+    def __init__(self, name: str, bootstrap: str, topic: str, partitions: int,
+                 idempotent: bool, rate: float = 100.0, acks: str = "all",
+                 message_timeout_ms: int = 120_000, flush_timeout_s: float = 150.0,
+                 config: dict | None = None, debug: str | None = None,
+                 command_prefix: list[str] | tuple = (), log_path=None):
+        self.label, self.bootstrap, self.topic = name, bootstrap, topic
+        self.partitions, self.idempotent, self.rate = partitions, idempotent, rate
+        self.command_prefix = list(command_prefix)
+        self.spec = {"name": name, "bootstrap": bootstrap, "topic": topic,
+                     "partitions": partitions, "idempotent": idempotent, "rate": rate,
+                     "acks": acks, "message_timeout_ms": message_timeout_ms,
+                     "flush_timeout_s": flush_timeout_s, "config": config or {},
+                     "debug": debug}
+        self.log_path = log_path          # the child's stderr (tracebacks), if given
+        self.client_log: collections.deque[str] = collections.deque(maxlen=CLIENT_LOG_LINES)
+        self.acks: list[tuple[bytes, int, int, float]] = []
+        self.failed: list[tuple[bytes, str]] = []
+        self.errors: list[str] = []
+        self.sent = 0
+        self.unflushed: int | None = None
+        self.exception: BaseException | str | None = None
+        self.proc = None
+        self._reader: threading.Thread | None = None
+        self.stop = _StopSignal(self)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        code = ("import sys; from pybroker.testing.cluster import producer_child_main; "
+                "producer_child_main(sys.argv[1])")
+        stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                [*self.command_prefix, sys.executable, "-c", code, json.dumps(self.spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+        finally:
+            if self.log_path:
+                stderr.close()
+        _LIVE_CHILDREN.add(self)
+        self._reader = threading.Thread(target=self._read, name=f"producer-{self.label}-out",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                self.errors.append(f"child wrote {line[:200]!r}")
+                continue
+            if "ack" in event:
+                v, p, o, at = event["ack"]
+                self.acks.append((v.encode(), p, o, at))
+            elif "failed" in event:
+                self.failed.append((event["failed"][0].encode(), event["failed"][1]))
+            elif "error" in event:
+                self.errors.append(event["error"])
+            elif "log" in event:
+                self.client_log.append(event["log"])
+            elif "sent" in event:
+                self.sent = event["sent"]
+            elif "done" in event:
+                done = event["done"]
+                self.sent, self.unflushed = done["sent"], done["unflushed"]
+                self.exception = done["exception"]
+
+    def _request_stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b"stop\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return
+        self._reader.join(timeout)
+        if self.proc.returncode != 0 and self.exception is None:
+            self.exception = f"producer child exited {self.proc.returncode}"
+        _LIVE_CHILDREN.discard(self)
+
+    def is_alive(self) -> bool:
+        return self.proc is not None and (self.proc.poll() is None or
+                                          (self._reader is not None and
+                                           self._reader.is_alive()))
+
+    def kill(self) -> None:
+        """SIGKILL the child (by its pid) and reap it; for a teardown after a failure."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(EXIT_TIMEOUT_S)
+        _LIVE_CHILDREN.discard(self)
+
+
+class _StopSignal:
+    """ProducerProcess.stop: ProducerThread's Event, as far as the tests use it."""
+
+    def __init__(self, producer: ProducerProcess):
+        self._producer, self._set = producer, False
+
+    def set(self) -> None:
+        self._set = True
+        self._producer._request_stop()
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+_LIVE_CHILDREN: set[ProducerProcess] = set()
+
+
+@atexit.register
+def _kill_producer_children() -> None:
+    for child in list(_LIVE_CHILDREN):
+        child.kill()
+
+
+def producer_child_main(spec_json: str) -> None:
+    """The child of a ProducerProcess: run a ProducerThread as `spec_json` says, report
+    its events as JSON lines on stdout, stop on a line (or EOF) on stdin."""
+    spec = json.loads(spec_json)
+    producer = ProducerThread(spec["name"], spec["bootstrap"], spec["topic"],
+                              spec["partitions"], spec["idempotent"], spec["rate"],
+                              spec["acks"], spec["message_timeout_ms"],
+                              spec["flush_timeout_s"], spec["config"], spec["debug"])
+
+    def watch_stdin() -> None:
+        sys.stdin.readline()
+        producer.stop.set()
+    threading.Thread(target=watch_stdin, name="stdin", daemon=True).start()
+    out = sys.stdout
+    done = {"acks": 0, "failed": 0, "errors": 0, "sent": -1}
+
+    def emit() -> None:
+        lines = []
+        acks, failed, errors = producer.acks, producer.failed, producer.errors
+        for v, p, o, at in acks[done["acks"]:len(acks)]:
+            lines.append({"ack": [v.decode(), p, o, at]})
+            done["acks"] += 1
+        for v, err in failed[done["failed"]:len(failed)]:
+            lines.append({"failed": [v.decode(), err]})
+            done["failed"] += 1
+        for err in errors[done["errors"]:len(errors)]:
+            lines.append({"error": err})
+            done["errors"] += 1
+        while producer.client_log:
+            lines.append({"log": producer.client_log.popleft()})
+        if producer.sent != done["sent"]:
+            done["sent"] = producer.sent
+            lines.append({"sent": producer.sent})
+        if lines:
+            out.write("".join(json.dumps(e) + "\n" for e in lines))
+            out.flush()
+    producer.start()
+    while producer.is_alive():
+        producer.join(POLL_S)
+        emit()
+    emit()
+    exc = producer.exception
+    out.write(json.dumps({"done": {"sent": producer.sent, "unflushed": producer.unflushed,
+                                   "exception": None if exc is None else repr(exc)}}) + "\n")
+    out.flush()
 
 
 def read_log(bootstrap: str, topic: str, partitions: int,
