@@ -42,7 +42,8 @@ RECORDS = 500
 
 
 def admin(cluster) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=30000,
+    # live brokers only: a SIGSTOPped one accepts connections but never answers
+    return KafkaAdminClient(bootstrap_servers=cluster.live_bootstrap, request_timeout_ms=30000,
                             client_id="reassign-test")
 
 
