@@ -30,25 +30,90 @@ ROLES = ("path", "floor", "reference")
 
 
 def _record(benchmark, operation: str, role: str, *, nbytes: int = 0, messages: int = 0,
-            lookups: int = 0, targets: tuple = (), **info) -> None:
+            lookups: int = 0, targets: tuple = (), group_param: str | None = None,
+            **info) -> None:
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
     if not (nbytes or messages or lookups):
         raise ValueError(f"{benchmark.name}: record bytes, messages or lookups per call")
-    benchmark.group = f"{operation} {benchmark.param}" if benchmark.param else operation
+    param = benchmark.param if group_param is None else group_param
+    benchmark.group = f"{operation} {param}" if param else operation
     benchmark.extra_info.update(role=role, bytes=nbytes, messages=messages,
                                 lookups=lookups, targets=list(targets), **info)
 
 
 @pytest.fixture
 def record(benchmark):
-    """record(operation, role, nbytes=, messages=, lookups=, targets=, **extra): the
-    group (operation + the test's parameter id, so "crc 64KiB"), the role, and the work
+    """record(operation, role, nbytes=, messages=, lookups=, targets=, group_param=,
+    **extra): the group (operation + the test's parameter id, so "crc 64KiB", or +
+    group_param when the parameter is not a size but the role), the role, and the work
     done by ONE call of the benchmarked function. targets: dicts such as
     {"metric": "MB/s", "min": 5000}, {"metric": "ns/op", "max": 2000} or
     {"vs": "os_write", "min": 0.5} (speed relative to the group's benchmark
     test_os_write; 0.5 = "within 2x")."""
     return functools.partial(_record, benchmark)
+
+
+def _slowdown(node) -> int:
+    """The factor PYBROKER_BENCH_SLOWDOWN asks for this test: a comma-separated list of
+    test names (test_append_tuned, or test_append_tuned[50x200B] for one variant), each
+    optionally =FACTOR (default 2). 1 when the test is not named."""
+    for item in filter(None, os.environ.get("PYBROKER_BENCH_SLOWDOWN", "").split(",")):
+        name, _, factor = item.strip().partition("=")
+        if name in (node.name, node.originalname):
+            try:
+                value = int(factor or 2)
+            except ValueError:
+                raise pytest.UsageError(f"PYBROKER_BENCH_SLOWDOWN: {item!r}: the factor "
+                                        "must be a whole number") from None
+            if value < 1:
+                raise pytest.UsageError(f"PYBROKER_BENCH_SLOWDOWN: {item!r}: factor < 1")
+            return value
+    return 1
+
+
+def _repeat(fn, factor: int):
+    def slowed(*args, **kwargs):
+        for _ in range(factor - 1):
+            fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return slowed
+
+
+@pytest.fixture
+def benchmark(benchmark, request):
+    """pytest-benchmark's fixture; under PYBROKER_BENCH_SLOWDOWN=test_name[=FACTOR] the
+    named test's benchmarked function runs FACTOR times per call while its recorded work
+    stays that of one call: a deliberate slowdown, to show that scripts/bench-guard
+    flags it (extra_info["slowdown"] records it)."""
+    factor = _slowdown(request.node)
+    if factor > 1:
+        raw, raw_pedantic = benchmark._raw, benchmark._raw_pedantic
+        benchmark._raw = lambda fn, *a, **k: raw(_repeat(fn, factor), *a, **k)
+        benchmark._raw_pedantic = lambda fn, *a, **k: raw_pedantic(_repeat(fn, factor), *a, **k)
+        benchmark.extra_info["slowdown"] = factor
+    return benchmark
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Within each module, run the tests of one parameter (one group: the path, its
+    floor, its references) one after the other, so that a floor is measured next to
+    its paths in time, not after every other size: the machine's speed drifts over
+    seconds, and scripts/bench-guard divides each benchmark by its floor."""
+    first: dict = {}  # module, then (module, parameter id): index of first appearance
+
+    def param(item):
+        callspec = getattr(item, "callspec", None)
+        return callspec.id if callspec else ""
+
+    for item in items:
+        first.setdefault(item.module, len(first))
+        first.setdefault((item.module, param(item)), len(first))
+
+    def key(item):
+        return first[item.module], first[(item.module, param(item))]
+
+    items[:] = sorted(items, key=key)  # stable: file order within a parameter
 
 
 def _new_bench_dir(tmp_path_factory, name: str) -> str:

@@ -85,7 +85,7 @@ def loaded_broker(request, broker_factory):
 def test_api_versions_round_trip(benchmark, record, loaded_broker):
     broker, interval = loaded_broker
     record("loop latency 256 partitions", "path" if interval == 100 else "floor",
-           messages=1)
+           messages=1, group_param="")  # the parameter is the role: one group
     sock = socket.create_connection(("127.0.0.1", broker.ports[0]), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     frame = _frame(ApiKey.API_VERSIONS, 0, {})

@@ -1,0 +1,268 @@
+"""The benchmark regression guard: compare two pytest-benchmark JSON files by ratios to
+the floor measured in the same run, not by raw times.
+
+    scripts/bench-guard BASE.json NEW.json [--threshold 25%] [--statistic median]
+
+Raw times on a shared machine move with the machine: another process on one of two
+cores slows every benchmark of that moment by up to 2x, the floors (a raw os.write, a
+memcpy, os.sendfile, a pread) as much as the pybroker paths. So each benchmark's median
+is divided by the median of its group's floor IN THE SAME FILE (the group is one
+operation at one size: "append 50x200B", "lookup 1M-entries"; see bench/conftest.py),
+and only the change of that ratio between BASE and NEW is judged:
+
+    ratio  = median(benchmark) / median(floor of its group), per file
+    change = ratio(NEW) / ratio(BASE) - 1
+
+A change above +threshold (default 25%) is FLAGGED (the benchmark got slower relative
+to what the machine could do at the time); below -threshold it is shown as "faster",
+not flagged (--both flags it too). Floors are never flagged: their raw change is shown
+so that a reader sees how much the machine itself moved. A group with several floors is
+divided by their geometric mean. A benchmark whose group has no floor in one file or
+both is reported "no floor" with the file named, and is not judged (--strict makes that
+fail too). Benchmarks found in only one file are listed and not judged.
+
+Exit status: 0 nothing flagged, 1 something flagged (or, with --strict, a benchmark left
+unjudged for want of a floor), 2 a file that cannot be read or is not pytest-benchmark
+JSON. The table goes to stdout, one line per benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+
+DEFAULT_THRESHOLD = 0.25
+STATISTICS = ("median", "min", "mean")
+
+
+class GuardError(Exception):
+    """A file the guard cannot use (exit 2)."""
+
+
+@dataclass
+class Row:
+    name: str                       # fullname: module::test[param]
+    group: str
+    role: str
+    status: str                     # ok, FLAGGED, faster, floor, no floor, only in ...
+    base: float | None = None       # the statistic, seconds per call
+    new: float | None = None
+    base_ratio: float | None = None
+    new_ratio: float | None = None
+    change: float | None = None     # of the ratio (of the raw time, for a floor)
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    threshold: float = DEFAULT_THRESHOLD
+
+    def with_status(self, *statuses: str) -> list[Row]:
+        return [r for r in self.rows if r.status in statuses]
+
+    @property
+    def flagged(self) -> list[Row]:
+        return self.with_status("FLAGGED")
+
+    @property
+    def no_floor(self) -> list[Row]:
+        return self.with_status("no floor")
+
+
+def load(path: str) -> dict:
+    """The benchmarks of a --benchmark-json (or --benchmark-autosave) file by fullname."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise GuardError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise GuardError(f"{path} is not JSON: {exc}") from None
+    return load_data(data, path)
+
+
+def load_data(data, path: str = "the results") -> dict:
+    """The benchmarks of parsed pytest-benchmark JSON, by fullname."""
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise GuardError(f"{path} is not a pytest-benchmark JSON file "
+                         "(no 'benchmarks' list; write one with --benchmark-json=FILE)")
+    out = {}
+    for bench in data["benchmarks"]:
+        if not isinstance(bench, dict) or "stats" not in bench:
+            continue
+        name = bench.get("fullname") or bench.get("name")
+        out[name] = bench
+    return out
+
+
+def role(bench: dict) -> str:
+    return (bench.get("extra_info") or {}).get("role") or "none"
+
+
+def stat(bench: dict, statistic: str) -> float:
+    return float(bench["stats"][statistic])
+
+
+def floors(benches: dict, statistic: str) -> dict[str, tuple[float, list[str]]]:
+    """group -> (the geometric mean of its floors' statistic, the floors' names)."""
+    by_group: dict[str, list[tuple[str, float]]] = {}
+    for name, bench in benches.items():
+        if role(bench) == "floor" and bench.get("group"):
+            by_group.setdefault(bench["group"], []).append((name, stat(bench, statistic)))
+    return {g: (math.exp(sum(math.log(v) for _, v in fl) / len(fl)), [n for n, _ in fl])
+            for g, fl in by_group.items()}
+
+
+def compare(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD,
+            statistic: str = "median", both: bool = False,
+            base_label: str = "BASE", new_label: str = "NEW") -> Report:
+    """Judge every benchmark of new against base, by ratio to its group's floor."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic {statistic!r} is not one of {STATISTICS}")
+    report = Report(threshold=threshold)
+    base_floor, new_floor = floors(base, statistic), floors(new, statistic)
+    names = list(base) + [n for n in new if n not in base]
+    for name in names:
+        b, n = base.get(name), new.get(name)
+        ref = n or b
+        group, kind = ref.get("group") or "-", role(ref)
+        if b is None or n is None:
+            label = new_label if b is None else base_label
+            report.rows.append(Row(name, group, kind, f"only in {label}",
+                                   base=b and stat(b, statistic),
+                                   new=n and stat(n, statistic)))
+            continue
+        row = Row(name, group, kind, "ok", base=stat(b, statistic), new=stat(n, statistic))
+        report.rows.append(row)
+        if kind == "floor":
+            row.status = "floor"
+            row.change = row.new / row.base - 1
+            continue
+        missing = [label for label, fl in ((base_label, base_floor), (new_label, new_floor))
+                   if group not in fl]
+        if missing:
+            row.status = "no floor"
+            row.note = (f"group {group!r} has no floor benchmark (role 'floor') in "
+                        f"{' and '.join(missing)}")
+            continue
+        row.base_ratio = row.base / base_floor[group][0]
+        row.new_ratio = row.new / new_floor[group][0]
+        row.change = row.new_ratio / row.base_ratio - 1
+        slowed = (n.get("extra_info") or {}).get("slowdown")
+        if slowed:
+            row.note = f"NEW ran with PYBROKER_BENCH_SLOWDOWN x{slowed}"
+        if row.change > threshold:
+            row.status = "FLAGGED"
+        elif row.change < -threshold:
+            row.status = "FLAGGED" if both else "faster"
+    return report
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if value >= scale or unit == "ns":
+            return f"{value / scale:.3g} {unit}"
+    return "-"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}%"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def table(report: Report, statistic: str = "median", flagged_only: bool = False) -> list[str]:
+    header = ("benchmark", "group", "role", f"base {statistic}", f"new {statistic}",
+              "base /floor", "new /floor", "change", "status")
+    rows = [header]
+    for r in report.rows:
+        if flagged_only and r.status not in ("FLAGGED", "no floor"):
+            continue
+        name = r.name.split("::", 1)[-1]
+        status = r.status + (f" ({r.note})" if r.note else "")
+        rows.append((name, r.group, r.role, _seconds(r.base), _seconds(r.new),
+                     _ratio(r.base_ratio), _ratio(r.new_ratio), _pct(r.change), status))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = []
+    for row in rows:
+        cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in
+                 enumerate(zip(row, widths))]
+        lines.append("  ".join(cells + [row[-1]]).rstrip())
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def summary(report: Report) -> str:
+    judged = [r for r in report.rows if r.change is not None and r.status != "floor"]
+    worst = max(judged, key=lambda r: abs(r.change), default=None)
+    parts = [f"{len(report.flagged)} flagged of {len(judged)} judged "
+             f"(threshold {report.threshold * 100:g}% on the ratio to the floor)"]
+    if worst is not None:
+        parts.append(f"largest change {_pct(worst.change)} "
+                     f"({worst.name.split('::', 1)[-1]})")
+    if report.no_floor:
+        parts.append(f"{len(report.no_floor)} not judged: no floor")
+    only = [r for r in report.rows if r.status.startswith("only in")]
+    if only:
+        parts.append(f"{len(only)} in one file only")
+    return "; ".join(parts)
+
+
+def parse_threshold(text: str) -> float:
+    value = text.strip()
+    try:
+        number = float(value.removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--threshold {text!r}: expected a percentage such as 25 or 25%") from None
+    if not 0 < number < 1000:
+        raise argparse.ArgumentTypeError(f"--threshold {text!r}: must be above 0 and below 1000%")
+    return number / 100
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench-guard",
+        description="Compare two pytest-benchmark JSON files by each benchmark's ratio to "
+                    "its group's floor in the same file; flag ratio changes beyond a "
+                    "threshold (exit 1).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("base", help="the reference run (--benchmark-json output)")
+    parser.add_argument("new", help="the run to judge")
+    parser.add_argument("--threshold", type=parse_threshold, default=DEFAULT_THRESHOLD,
+                        metavar="PCT", help="flag a ratio change above this (25 or 25%%); "
+                        "default 25%%")
+    parser.add_argument("--statistic", choices=STATISTICS, default="median",
+                        help="the per-benchmark statistic divided by the floor's")
+    parser.add_argument("--both", action="store_true",
+                        help="flag ratio changes in both directions (faster too)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 also when a benchmark has no floor to be judged by")
+    parser.add_argument("--flagged-only", action="store_true",
+                        help="print only the flagged and unjudged rows")
+    args = parser.parse_args(argv)
+    try:
+        base, new = load(args.base), load(args.new)
+    except GuardError as exc:
+        print(f"bench-guard: {exc}", file=sys.stderr)
+        return 2
+    report = compare(base, new, args.threshold, args.statistic, args.both)
+    for line in table(report, args.statistic, args.flagged_only):
+        print(line)
+    print()
+    print(summary(report))
+    for row in report.no_floor:
+        print(f"bench-guard: {row.name}: not judged, {row.note}", file=sys.stderr)
+    failed = bool(report.flagged) or (args.strict and bool(report.no_floor))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
