@@ -12,7 +12,7 @@ import json
 import struct
 import sys
 
-from pybroker.cli import open_zk, zk_children
+from pybroker.cli import add_bootstrap, bootstrap_or_empty, open_zk, reach, zk_children
 from pybroker.client.connection import Cluster, KafkaError
 from pybroker.coord import offsets as registry
 from pybroker.protocol import ApiKey, ErrorCode
@@ -26,6 +26,7 @@ def list_groups(args) -> int:
         zk.stop()
         zk.close()
     if args.bootstrap:
+        reach(args.bootstrap)
         cluster = Cluster(args.bootstrap, client_id="pybroker-cli", allow_auto_create=False)
         cluster.refresh([])
         for node in cluster.nodes:
@@ -45,6 +46,7 @@ def _kafka_members(args, group: str) -> list[tuple[str, str, list]]:
     """(member id, client id/host, [(topic, partition)]) of a Kafka-protocol group."""
     if not args.bootstrap:
         return []
+    reach(args.bootstrap)
     cluster = Cluster(args.bootstrap, client_id="pybroker-cli", allow_auto_create=False)
     try:
         cluster.refresh([])
@@ -148,13 +150,14 @@ def describe(args) -> int:
 
 def add_parser(sub) -> None:
     groups = sub.add_parser("groups", help="list and describe consumer groups (both kinds)")
-    gsub = groups.add_subparsers(dest="groups_command", required=True)
+    gsub = groups.add_subparsers(dest="groups_command", required=True, metavar="COMMAND")
 
     def common(p):
         p.add_argument("--zookeeper", help="connect string (default: from --data-dir)")
-        p.add_argument("--data-dir", default="./pybroker-data", help="a local broker's data dir")
-        p.add_argument("--bootstrap", default="127.0.0.1:9092",
-                       help="any node, for Kafka-group members and log ends ('' to skip)")
+        p.add_argument("--data-dir", default="./pybroker-data", help="a local broker's data "
+                       "dir, to find its ZooKeeper")
+        add_bootstrap(p, "any node, for Kafka-group members and log ends ('' to skip)",
+                      type=bootstrap_or_empty)
 
     p = gsub.add_parser("list", help="every group in the registry and on the coordinators")
     common(p)

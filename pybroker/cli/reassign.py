@@ -156,6 +156,6 @@ def add_parser(tsub, common) -> None:
                    "(exit 1 while any is under way)")
     p.add_argument("--cancel", metavar="FILE", help="cancel the moves of FILE's partitions")
     p.add_argument("--list", action="store_true", help="the reassignments under way")
-    p.add_argument("--topic", help="with --list: only this topic")
+    p.add_argument("--topic", help="with --list: only this topic (default: every topic)")
     common(p)
     p.set_defaults(func=run)

@@ -3,7 +3,10 @@ administration through the Kafka protocol (any node of the cluster answers)."""
 from __future__ import annotations
 
 
-from pybroker.cli import CommandError
+import argparse
+
+from pybroker.cli import (CommandError, UsageError, add_bootstrap, key_value, non_negative_int,
+                          positive_float, positive_int, reach)
 from pybroker.client.connection import Cluster, KafkaError
 from pybroker.protocol import ApiKey, ErrorCode
 
@@ -12,6 +15,7 @@ SET, DELETE = 0, 1
 
 
 def _admin(args) -> tuple[Cluster, object]:
+    reach(args.bootstrap, min(args.timeout, 10))
     cluster = Cluster(args.bootstrap, client_id="pybroker-cli", timeout=args.timeout,
                       allow_auto_create=False)
     cluster.refresh([])
@@ -28,8 +32,8 @@ def _parse_configs(pairs) -> dict:
     configs = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise CommandError(f"--config {pair!r}: expected key=value")
+        if not sep:  # argparse's key_value already refused it
+            raise UsageError(f"--config {pair!r}: expected key=value")
         configs[key.strip()] = value.strip()
     return configs
 
@@ -121,8 +125,8 @@ def alter(args) -> int:
     changes += [{"name": k, "config_operation": DELETE, "value": None}
                 for k in args.delete_config or []]
     if not changes and args.partitions is None:
-        raise CommandError("nothing to alter: give --partitions N, --config key=value or "
-                           "--delete-config key")
+        raise UsageError("nothing to alter: give --partitions N, --config key=value or "
+                         "--delete-config key")
     cluster, conn = _admin(args)
     if args.partitions is not None:
         _add_partitions(conn, args)
@@ -195,22 +199,33 @@ def _error_name(code: int) -> str:
         return f"ERROR_{code}"
 
 
+def replication_factor(text: str) -> int:
+    """--replication-factor: >= 1, or -1 for the broker's default."""
+    if text.strip() == "-1":
+        return -1
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (nor -1, the broker's default)") from None
+
+
 def add_parser(sub) -> None:
     topics = sub.add_parser("topics", help="create, list, describe, delete, alter topics; "
                             "elect preferred leaders; reassign partitions")
-    tsub = topics.add_subparsers(dest="topics_command", required=True)
+    tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
 
     def common(p):
-        p.add_argument("--bootstrap", default="127.0.0.1:9092", help="host:port of any node")
-        p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+        add_bootstrap(p)
+        p.add_argument("--timeout", type=positive_float, default=30.0,
+                       help="seconds per request")
 
     p = tsub.add_parser("create", help="create a topic")
     p.add_argument("topic")
-    p.add_argument("--partitions", type=int, default=1)
-    p.add_argument("--replication-factor", type=int, default=-1,
+    p.add_argument("--partitions", type=positive_int, default=1, help="partition count")
+    p.add_argument("--replication-factor", type=replication_factor, default=-1,
                    help="replicas per partition, each on another broker (default: the "
                         "broker's default.replication.factor)")
-    p.add_argument("--config", action="append", metavar="KEY=VALUE",
+    p.add_argument("--config", action="append", metavar="KEY=VALUE", type=key_value,
                    help="topic config override, e.g. retention.ms=3600000 (repeatable)")
     common(p)
     p.set_defaults(func=create)
@@ -227,9 +242,10 @@ def add_parser(sub) -> None:
     p.set_defaults(func=delete)
     p = tsub.add_parser("alter", help="add partitions, set or reset topic configs")
     p.add_argument("topic")
-    p.add_argument("--partitions", type=int, metavar="N",
+    p.add_argument("--partitions", type=positive_int, metavar="N",
                    help="raise the partition count to N (partitions are never removed)")
-    p.add_argument("--config", action="append", metavar="KEY=VALUE", help="set (repeatable)")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE", type=key_value,
+                   help="set (repeatable)")
     p.add_argument("--delete-config", action="append", metavar="KEY",
                    help="back to the broker default (repeatable)")
     common(p)
@@ -237,8 +253,9 @@ def add_parser(sub) -> None:
     p = tsub.add_parser("elect-leaders", help="move leadership back to each partition's "
                         "preferred (first) replica")
     p.add_argument("--topic", help="only this topic (default: every partition)")
-    p.add_argument("--partition", type=int, action="append", metavar="P",
-                   help="only this partition of --topic (repeatable)")
+    p.add_argument("--partition", type=non_negative_int, action="append", metavar="P",
+                   help="only this partition of --topic (repeatable) (default: every "
+                   "partition of --topic)")
     common(p)
     p.set_defaults(func=elect_leaders)
     from pybroker.cli import reassign  # it uses this module's helpers
