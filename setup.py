@@ -13,7 +13,7 @@ TEST_DEPS = [
     "hypothesis>=6",
     "crc32c>=2",
     "confluent-kafka>=2.3",
-    "kafka-python>=2.0",
+    "kafka-python>=3.0.12",   # ships Kafka's message specs (test_spec_conformance.py)
     "matplotlib>=3.5",   # scripts/loadtest --plot
 ]
 
