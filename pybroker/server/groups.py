@@ -316,6 +316,7 @@ class GroupCoordinator:
                     "metadata": m.metadata(group.protocol_name)}
                    for m in group.members.values()] if leader else []
         return {"error_code": ErrorCode.NONE, "generation_id": group.generation,
+                "protocol_type": group.protocol_type,
                 "protocol_name": group.protocol_name or "", "leader": group.leader or "",
                 "member_id": member.member_id, "members": members}
 
@@ -396,13 +397,18 @@ class GroupCoordinator:
     # --- SyncGroup --------------------------------------------------------------------
 
     def sync(self, group_id: str, generation: int, member_id: str, instance_id: str | None,
-             assignments: list):
-        """SyncGroup: {"error_code", "assignment"} at once, or a Future of it."""
+             assignments: list, protocol_type: str | None = None,
+             protocol_name: str | None = None):
+        """SyncGroup: {"error_code", "assignment"} at once, or a Future of it. The
+        protocol type and name (v5+, None before) must be the group's if given."""
         code, group, member = self._member(group_id, member_id, instance_id)
         if code:
             return {"error_code": code, "assignment": b""}
         if generation != group.generation:
             return {"error_code": ErrorCode.ILLEGAL_GENERATION, "assignment": b""}
+        if protocol_type not in (None, group.protocol_type) or \
+                protocol_name not in (None, group.protocol_name):
+            return {"error_code": ErrorCode.INCONSISTENT_GROUP_PROTOCOL, "assignment": b""}
         if group.state == GroupState.PREPARING:
             return {"error_code": ErrorCode.REBALANCE_IN_PROGRESS, "assignment": b""}
         self._arm(group, member)
@@ -595,6 +601,12 @@ class GroupCoordinator:
                 "group_state": group.state.value, "protocol_type": group.protocol_type or "",
                 "protocol_data": group.protocol_name or "", "members": members}
 
-    def listed(self) -> dict[str, str]:
-        """{group id: protocol type} of the groups held here."""
-        return {g.group_id: g.protocol_type or "" for g in self.groups.values()}
+    def listed(self) -> dict[str, tuple[str, str]]:
+        """{group id: (protocol type, state)} of the groups held here."""
+        return {g.group_id: (g.protocol_type or "", g.state.value)
+                for g in self.groups.values()}
+
+    def protocol(self, group_id: str) -> tuple[str | None, str | None]:
+        """(protocol type, protocol name) of a group held here, or (None, None)."""
+        group = self.groups.get(group_id)
+        return (None, None) if group is None else (group.protocol_type, group.protocol_name)

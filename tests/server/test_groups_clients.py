@@ -323,7 +323,9 @@ def test_kafka_python_group_consumer(broker, zk):
         # its admin client sees the group through ListGroups, DescribeGroups, OffsetFetch
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         try:
-            assert {"group_id": group, "protocol_type": "consumer"} in admin.list_groups()
+            # kafka-python asks ListGroups v5: the state and type come too
+            assert {"group_id": group, "protocol_type": "consumer", "group_state": "Stable",
+                    "group_type": "classic"} in admin.list_groups()
             described = admin.describe_groups([group])[group]
             assert described["group_state"] == "Stable"
             assert len(described["members"]) == 2

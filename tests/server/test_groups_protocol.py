@@ -97,10 +97,21 @@ def _wait_topic_everywhere(b: Broker) -> None:
 
 # --- helpers -----------------------------------------------------------------------------
 
+def find_coordinator(c, key: str, version: int = 2, key_type: int = 0) -> dict:
+    """FindCoordinator for one key: v4+ asks in a batch of one and answers its entry."""
+    if version >= 4:
+        body = c.request(ApiKey.FIND_COORDINATOR, version, {"key_type": key_type,
+                                                            "coordinator_keys": [key]})
+        [entry] = body["coordinators"]
+        assert entry["key"] == key
+        return entry
+    return c.request(ApiKey.FIND_COORDINATOR, version, {"key": key, "key_type": key_type})
+
+
 def coordinator(b: Broker, group: str, version: int = 2) -> int:
     """Index of the worker that coordinates group (asked of worker 0)."""
     with b.client(0) as c:
-        body = c.request(ApiKey.FIND_COORDINATOR, version, {"key": group, "key_type": 0})
+        body = find_coordinator(c, group, version)
     assert body["error_code"] == 0, body
     return b.node_ids.index(body["node_id"])
 
@@ -130,10 +141,11 @@ def join(c, group: str, version: int = 5, **kw) -> dict:
 
 
 def sync(c, group: str, generation: int, member_id: str, assignments=(), version: int = 3,
-         instance_id: str | None = None) -> dict:
+         instance_id: str | None = None, protocol: tuple = (None, None)) -> dict:
     return c.request(ApiKey.SYNC_GROUP, version, {
         "group_id": group, "generation_id": generation, "member_id": member_id,
         "group_instance_id": instance_id if version >= 3 else None,
+        "protocol_type": protocol[0], "protocol_name": protocol[1],
         "assignments": [{"member_id": m, "assignment": a} for m, a in assignments]})
 
 
@@ -196,19 +208,18 @@ def test_api_versions_advertise_the_group_apis(gbroker):
                                                   "client_software_version": "1"})
     ranges = {k["api_key"]: (k["min_version"], k["max_version"]) for k in body["api_keys"]}
     assert {k: ranges.get(k) for k in (8, 9, 10, 11, 12, 13, 14, 15, 16)} == {
-        8: (0, 7), 9: (0, 5), 10: (0, 2), 11: (0, 5), 12: (0, 3), 13: (0, 3), 14: (0, 3),
-        15: (0, 4), 16: (0, 2)}
+        8: (0, 7), 9: (0, 5), 10: (0, 6), 11: (0, 9), 12: (0, 4), 13: (0, 5), 14: (0, 5),
+        15: (0, 6), 16: (0, 5)}
 
 
-@pytest.mark.parametrize("version", [0, 1, 2])
+@pytest.mark.parametrize("version", range(7))
 def test_find_coordinator_every_node_agrees(gbroker, version):
     answers = set()
     for name in [f"agree-{i}" for i in range(20)]:
         per_node = []
         for worker in range(gbroker.workers):
             with gbroker.client(worker) as c:
-                body = c.request(ApiKey.FIND_COORDINATOR, version, {"key": name,
-                                                                   "key_type": 0})
+                body = find_coordinator(c, name, version)
             assert body["error_code"] == 0, body
             assert body["host"] == "127.0.0.1"
             assert body["port"] == gbroker.port_of_node(body["node_id"])
@@ -218,29 +229,59 @@ def test_find_coordinator_every_node_agrees(gbroker, version):
     assert answers == set(gbroker.node_ids), "20 groups should land on both nodes"
 
 
+def test_find_coordinator_batch_answers_each_key(gbroker):
+    """v4+ (KIP-699): one answer per key, in order, each with its own error."""
+    keys = ["batch-a", "", "batch-b"]
+    with gbroker.client(0) as c:
+        body = c.request(ApiKey.FIND_COORDINATOR, 4, {"key_type": 0, "coordinator_keys": keys})
+        txn = c.request(ApiKey.FIND_COORDINATOR, 6, {"key_type": 1,
+                                                     "coordinator_keys": ["tx-1"]})
+    assert [e["key"] for e in body["coordinators"]] == keys
+    a, empty, b = body["coordinators"]
+    assert a["error_code"] == b["error_code"] == 0
+    assert {a["node_id"], b["node_id"]} <= set(gbroker.node_ids)
+    assert empty["error_code"] == ErrorCode.INVALID_GROUP_ID and empty["error_message"]
+    [t] = txn["coordinators"]
+    assert (t["key"], t["error_code"], t["node_id"]) == ("tx-1", ErrorCode.INVALID_REQUEST, -1)
+
+
 # --- one member through every version --------------------------------------------------------
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", range(10))
 def test_single_member_lifecycle_every_join_version(gbroker, zkc, group, version):
-    small = min(version, 3)   # Heartbeat, SyncGroup and LeaveGroup go to v3
-    with gbroker.client(coordinator(gbroker, group)) as c:
+    # SyncGroup and LeaveGroup go to v5, Heartbeat to v4; v0-v2 of LeaveGroup name one
+    # member, v3+ a batch
+    sync_v, beat_v, leave_v = min(version, 5), min(version, 4), min(version, 5)
+    with gbroker.client(coordinator(gbroker, group, min(version, 6))) as c:
         first = c.request(ApiKey.JOIN_GROUP, version, join_body(group, version))
         if version >= 4:
             assert first["error_code"] == ErrorCode.MEMBER_ID_REQUIRED
             assert first["member_id"].startswith("pybroker-tests-")
+            if version >= 7:   # no protocol chosen: null, not ""
+                assert first["protocol_name"] is None and first["protocol_type"] is None
             first = c.request(ApiKey.JOIN_GROUP, version,
-                              join_body(group, version, member_id=first["member_id"]))
+                              {**join_body(group, version, member_id=first["member_id"]),
+                               "reason": "test rejoin" if version >= 8 else None})
         assert first["error_code"] == 0, first
         me = first["member_id"]
         assert first["generation_id"] == 1
         assert first["leader"] == me
         assert first["protocol_name"] == "range"
+        assert first["protocol_type"] == (CONSUMER if version >= 7 else None)
+        assert first["skip_assignment"] is False
         assert [(m["member_id"], m["metadata"]) for m in first["members"]] == \
             [(me, b"meta-range")]
 
-        answer = sync(c, group, 1, me, [(me, b"assigned-to-me")], version=small)
+        if sync_v >= 5:   # the group's protocol is checked, and answered
+            wrong = sync(c, group, 1, me, [], version=5, protocol=(CONSUMER, "roundrobin"))
+            assert wrong["error_code"] == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
+            assert (wrong["protocol_type"], wrong["protocol_name"]) == (None, None)
+        answer = sync(c, group, 1, me, [(me, b"assigned-to-me")], version=sync_v,
+                      protocol=(CONSUMER, "range") if sync_v >= 5 else (None, None))
         assert (answer["error_code"], answer["assignment"]) == (0, b"assigned-to-me")
-        assert heartbeat(c, group, 1, me, version=small) == 0
+        if sync_v >= 5:
+            assert (answer["protocol_type"], answer["protocol_name"]) == (CONSUMER, "range")
+        assert heartbeat(c, group, 1, me, version=beat_v) == 0
 
         errors = commit(c, group, {(TOPIC, 0): 10 + version}, generation=1, member_id=me)
         assert errors == {(TOPIC, 0): 0}
@@ -256,15 +297,16 @@ def test_single_member_lifecycle_every_join_version(gbroker, zkc, group, version
         assert (m["member_id"], m["client_id"], m["client_host"], m["member_assignment"]) \
             == (me, "pybroker-tests", "/127.0.0.1", b"assigned-to-me")
 
-        if small < 3:
-            body = c.request(ApiKey.LEAVE_GROUP, small, {"group_id": group, "member_id": me})
+        if leave_v < 3:
+            body = c.request(ApiKey.LEAVE_GROUP, leave_v, {"group_id": group, "member_id": me})
             assert body["error_code"] == 0
         else:
-            body = c.request(ApiKey.LEAVE_GROUP, 3, {
-                "group_id": group, "members": [{"member_id": me, "group_instance_id": None}]})
+            body = c.request(ApiKey.LEAVE_GROUP, leave_v, {
+                "group_id": group, "members": [{"member_id": me, "group_instance_id": None,
+                                                "reason": "done" if leave_v >= 5 else None}]})
             assert body["error_code"] == 0
             assert [(m["member_id"], m["error_code"]) for m in body["members"]] == [(me, 0)]
-        assert heartbeat(c, group, 1, me, version=small) == ErrorCode.UNKNOWN_MEMBER_ID
+        assert heartbeat(c, group, 1, me, version=beat_v) == ErrorCode.UNKNOWN_MEMBER_ID
         # gone from memory, but its committed offset keeps it in the registry
         assert describe(c, group)["group_state"] == "Empty"
 
@@ -576,13 +618,24 @@ def test_list_and_describe_every_version(gbroker, group):
         body = join(c, group)
         me = body["member_id"]
         sync(c, group, body["generation_id"], me, [(me, b"assignment-bytes")])
-        for v in (0, 1, 2):
+        for v in range(6):
             listed = c.request(ApiKey.LIST_GROUPS, v, {})
             assert listed["error_code"] == 0
-            assert {"group_id": group, "protocol_type": CONSUMER} in listed["groups"]
+            [mine] = [g for g in listed["groups"] if g["group_id"] == group]
+            assert mine["protocol_type"] == CONSUMER
+            assert (mine["group_state"], mine["group_type"]) == \
+                ("Stable" if v >= 4 else "", "classic" if v >= 5 else "")
             assert group not in {g["group_id"] for g in
                                  elsewhere.request(ApiKey.LIST_GROUPS, v, {})["groups"]}
-        for v in (0, 1, 2, 3, 4):
+        for v, filters, listed in [(4, {"states_filter": ["stable"]}, True),
+                                   (4, {"states_filter": ["Empty", "Dead"]}, False),
+                                   (5, {"types_filter": ["Classic"]}, True),
+                                   (5, {"types_filter": ["consumer"]}, False),
+                                   (5, {"states_filter": ["Stable"],
+                                        "types_filter": ["classic"]}, True)]:
+            groups = c.request(ApiKey.LIST_GROUPS, v, filters)["groups"]
+            assert (group in {g["group_id"] for g in groups}) is listed, (v, filters)
+        for v in range(7):
             d = describe(c, group, version=v)
             assert (d["error_code"], d["group_state"], d["protocol_data"]) == \
                 (0, "Stable", "range")
@@ -593,6 +646,10 @@ def test_list_and_describe_every_version(gbroker, group):
     never = group + "-never"
     with gbroker.client(coordinator(gbroker, never)) as c:
         assert describe(c, never)["group_state"] == "Dead"
+        # v6 (KIP-1043): a group that does not exist is an error, with a message
+        d = describe(c, never, version=6)
+        assert (d["error_code"], d["error_message"]) == \
+            (ErrorCode.GROUP_ID_NOT_FOUND, f"Group {never} not found.")
 
 
 # --- the state machine on its own loop: loading and groups moving away ----------------------

@@ -50,13 +50,13 @@ IMPLEMENTED = {
     # consumer groups (issue 4)
     8: (0, 7),     # OffsetCommit
     9: (0, 5),     # OffsetFetch
-    10: (0, 2),    # FindCoordinator
-    11: (0, 5),    # JoinGroup
-    12: (0, 3),    # Heartbeat
-    13: (0, 3),    # LeaveGroup
-    14: (0, 3),    # SyncGroup
-    15: (0, 4),    # DescribeGroups
-    16: (0, 2),    # ListGroups
+    10: (0, 6),    # FindCoordinator
+    11: (0, 9),    # JoinGroup
+    12: (0, 4),    # Heartbeat
+    13: (0, 5),    # LeaveGroup
+    14: (0, 5),    # SyncGroup
+    15: (0, 6),    # DescribeGroups
+    16: (0, 5),    # ListGroups
     # configuration (issue 5)
     32: (0, 2),    # DescribeConfigs
     33: (0, 2),    # AlterConfigs

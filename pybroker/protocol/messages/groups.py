@@ -3,12 +3,13 @@ LeaveGroup (13), SyncGroup (14), DescribeGroups (15), ListGroups (16)."""
 
 from ..schema import Array, Field as F, Message, Struct
 
-# Spec: validVersions 0-6, flexibleVersions 3+. We implement 0-2 (none flexible).
+# Spec: validVersions 0-6, flexibleVersions 3+. v4+ asks for several keys at once.
 FIND_COORDINATOR = Message(
-    10, "FindCoordinator", valid_versions="0-2", flexible_versions="3+",
+    10, "FindCoordinator", valid_versions="0-6", flexible_versions="3+",
     request=[
         F("key", "string", "0-3"),
         F("key_type", "int8", "1+", default=0, ignorable=False),
+        F("coordinator_keys", Array("string"), "4+"),
     ],
     response=[
         F("throttle_time_ms", "int32", "1+", ignorable=True),
@@ -17,12 +18,21 @@ FIND_COORDINATOR = Message(
         F("node_id", "int32", "0-3"),
         F("host", "string", "0-3"),
         F("port", "int32", "0-3"),
+        F("coordinators", Array(Struct(
+            "Coordinator",
+            F("key", "string", "4+"),
+            F("node_id", "int32", "4+"),
+            F("host", "string", "4+"),
+            F("port", "int32", "4+"),
+            F("error_code", "int16", "4+"),
+            F("error_message", "string", "4+", nullable_versions="4+", ignorable=True),
+        )), "4+"),
     ],
 )
 
-# Spec: validVersions 0-9, flexibleVersions 6+. We implement 0-5 (none flexible).
+# Spec: validVersions 0-9, flexibleVersions 6+.
 JOIN_GROUP = Message(
-    11, "JoinGroup", valid_versions="0-5", flexible_versions="6+",
+    11, "JoinGroup", valid_versions="0-9", flexible_versions="6+",
     request=[
         F("group_id", "string", "0+"),
         F("session_timeout_ms", "int32", "0+"),
@@ -36,13 +46,17 @@ JOIN_GROUP = Message(
             F("name", "string", "0+"),
             F("metadata", "bytes", "0+"),
         )), "0+"),
+        F("reason", "string", "8+", nullable_versions="8+", default=None, ignorable=True),
     ],
     response=[
         F("throttle_time_ms", "int32", "2+", ignorable=True),
         F("error_code", "int16", "0+"),
         F("generation_id", "int32", "0+", default=-1),
+        F("protocol_type", "string", "7+", nullable_versions="7+", default=None,
+          ignorable=True),
         F("protocol_name", "string", "0+", nullable_versions="7+"),
         F("leader", "string", "0+"),
+        F("skip_assignment", "bool", "9+", default=False),
         F("member_id", "string", "0+"),
         F("members", Array(Struct(
             "JoinGroupResponseMember",
@@ -54,9 +68,9 @@ JOIN_GROUP = Message(
     ],
 )
 
-# Spec: validVersions 0-4, flexibleVersions 4+. We implement 0-3 (none flexible).
+# Spec: validVersions 0-4, flexibleVersions 4+.
 HEARTBEAT = Message(
-    12, "Heartbeat", valid_versions="0-3", flexible_versions="4+",
+    12, "Heartbeat", valid_versions="0-4", flexible_versions="4+",
     request=[
         F("group_id", "string", "0+"),
         F("generation_id", "int32", "0+"),
@@ -69,9 +83,9 @@ HEARTBEAT = Message(
     ],
 )
 
-# Spec: validVersions 0-5, flexibleVersions 4+. We implement 0-3 (none flexible).
+# Spec: validVersions 0-5, flexibleVersions 4+.
 LEAVE_GROUP = Message(
-    13, "LeaveGroup", valid_versions="0-3", flexible_versions="4+",
+    13, "LeaveGroup", valid_versions="0-5", flexible_versions="4+",
     request=[
         F("group_id", "string", "0+"),
         F("member_id", "string", "0-2"),
@@ -79,6 +93,8 @@ LEAVE_GROUP = Message(
             "MemberIdentity",
             F("member_id", "string", "3+"),
             F("group_instance_id", "string", "3+", nullable_versions="3+", default=None),
+            F("reason", "string", "5+", nullable_versions="5+", default=None,
+              ignorable=True),
         )), "3+"),
     ],
     response=[
@@ -93,14 +109,18 @@ LEAVE_GROUP = Message(
     ],
 )
 
-# Spec: validVersions 0-5, flexibleVersions 4+. We implement 0-3 (none flexible).
+# Spec: validVersions 0-5, flexibleVersions 4+.
 SYNC_GROUP = Message(
-    14, "SyncGroup", valid_versions="0-3", flexible_versions="4+",
+    14, "SyncGroup", valid_versions="0-5", flexible_versions="4+",
     request=[
         F("group_id", "string", "0+"),
         F("generation_id", "int32", "0+"),
         F("member_id", "string", "0+"),
         F("group_instance_id", "string", "3+", nullable_versions="3+", default=None),
+        F("protocol_type", "string", "5+", nullable_versions="5+", default=None,
+          ignorable=True),
+        F("protocol_name", "string", "5+", nullable_versions="5+", default=None,
+          ignorable=True),
         F("assignments", Array(Struct(
             "SyncGroupRequestAssignment",
             F("member_id", "string", "0+"),
@@ -110,13 +130,18 @@ SYNC_GROUP = Message(
     response=[
         F("throttle_time_ms", "int32", "1+", ignorable=True),
         F("error_code", "int16", "0+"),
+        F("protocol_type", "string", "5+", nullable_versions="5+", default=None,
+          ignorable=True),
+        F("protocol_name", "string", "5+", nullable_versions="5+", default=None,
+          ignorable=True),
         F("assignment", "bytes", "0+"),
     ],
 )
 
-# Spec: validVersions 0-6, flexibleVersions 5+. We implement 0-4 (none flexible).
+# Spec: validVersions 0-6, flexibleVersions 5+. v6 (KIP-1043) answers a group that
+# does not exist with GROUP_ID_NOT_FOUND and a message, not the Dead state.
 DESCRIBE_GROUPS = Message(
-    15, "DescribeGroups", valid_versions="0-4", flexible_versions="5+",
+    15, "DescribeGroups", valid_versions="0-6", flexible_versions="5+",
     request=[
         F("groups", Array("string"), "0+"),
         F("include_authorized_operations", "bool", "3+"),
@@ -126,6 +151,7 @@ DESCRIBE_GROUPS = Message(
         F("groups", Array(Struct(
             "DescribedGroup",
             F("error_code", "int16", "0+"),
+            F("error_message", "string", "6+", nullable_versions="6+", default=None),
             F("group_id", "string", "0+"),
             F("group_state", "string", "0+"),
             F("protocol_type", "string", "0+"),
@@ -145,11 +171,14 @@ DESCRIBE_GROUPS = Message(
     ],
 )
 
-# Spec: validVersions 0-5, flexibleVersions 3+. We implement 0-2 (none flexible);
-# the request body is empty in those versions.
+# Spec: validVersions 0-5, flexibleVersions 3+. The request is empty before v4, which
+# filters by state, and v5, by group type ("classic" or "consumer", KIP-848).
 LIST_GROUPS = Message(
-    16, "ListGroups", valid_versions="0-2", flexible_versions="3+",
-    request=[],
+    16, "ListGroups", valid_versions="0-5", flexible_versions="3+",
+    request=[
+        F("states_filter", Array("string"), "4+"),
+        F("types_filter", Array("string"), "5+"),
+    ],
     response=[
         F("throttle_time_ms", "int32", "1+", ignorable=True),
         F("error_code", "int16", "0+"),
@@ -157,6 +186,8 @@ LIST_GROUPS = Message(
             "ListedGroup",
             F("group_id", "string", "0+"),
             F("protocol_type", "string", "0+"),
+            F("group_state", "string", "4+", ignorable=True),
+            F("group_type", "string", "5+", ignorable=True),
         )), "0+"),
     ],
 )

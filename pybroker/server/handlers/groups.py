@@ -81,25 +81,29 @@ def _client_host(ctx) -> str:
 # --- FindCoordinator ---------------------------------------------------------------------
 
 def handle_find_coordinator(ctx, request) -> dict:
-    worker = ctx.worker
-    key = request["key"]
-    answer = {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "error_message": None,
+    """v0-v3 ask for one key, v4+ for a batch (coordinator_keys), answered one by one."""
+    key_type = request.get("key_type", 0)
+    if ctx.api_version >= 4:
+        return {"throttle_time_ms": 0, "coordinators": [
+            {"key": key, **_coordinator(ctx.worker, key_type, key)}
+            for key in request["coordinator_keys"]]}
+    return {"throttle_time_ms": 0, **_coordinator(ctx.worker, key_type, request["key"])}
+
+
+def _coordinator(worker, key_type: int, key: str) -> dict:
+    answer = {"error_code": ErrorCode.NONE, "error_message": None,
               "node_id": -1, "host": "", "port": -1}
-    problem = None
-    if request.get("key_type", 0) != 0:
+    if key_type != 0:
         code, problem = ErrorCode.INVALID_REQUEST, "only group coordinators (key type 0)"
     elif (bad_id := registry.group_id_error(key)):
         code, problem = ErrorCode.INVALID_GROUP_ID, bad_id
+    elif (node := coordinator_node(key, worker.cluster.nodes)) is None:
+        code, problem = ErrorCode.COORDINATOR_NOT_AVAILABLE, "no live nodes known yet"
     else:
-        node = coordinator_node(key, worker.cluster.nodes)
-        if node is None:
-            code, problem = ErrorCode.COORDINATOR_NOT_AVAILABLE, "no live nodes known yet"
-        else:
-            host, port = worker.cluster.nodes[node]
-            answer.update(node_id=node, host=host, port=port)
-            code = ErrorCode.NONE
-    answer["error_code"] = code
-    answer["error_message"] = problem
+        host, port = worker.cluster.nodes[node]
+        answer.update(node_id=node, host=host, port=port)
+        code, problem = ErrorCode.NONE, None
+    answer.update(error_code=code, error_message=problem)
     return answer
 
 
@@ -107,19 +111,37 @@ def handle_find_coordinator(ctx, request) -> dict:
 
 def handle_join_group(ctx, request):
     protocols = [(p["name"], bytes(p["metadata"])) for p in request["protocols"]]
+    if request.get("reason"):   # v8+ (KIP-800)
+        log.info("node=%d group=%s member %r joins: %s", ctx.worker.node_id,
+                 request["group_id"], request["member_id"], request["reason"][:200])
     result = coordinator_for(ctx.worker).join(
         request["group_id"], request["member_id"], request.get("group_instance_id"),
         ctx.client_id or "", _client_host(ctx), request["session_timeout_ms"],
         request.get("rebalance_timeout_ms", -1), request["protocol_type"], protocols,
         require_member_id=ctx.api_version >= 4)
-    return _then(result, lambda body: {"throttle_time_ms": 0, **body})
+    nullable_name = ctx.api_version >= 7   # v7+: no protocol chosen is null, not ""
+
+    def answer(body):
+        if nullable_name and body["error_code"]:
+            body = {**body, "protocol_name": None}
+        return {"throttle_time_ms": 0, "skip_assignment": False, **body}
+    return _then(result, answer)
 
 
 def handle_sync_group(ctx, request):
-    result = coordinator_for(ctx.worker).sync(
-        request["group_id"], request["generation_id"], request["member_id"],
-        request.get("group_instance_id"), request["assignments"])
-    return _then(result, lambda body: {"throttle_time_ms": 0, **body})
+    """v5+ carries the protocol type and name: checked against the group's, and the
+    group's are answered (null on an error, as Kafka)."""
+    coordinator = coordinator_for(ctx.worker)
+    group_id = request["group_id"]
+    result = coordinator.sync(
+        group_id, request["generation_id"], request["member_id"],
+        request.get("group_instance_id"), request["assignments"],
+        request.get("protocol_type"), request.get("protocol_name"))
+
+    def answer(body):
+        kind, name = coordinator.protocol(group_id) if not body["error_code"] else (None, None)
+        return {"throttle_time_ms": 0, "protocol_type": kind, "protocol_name": name, **body}
+    return _then(result, answer)
 
 
 def handle_heartbeat(ctx, request) -> dict:
@@ -134,6 +156,10 @@ def handle_leave_group(ctx, request) -> dict:
         leaving = [(request["member_id"], None)]
     else:
         leaving = [(m["member_id"], m["group_instance_id"]) for m in request["members"]]
+        for m in request["members"]:
+            if m.get("reason"):   # v5+ (KIP-800)
+                log.info("node=%d group=%s member %r leaves: %s", ctx.worker.node_id,
+                         request["group_id"], m["member_id"], m["reason"][:200])
     code, per_member = coordinator_for(ctx.worker).leave(request["group_id"], leaving)
     if ctx.api_version < 3:
         return {"throttle_time_ms": 0, "error_code": code or per_member[0], "members": []}
@@ -245,10 +271,20 @@ def _fetch_response(asked, found: dict, top_code: ErrorCode) -> dict:
 
 # --- DescribeGroups, ListGroups ----------------------------------------------------------
 
-def _described_error(group_id: str, code: ErrorCode, state: str = "") -> dict:
-    return {"error_code": code, "group_id": group_id, "group_state": state,
-            "protocol_type": "", "protocol_data": "", "members": [],
+def _described_error(group_id: str, code: ErrorCode, state: str = "",
+                     message: str | None = None) -> dict:
+    return {"error_code": code, "error_message": message, "group_id": group_id,
+            "group_state": state, "protocol_type": "", "protocol_data": "", "members": [],
             "authorized_operations": NO_AUTHORIZED_OPERATIONS}
+
+
+def _described_absent(group_id: str, version: int) -> dict:
+    """A group with no members and no offsets: Dead before v6, GROUP_ID_NOT_FOUND in
+    v6+ (KIP-1043)."""
+    if version >= 6:
+        return _described_error(group_id, ErrorCode.GROUP_ID_NOT_FOUND, "Dead",
+                                f"Group {group_id} not found.")
+    return _described_error(group_id, ErrorCode.NONE, "Dead")
 
 
 def handle_describe_groups(ctx, request):
@@ -279,15 +315,20 @@ def handle_describe_groups(ctx, request):
                 continue
             if exists is _FAILED:
                 described[i] = _described_error(group_id, ErrorCode.COORDINATOR_NOT_AVAILABLE)
+            elif exists[group_id]:
+                described[i] = _described_error(group_id, ErrorCode.NONE, "Empty")
             else:
-                described[i] = _described_error(group_id, ErrorCode.NONE,
-                                                "Empty" if exists[group_id] else "Dead")
+                described[i] = _described_absent(group_id, ctx.api_version)
         return response
     return _then(fut, answer)
 
 
 def handle_list_groups(ctx, request):
+    """v4+ filters by state, v5+ by type (case-insensitive, as Kafka); every group
+    here is a classic one."""
     worker = ctx.worker
+    states = {s.lower() for s in request.get("states_filter") or ()}
+    types = {t.lower() for t in request.get("types_filter") or ()}
     coordinator = coordinator_for(worker)
     if worker.node_id not in worker.cluster.nodes:
         return {"throttle_time_ms": 0, "error_code": ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
@@ -298,9 +339,14 @@ def handle_list_groups(ctx, request):
         if stored is _FAILED:
             return {"throttle_time_ms": 0, "error_code": ErrorCode.COORDINATOR_NOT_AVAILABLE,
                     "groups": []}
-        groups = {g: "" for g in stored
+        groups = {g: ("", "Empty") for g in stored   # offsets only: no members here
                   if not registry.group_id_error(g) and coordinator.status(g) == 0}
         groups.update(coordinator.listed())
+        if types and "classic" not in types:
+            groups = {}
         return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "groups": [
-            {"group_id": g, "protocol_type": t} for g, t in sorted(groups.items())]}
+            {"group_id": g, "protocol_type": kind, "group_state": state,
+             "group_type": "classic"}
+            for g, (kind, state) in sorted(groups.items())
+            if not states or state.lower() in states]}
     return _then(fut, answer)
