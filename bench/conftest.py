@@ -17,7 +17,9 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import statistics
 import tempfile
+import time
 
 import pytest
 
@@ -27,19 +29,27 @@ from pybroker.testing.broker_plugin import *  # noqa: F401,F403,E402
 from pybroker.testing.zk_plugin import *  # noqa: F401,F403,E402
 
 ROLES = ("path", "floor", "reference")
+PAIRED_MAX_FACTOR = 8   # a paired floor's round makes at most this many times the calls
 
 
 def _record(benchmark, operation: str, role: str, *, nbytes: int = 0, messages: int = 0,
             lookups: int = 0, targets: tuple = (), group_param: str | None = None,
+            floor=None, guard: bool = True, guard_threshold: float | None = None,
             **info) -> None:
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
+    if not guard:
+        info["guard"] = False
+    if guard_threshold is not None:
+        info["guard_threshold"] = guard_threshold
     if not (nbytes or messages or lookups):
         raise ValueError(f"{benchmark.name}: record bytes, messages or lookups per call")
     param = benchmark.param if group_param is None else group_param
     benchmark.group = f"{operation} {param}" if param else operation
     benchmark.extra_info.update(role=role, bytes=nbytes, messages=messages,
                                 lookups=lookups, targets=list(targets), **info)
+    if floor is not None:
+        benchmark._pybroker_floor = floor
 
 
 @pytest.fixture
@@ -50,7 +60,15 @@ def record(benchmark):
     done by ONE call of the benchmarked function. targets: dicts such as
     {"metric": "MB/s", "min": 5000}, {"metric": "ns/op", "max": 2000} or
     {"vs": "os_write", "min": 0.5} (speed relative to the group's benchmark
-    test_os_write; 0.5 = "within 2x")."""
+    test_os_write; 0.5 = "within 2x"). floor: a callable doing ONE call of the group's
+    floor on the same inputs; it is then timed before every round of this benchmark
+    (as many calls as the round makes), and the median per call is recorded as
+    extra_info["paired_floor"]: the floor measured at the same moments as the
+    benchmark, which is what scripts/bench-guard divides by. guard=False: the guard
+    shows this benchmark but never judges it (a baseline that is not pybroker code:
+    zlib, bisect, pread+sendall). guard_threshold: the ratio change (0.25 = 25%) below
+    which the guard does not flag this benchmark even when its --threshold is lower:
+    the spread its ratio shows between same-commit runs on the 2-core machine."""
     return functools.partial(_record, benchmark)
 
 
@@ -80,19 +98,69 @@ def _repeat(fn, factor: int):
     return slowed
 
 
+def _pair_with_floor(benchmark, samples: list) -> None:
+    """Before each timed round of the benchmark, time its floor (record(floor=...)) for
+    about as long as the benchmark's last round took (at least as many calls as the
+    round makes, at most PAIRED_MAX_FACTOR times that): floor and benchmark then each
+    average over a stretch of the same length, so both see the same share of the
+    machine (a 9 ms floor before a 700 ms round saw either a quiet moment or a busy
+    one). samples gets the floor's seconds per call, one per round."""
+    make_runner = benchmark._make_runner
+    state = {"round": None, "per_call": None}
+
+    def paired_runner(function, args, kwargs):
+        runner = make_runner(function, args, kwargs)
+        floor = getattr(benchmark, "_pybroker_floor", None)
+        if floor is None:
+            return runner
+        timer = benchmark._timer
+
+        def paired(loops_range, timer=timer):
+            calls = len(loops_range) if loops_range else 1
+            if state["round"] and state["per_call"]:  # about as long as the last round
+                calls = max(calls, min(calls * PAIRED_MAX_FACTOR,
+                                       round(state["round"] / state["per_call"])))
+            cpu = time.thread_time()
+            start = timer()
+            for _ in range(calls):
+                floor()
+            state["per_call"] = (timer() - start) / calls
+            samples.append(state["per_call"])
+            benchmark.pybroker_floor_cpu = (getattr(benchmark, "pybroker_floor_cpu", 0.0)
+                                            + time.thread_time() - cpu)
+            result = runner(loops_range, timer)
+            state["round"] = result if loops_range else result[0]
+            return result
+        return paired
+
+    benchmark._make_runner = paired_runner
+
+
 @pytest.fixture
 def benchmark(benchmark, request):
-    """pytest-benchmark's fixture; under PYBROKER_BENCH_SLOWDOWN=test_name[=FACTOR] the
-    named test's benchmarked function runs FACTOR times per call while its recorded work
-    stays that of one call: a deliberate slowdown, to show that scripts/bench-guard
-    flags it (extra_info["slowdown"] records it)."""
+    """pytest-benchmark's fixture, with two additions:
+    - a benchmark given a floor (record(floor=...)) has it timed before each of its
+      rounds: extra_info["paired_floor"] = the floor's median/min/mean per call over
+      the timed rounds (warm-up and calibration calls left out);
+    - under PYBROKER_BENCH_SLOWDOWN=test_name[=FACTOR] the named test's benchmarked
+      function runs FACTOR times per call while its recorded work stays that of one
+      call: a deliberate slowdown, to show that scripts/bench-guard flags it
+      (extra_info["slowdown"] records it)."""
     factor = _slowdown(request.node)
     if factor > 1:
         raw, raw_pedantic = benchmark._raw, benchmark._raw_pedantic
         benchmark._raw = lambda fn, *a, **k: raw(_repeat(fn, factor), *a, **k)
         benchmark._raw_pedantic = lambda fn, *a, **k: raw_pedantic(_repeat(fn, factor), *a, **k)
         benchmark.extra_info["slowdown"] = factor
-    return benchmark
+    samples: list[float] = []
+    _pair_with_floor(benchmark, samples)
+    yield benchmark
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if samples and stats is not None and stats.data:
+        kept = sorted(samples[-len(stats.data):])  # the timed rounds' floors
+        benchmark.extra_info["paired_floor"] = {
+            "median": statistics.median(kept), "min": kept[0],
+            "mean": statistics.fmean(kept), "rounds": len(kept)}
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -6,17 +6,28 @@ the floor measured in the same run, not by raw times.
 Raw times on a shared machine move with the machine: another process on one of two
 cores slows every benchmark of that moment by up to 2x, the floors (a raw os.write, a
 memcpy, os.sendfile, a pread) as much as the pybroker paths. So each benchmark's median
-is divided by the median of its group's floor IN THE SAME FILE (the group is one
-operation at one size: "append 50x200B", "lookup 1M-entries"; see bench/conftest.py),
-and only the change of that ratio between BASE and NEW is judged:
+is divided by the median of its floor IN THE SAME FILE, and only the change of that
+ratio between BASE and NEW is judged:
 
-    ratio  = median(benchmark) / median(floor of its group), per file
+    ratio  = median(benchmark) / median(its floor), per file
     change = ratio(NEW) / ratio(BASE) - 1
+
+Its floor is, when both files have it, the PAIRED floor: the group's floor operation
+timed before each round of the benchmark itself, on the same inputs
+(extra_info["paired_floor"], from record(floor=...) in bench/conftest.py), so that both
+saw the same moments of the machine. Otherwise it is the floor benchmark of its group
+(the group is one operation at one size: "append 50x200B", "lookup 1M-entries"),
+measured in its own test a few seconds before or after.
 
 A change above +threshold (default 25%) is FLAGGED (the benchmark got slower relative
 to what the machine could do at the time); below -threshold it is shown as "faster",
-not flagged (--both flags it too). Floors are never flagged: their raw change is shown
-so that a reader sees how much the machine itself moved. A group with several floors is
+not flagged (--both flags it too). A benchmark may declare a larger threshold of its
+own (record(guard_threshold=...): the spread its ratio shows between same-commit runs,
+for the few whose work is split over threads and processes sharing the two cores); the
+larger of the two applies, and the table's "limit" column shows which. Floors are
+never flagged: their raw change is shown so that a reader sees how much the machine
+itself moved, and neither are the baselines that are not pybroker code (zlib, bisect,
+pread+sendall, confluent-kafka: record(guard=False)), shown as "baseline". A group with several floors is
 divided by their geometric mean. A benchmark whose group has no floor in one file or
 both is reported "no floor" with the file named, and is not judged (--strict makes that
 fail too). Benchmarks found in only one file are listed and not judged.
@@ -52,6 +63,8 @@ class Row:
     base_ratio: float | None = None
     new_ratio: float | None = None
     change: float | None = None     # of the ratio (of the raw time, for a floor)
+    floor: str = ""                 # what it was divided by: "paired" or "group"
+    limit: float | None = None      # the threshold applied
     note: str = ""
 
 
@@ -106,6 +119,12 @@ def stat(bench: dict, statistic: str) -> float:
     return float(bench["stats"][statistic])
 
 
+def paired(bench: dict, statistic: str) -> float | None:
+    """The floor timed alongside this benchmark's rounds, if it was."""
+    value = ((bench.get("extra_info") or {}).get("paired_floor") or {}).get(statistic)
+    return float(value) if value else None
+
+
 def floors(benches: dict, statistic: str) -> dict[str, tuple[float, list[str]]]:
     """group -> (the geometric mean of its floors' statistic, the floors' names)."""
     by_group: dict[str, list[tuple[str, float]]] = {}
@@ -137,26 +156,34 @@ def compare(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD,
             continue
         row = Row(name, group, kind, "ok", base=stat(b, statistic), new=stat(n, statistic))
         report.rows.append(row)
-        if kind == "floor":
-            row.status = "floor"
+        info = n.get("extra_info") or {}
+        if kind == "floor" or info.get("guard") is False:
+            row.status = "floor" if kind == "floor" else "baseline"
             row.change = row.new / row.base - 1
             continue
+        base_paired, new_paired = paired(b, statistic), paired(n, statistic)
         missing = [label for label, fl in ((base_label, base_floor), (new_label, new_floor))
                    if group not in fl]
-        if missing:
+        if base_paired and new_paired:
+            row.floor = "paired"
+            row.base_ratio, row.new_ratio = row.base / base_paired, row.new / new_paired
+        elif missing:
             row.status = "no floor"
             row.note = (f"group {group!r} has no floor benchmark (role 'floor') in "
-                        f"{' and '.join(missing)}")
+                        f"{' and '.join(missing)}, and no paired floor")
             continue
-        row.base_ratio = row.base / base_floor[group][0]
-        row.new_ratio = row.new / new_floor[group][0]
+        else:
+            row.floor = "group"
+            row.base_ratio = row.base / base_floor[group][0]
+            row.new_ratio = row.new / new_floor[group][0]
         row.change = row.new_ratio / row.base_ratio - 1
-        slowed = (n.get("extra_info") or {}).get("slowdown")
+        row.limit = max(threshold, float(info.get("guard_threshold") or 0))
+        slowed = info.get("slowdown")
         if slowed:
             row.note = f"NEW ran with PYBROKER_BENCH_SLOWDOWN x{slowed}"
-        if row.change > threshold:
+        if row.change > row.limit:
             row.status = "FLAGGED"
-        elif row.change < -threshold:
+        elif row.change < -row.limit:
             row.status = "FLAGGED" if both else "faster"
     return report
 
@@ -180,7 +207,7 @@ def _ratio(value: float | None) -> str:
 
 def table(report: Report, statistic: str = "median", flagged_only: bool = False) -> list[str]:
     header = ("benchmark", "group", "role", f"base {statistic}", f"new {statistic}",
-              "base /floor", "new /floor", "change", "status")
+              "floor", "base /floor", "new /floor", "change", "limit", "status")
     rows = [header]
     for r in report.rows:
         if flagged_only and r.status not in ("FLAGGED", "no floor"):
@@ -188,7 +215,9 @@ def table(report: Report, statistic: str = "median", flagged_only: bool = False)
         name = r.name.split("::", 1)[-1]
         status = r.status + (f" ({r.note})" if r.note else "")
         rows.append((name, r.group, r.role, _seconds(r.base), _seconds(r.new),
-                     _ratio(r.base_ratio), _ratio(r.new_ratio), _pct(r.change), status))
+                     r.floor or "-", _ratio(r.base_ratio), _ratio(r.new_ratio),
+                     _pct(r.change), "-" if r.limit is None else f"{r.limit * 100:g}%",
+                     status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = []
     for row in rows:
@@ -200,7 +229,7 @@ def table(report: Report, statistic: str = "median", flagged_only: bool = False)
 
 
 def summary(report: Report) -> str:
-    judged = [r for r in report.rows if r.change is not None and r.status != "floor"]
+    judged = [r for r in report.rows if r.limit is not None]
     worst = max(judged, key=lambda r: abs(r.change), default=None)
     parts = [f"{len(report.flagged)} flagged of {len(judged)} judged "
              f"(threshold {report.threshold * 100:g}% on the ratio to the floor)"]

@@ -18,7 +18,10 @@ offsets into it in place, which is harmless to re-append.
                             none of the Python bookkeeping around them
 Each variant writes the same bytes into a fresh directory, deleted afterwards (the
 dirty pages of an unlinked file are dropped, not written back): up to 208 MiB, so
-this measures appends into the page cache, as a broker's are between flushes.
+this measures appends into the page cache, as a broker's are between flushes. The
+path and reference variants also os.write as much again to a file of their own, one
+round of it before each of theirs: the floor paired with them in time (see
+bench/conftest.py, record(floor=...)), which scripts/bench-guard divides by.
 """
 import os
 
@@ -63,17 +66,39 @@ def _run(benchmark, batch, fn, *args) -> None:
                        warmup_rounds=1)
 
 
+class _Writer:
+    """The floor: os.write of the batch to a plain file of its own (a context manager
+    that closes it)."""
+
+    def __init__(self, batch, bench_dir, name="plain.log"):
+        self.fd = os.open(os.path.join(bench_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                          0o644)
+        self.batch = batch
+
+    def __call__(self):
+        os.write(self.fd, self.batch)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
 def test_append_tuned(benchmark, record, batch, bench_dir):
-    record("append", "path", nbytes=len(batch), messages=_records(batch),
-           targets=TARGETS_50 if _records(batch) == 50 else ())
-    with PartitionLog(os.path.join(bench_dir, "tuned-0"), TUNED) as log:
+    with _Writer(batch, bench_dir) as floor, \
+            PartitionLog(os.path.join(bench_dir, "tuned-0"), TUNED) as log:
+        record("append", "path", nbytes=len(batch), messages=_records(batch),
+               targets=TARGETS_50 if _records(batch) == 50 else (), floor=floor)
         _run(benchmark, batch, log.append, batch)
         assert log.flush_count == 0
 
 
 def test_append_default(benchmark, record, batch, bench_dir):
-    record("append", "path", nbytes=len(batch), messages=_records(batch))
-    with PartitionLog(os.path.join(bench_dir, "default-0")) as log:
+    with _Writer(batch, bench_dir) as floor, \
+            PartitionLog(os.path.join(bench_dir, "default-0")) as log:
+        record("append", "path", nbytes=len(batch), messages=_records(batch), floor=floor)
+
         def append():
             log.append(batch)
             log.maybe_flush()
@@ -84,16 +109,11 @@ def test_append_default(benchmark, record, batch, bench_dir):
 
 def test_os_write(benchmark, record, batch, bench_dir):
     record("append", "floor", nbytes=len(batch), messages=_records(batch))
-    fd = os.open(os.path.join(bench_dir, "plain.log"), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                 0o644)
-    try:
-        _run(benchmark, batch, os.write, fd, batch)
-    finally:
-        os.close(fd)
+    with _Writer(batch, bench_dir) as write:
+        _run(benchmark, batch, os.write, write.fd, batch)
 
 
 def test_core_append(benchmark, record, batch, bench_dir):
-    record("append", "reference", nbytes=len(batch), messages=_records(batch))
     interval = LogConfig().index_interval_bytes
     written = (ROUNDS + 1) * _iterations(batch) * len(batch)  # warmup round included
     entries = written // max(interval, len(batch)) + 16
@@ -101,6 +121,8 @@ def test_core_append(benchmark, record, batch, bench_dir):
     time_index = core.Pinned(bytearray(entries * core.TIME_ENTRY_SIZE))
     cursor = core.new_index_cursor(entries, entries)
     fd = os.open(os.path.join(bench_dir, "core.log"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    floor = _Writer(batch, bench_dir)
+    record("append", "reference", nbytes=len(batch), messages=_records(batch), floor=floor)
     state = {"offset": 0, "position": 0}
 
     def append():
@@ -114,3 +136,4 @@ def test_core_append(benchmark, record, batch, bench_dir):
         _run(benchmark, batch, append)
     finally:
         os.close(fd)
+        floor.__exit__()

@@ -187,3 +187,45 @@ def test_slowdown_recorded_by_the_bench_suite_is_named():
     slowed["benchmarks"][0]["extra_info"]["slowdown"] = 2
     row = rows(guard.compare(base, guard.load_data(slowed)))["test_append_tuned[50x200B]"]
     assert row.status == "FLAGGED" and "PYBROKER_BENCH_SLOWDOWN x2" in row.note
+
+
+def test_a_paired_floor_is_preferred_to_the_group_floor():
+    def run(path_s, paired_s, group_floor_s):
+        data = append_run(path_s, group_floor_s)
+        data["benchmarks"][0]["extra_info"]["paired_floor"] = {
+            "median": paired_s, "min": paired_s, "mean": paired_s, "rounds": 25}
+        return guard.load_data(data)
+    # the machine slowed 2x while the path ran (its paired floor saw it), not when the
+    # floor's own test ran: judged by the paired floor, nothing changed
+    report = guard.compare(run(10e-6, 5e-6, 5e-6), run(20e-6, 10e-6, 5e-6))
+    row = rows(report)["test_append_tuned[50x200B]"]
+    assert row.floor == "paired" and row.change == pytest.approx(0.0) and row.status == "ok"
+    # paired in one file only: both fall back to the group's floor
+    only_one = guard.compare(guard.load_data(append_run(10e-6, 5e-6)), run(20e-6, 10e-6, 5e-6))
+    row = rows(only_one)["test_append_tuned[50x200B]"]
+    assert row.floor == "group" and row.status == "FLAGGED"
+    # a paired floor alone (no floor benchmark in the group) is enough
+    alone = run(10e-6, 5e-6, 5e-6)
+    del alone["bench/test_bench_x.py::test_os_write[50x200B]"]
+    assert rows(guard.compare(alone, alone))["test_append_tuned[50x200B]"].status == "ok"
+
+
+def test_a_benchmark_s_own_threshold_and_baselines_that_are_not_judged():
+    def run(path_s, zlib_s):
+        data = append_run(path_s, 5e-6)
+        data["benchmarks"][0]["extra_info"]["guard_threshold"] = 1.5
+        data["benchmarks"].append(bench("test_zlib_crc32[50x200B]", "append 50x200B",
+                                        "reference", zlib_s, guard=False))
+        return guard.load_data(data)
+    report = guard.compare(run(10e-6, 1e-6), run(24e-6, 9e-6))   # +140%, +800%
+    by = rows(report)
+    assert by["test_append_tuned[50x200B]"].status == "ok"
+    assert by["test_append_tuned[50x200B]"].limit == pytest.approx(1.5)
+    assert by["test_zlib_crc32[50x200B]"].status == "baseline"
+    assert by["test_zlib_crc32[50x200B]"].change == pytest.approx(8.0)
+    assert report.flagged == []
+    worse = guard.compare(run(10e-6, 1e-6), run(26e-6, 1e-6))     # +160%: beyond its own
+    assert [r.name.split("::")[-1] for r in worse.flagged] == ["test_append_tuned[50x200B]"]
+    # a benchmark's own threshold never lowers the guard's
+    loose = guard.compare(run(10e-6, 1e-6), run(26e-6, 1e-6), threshold=2.0)
+    assert loose.flagged == [] and rows(loose)["test_append_tuned[50x200B]"].limit == 2.0
