@@ -29,13 +29,12 @@ from pybroker.testing.broker_plugin import *  # noqa: F401,F403,E402
 from pybroker.testing.zk_plugin import *  # noqa: F401,F403,E402
 
 ROLES = ("path", "floor", "reference")
-PAIRED_MAX_FACTOR = 8   # a paired floor's round makes at most this many times the calls
 
 
 def _record(benchmark, operation: str, role: str, *, nbytes: int = 0, messages: int = 0,
             lookups: int = 0, targets: tuple = (), group_param: str | None = None,
-            floor=None, guard: bool = True, guard_threshold: float | None = None,
-            **info) -> None:
+            floor=None, floor_max_factor: int = 8, guard: bool = True,
+            guard_threshold: float | None = None, **info) -> None:
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
     if not guard:
@@ -50,6 +49,7 @@ def _record(benchmark, operation: str, role: str, *, nbytes: int = 0, messages: 
                                 lookups=lookups, targets=list(targets), **info)
     if floor is not None:
         benchmark._pybroker_floor = floor
+        benchmark._pybroker_floor_max_factor = floor_max_factor
 
 
 @pytest.fixture
@@ -64,9 +64,11 @@ def record(benchmark):
     floor on the same inputs; it is then timed before every round of this benchmark
     (as many calls as the round makes), and the median per call is recorded as
     extra_info["paired_floor"]: the floor measured at the same moments as the
-    benchmark, which is what scripts/bench-guard divides by. guard=False: the guard
-    shows this benchmark but never judges it (a baseline that is not pybroker code:
-    zlib, bisect, pread+sendall). guard_threshold: the ratio change (0.25 = 25%) below
+    benchmark, which is what scripts/bench-guard divides by; floor_max_factor caps its
+    calls per round at that many times the benchmark's (8: a floor writing to disk
+    must not flood the page cache). guard=False: the guard shows this benchmark but
+    never judges it (a baseline that is not pybroker code: zlib, bisect,
+    pread+sendall; a path with no floor it can be fairly divided by). guard_threshold: the ratio change (0.25 = 25%) below
     which the guard does not flag this benchmark even when its --threshold is lower:
     the spread its ratio shows between same-commit runs on the 2-core machine."""
     return functools.partial(_record, benchmark)
@@ -101,7 +103,7 @@ def _repeat(fn, factor: int):
 def _pair_with_floor(benchmark, samples: list) -> None:
     """Before each timed round of the benchmark, time its floor (record(floor=...)) for
     about as long as the benchmark's last round took (at least as many calls as the
-    round makes, at most PAIRED_MAX_FACTOR times that): floor and benchmark then each
+    round makes, at most floor_max_factor (8) times that): floor and benchmark then each
     average over a stretch of the same length, so both see the same share of the
     machine (a 9 ms floor before a 700 ms round saw either a quiet moment or a busy
     one). samples gets the floor's seconds per call, one per round."""
@@ -118,8 +120,8 @@ def _pair_with_floor(benchmark, samples: list) -> None:
         def paired(loops_range, timer=timer):
             calls = len(loops_range) if loops_range else 1
             if state["round"] and state["per_call"]:  # about as long as the last round
-                calls = max(calls, min(calls * PAIRED_MAX_FACTOR,
-                                       round(state["round"] / state["per_call"])))
+                most = calls * getattr(benchmark, "_pybroker_floor_max_factor", 8)
+                calls = max(calls, min(most, round(state["round"] / state["per_call"])))
             cpu = time.thread_time()
             start = timer()
             for _ in range(calls):

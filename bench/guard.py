@@ -27,7 +27,8 @@ for the few whose work is split over threads and processes sharing the two cores
 larger of the two applies, and the table's "limit" column shows which. Floors are
 never flagged: their raw change is shown so that a reader sees how much the machine
 itself moved, and neither are the baselines that are not pybroker code (zlib, bisect,
-pread+sendall, confluent-kafka: record(guard=False)), shown as "baseline". A group with several floors is
+pread+sendall, confluent-kafka: record(guard=False)), shown as "baseline", nor a path
+marked so ("not judged": the loop latency, whose floor is another broker's run). A group with several floors is
 divided by their geometric mean. A benchmark whose group has no floor in one file or
 both is reported "no floor" with the file named, and is not judged (--strict makes that
 fail too). Benchmarks found in only one file are listed and not judged.
@@ -158,7 +159,7 @@ def compare(base: dict, new: dict, threshold: float = DEFAULT_THRESHOLD,
         report.rows.append(row)
         info = n.get("extra_info") or {}
         if kind == "floor" or info.get("guard") is False:
-            row.status = "floor" if kind == "floor" else "baseline"
+            row.status = {"floor": "floor", "reference": "baseline"}.get(kind, "not judged")
             row.change = row.new / row.base - 1
             continue
         base_paired, new_paired = paired(b, statistic), paired(n, statistic)

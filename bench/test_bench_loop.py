@@ -86,9 +86,10 @@ def test_api_versions_round_trip(benchmark, record, loaded_broker):
     broker, interval = loaded_broker
     record("loop latency 256 partitions", "path" if interval == 100 else "floor",
            messages=1, group_param="",  # the parameter is the role: one group
-           # two brokers, one after the other, each under a producer thread's load:
-           # the ratio spread 2x between same-commit runs
-           guard_threshold=1.5)
+           # two brokers, one after the other, each under a producer thread's load: the
+           # ratio of their medians spread 5x between same-commit runs, so the guard
+           # shows it and does not judge it (its figures are the p99 and max anyway)
+           guard=False)
     sock = socket.create_connection(("127.0.0.1", broker.ports[0]), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     frame = _frame(ApiKey.API_VERSIONS, 0, {})
