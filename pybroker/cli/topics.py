@@ -8,6 +8,7 @@ import argparse
 from pybroker.cli import (CommandError, UsageError, add_bootstrap, key_value, non_negative_int,
                           positive_float, positive_int, reach)
 from pybroker.client.connection import Cluster, KafkaError
+from pybroker.coord import topic_ids
 from pybroker.protocol import ApiKey, ErrorCode
 
 TOPIC_RESOURCE = 2
@@ -55,11 +56,10 @@ def create(args) -> int:
 
 
 def topic_metadata(conn, topic: str, what: str) -> dict:
-    """Metadata v8 of one topic (its `topics` entry); KafkaError naming `what` when the
-    topic is unknown or has no answer."""
-    meta = conn.request(ApiKey.METADATA, 8, {
+    """Metadata v12 of one topic (its `topics` entry, with its topic ID); KafkaError
+    naming `what` when the topic is unknown or has no answer."""
+    meta = conn.request(ApiKey.METADATA, 12, {
         "topics": [{"name": topic}], "allow_auto_topic_creation": False,
-        "include_cluster_authorized_operations": False,
         "include_topic_authorized_operations": False})["topics"][0]
     _check(meta["error_code"], None, what)
     return meta
@@ -83,7 +83,8 @@ def describe(args) -> int:
     cluster, conn = _admin(args)
     topic = topic_metadata(conn, args.topic, f"describe {args.topic}")
     offsets = _offsets(cluster, args.topic, topic["partitions"])
-    print(f"topic {args.topic}: {len(topic['partitions'])} partition(s)")
+    print(f"topic {args.topic}: {len(topic['partitions'])} partition(s), "
+          f"topic id {topic_ids.to_text(topic['topic_id'])}")
     print(f"{'partition':>9} {'leader':>7} {'epoch':>6} {'log start':>12} {'log end':>12}  "
           "replicas  isr  offline")
     for p in sorted(topic["partitions"], key=lambda p: p["partition_index"]):

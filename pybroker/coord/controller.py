@@ -20,7 +20,8 @@ partition's state znode with the live nodes and writes what must change:
   to their even placement after brokers come back;
 - a partition being reassigned (coord/reassignment.py) whose target replicas are all
   in the ISR gets its final state (a leader and an ISR within the target), then its
-  topic znode's replicas become the target.
+  topic znode's replicas become the target;
+- a topic written before topic IDs (KIP-516) gets one in its topic znode.
 Each write is a compare-and-set on the state znode's version inside a transaction
 that checks /controller_epoch's version, so a controller deposed while it was paused
 (SIGSTOP, a long GC) writes nothing. Nodes learn the outcome from their watches on the
@@ -131,6 +132,21 @@ class Controller:
         for topic, partition, target in completions(state):
             if not self._finish(topic, partition, target):
                 return
+        for topic in sorted(set(state.topics) - set(state.topic_ids)):
+            if not self._add_topic_id(topic):
+                return
+
+    def _add_topic_id(self, topic: str) -> bool:
+        registry = self.registry
+        try:
+            if registry.add_topic_id(topic, fence=registry.controller_epoch_version):
+                log.info("node=%d controller: topic %s given a topic id", registry.node_id,
+                         topic)
+        except (BadVersionError, NoNodeError) as exc:
+            log.info("node=%d controller: topic %s id not written (%s); re-reading",
+                     registry.node_id, topic, type(exc).__name__)
+            return False
+        return True
 
     def _finish(self, topic: str, partition: int, target: tuple) -> bool:
         registry = self.registry

@@ -4,7 +4,8 @@ Paths, under the connect string's optional chroot (Kafka 0.8 layout):
   /brokers/ids/<node>           ephemeral: {"host", "port", "endpoints", "partitions"
                                 (online here), "offline" (stored here, offline),
                                 "pybroker_owner"}
-  /brokers/topics/<topic>       persistent: {"version": 2, "partitions": {"<p>": [replica
+  /brokers/topics/<topic>       persistent: {"version": 3, "topic_id" (KIP-516, see
+                                coord/topic_ids.py), "partitions": {"<p>": [replica
                                 nodes, preferred leader first]}}
   /brokers/topics/<topic>/partitions/<p>/state
                                 persistent: {"version": 1, "leader", "leader_epoch", "isr",
@@ -36,6 +37,7 @@ after reconnection, so "blocks" can mean for the whole outage):
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import threading
@@ -51,6 +53,8 @@ from kazoo.exceptions import (BadVersionError, ConnectionClosedError, Connection
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
+from pybroker.coord.topic_ids import from_text as topic_id_from_text
+from pybroker.coord.topic_ids import new_topic_id, to_text as topic_id_text
 from pybroker.errors import PyBrokerError
 
 log = logging.getLogger("pybroker.coord")
@@ -176,6 +180,7 @@ class ClusterState:
     partitions: dict = field(default_factory=dict)     # (topic, partition) -> PartitionInfo
     racks: dict = field(default_factory=dict)          # node id -> broker.rack (if set)
     controller_epoch: int = 0                          # /controller_epoch when read
+    topic_ids: dict = field(default_factory=dict)      # topic -> uuid.UUID (KIP-516)
 
     def leader(self, topic: str, partition: int) -> int | None:
         """The partition's leader node (-1: none now); None for an unknown partition."""
@@ -193,6 +198,11 @@ class ClusterState:
         publishes its online partitions in /brokers/ids/<node>, P17)."""
         leader = self.leader(topic, partition)
         return f"{topic}-{partition}" in self.serving.get(leader, ())
+
+    @functools.cached_property
+    def topic_names(self) -> dict:
+        """uuid.UUID -> topic: topic_ids turned round (built on first use)."""
+        return {topic_id: name for name, topic_id in self.topic_ids.items()}
 
     def topic_served(self, topic: str) -> bool:
         """The topic exists and every partition's leader serves it."""
@@ -561,7 +571,7 @@ class Registry:
                     racks[int(child)] = info["rack"]
             except NoNodeError:
                 continue
-        topics, configs, partitions = {}, {}, {}
+        topics, configs, partitions, topic_ids = {}, {}, {}, {}
         pending = []
         for name in zk.get_children(TOPICS, watch=self._watch):
             try:
@@ -570,6 +580,11 @@ class Registry:
                 continue
             if info.get("deleting") or "partitions" not in info:
                 continue  # being deleted (or not a topic we wrote): gone
+            if "topic_id" in info:   # none yet: written before IDs, the controller adds one
+                try:
+                    topic_ids[name] = topic_id_from_text(info["topic_id"])
+                except ValueError as exc:
+                    log.error("node=%d %s/%s: %s", self.node_id, TOPICS, name, exc)
             adding, removing = info.get("adding_replicas", {}), info.get("removing_replicas", {})
             for p, replicas in info["partitions"].items():
                 moving = (tuple(adding.get(p, ())), tuple(removing.get(p, ())))
@@ -592,7 +607,7 @@ class Registry:
             controller_epoch = 0
         return ClusterState(cluster_id, controller, nodes, topics, configs, serving, offline,
                             partitions=partitions, controller_epoch=controller_epoch,
-                            racks=racks)
+                            racks=racks, topic_ids=topic_ids)
 
     def _read_controller(self) -> int:
         """The controller's node id, electing ourselves when there is none. A /controller
@@ -630,16 +645,20 @@ class Registry:
 
     # --- changes: blocking, call on the worker's ZooKeeper thread (Worker.run_zk) ---
 
-    def create_topic(self, name: str, assignment: dict[int, list[int]], config: dict) -> None:
-        """Write a new topic's replica assignment, config and partition states (first
-        replica leading epoch 0, every replica in sync); TopicExists if taken. The
-        topic and its first states are one transaction; a large topic's other states
-        follow in more (a reader meanwhile sees their initial state, which the state
-        written is). Blocks: call on the ZooKeeper thread."""
+    def create_topic(self, name: str, assignment: dict[int, list[int]],
+                     config: dict) -> uuid.UUID:
+        """Write a new topic's ID, replica assignment, config and partition states
+        (first replica leading epoch 0, every replica in sync); its topic ID, or
+        TopicExists if taken. The topic and its first states are one transaction; a
+        large topic's other states follow in more (a reader meanwhile sees their
+        initial state, which the state written is). Blocks: call on the ZooKeeper
+        thread."""
         parts = sorted(assignment.items())
+        topic_id = new_topic_id()
         tx = self._zk.transaction()
-        tx.create(f"{TOPICS}/{name}", _dumps({"version": 2, "partitions": {
-            str(p): list(replicas) for p, replicas in parts}}))
+        tx.create(f"{TOPICS}/{name}", _dumps({"version": 3, "topic_id": topic_id_text(topic_id),
+                                              "partitions": {str(p): list(replicas)
+                                                             for p, replicas in parts}}))
         tx.create(f"{TOPIC_CONFIGS}/{name}", _dumps({"version": 1, "config": config}))
         tx.create(f"{TOPICS}/{name}/partitions", b"")
         chunk = STATES_PER_TRANSACTION
@@ -652,6 +671,19 @@ class Registry:
             tx = self._zk.transaction()
             self._add_states(tx, name, parts[start:start + chunk])
             _raise_first(tx.commit(), ignore=(NodeExistsError,))  # the controller's, maybe
+        return topic_id
+
+    def add_topic_id(self, name: str, fence: int | None = None) -> bool:
+        """Give a topic written before topic IDs one (Kafka's controller does the same
+        for topics from before 2.8). False if it has one already. Blocks."""
+        topic_id = topic_id_text(new_topic_id())
+
+        def change(znode):
+            if "topic_id" in znode:
+                return None
+            return {**znode, "version": max(3, int(znode.get("version", 1))),
+                    "topic_id": topic_id}
+        return self.update_topic(name, change, fence=fence)
 
     def _add_states(self, tx, name: str, parts) -> None:
         for p, replicas in parts:

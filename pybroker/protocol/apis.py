@@ -62,12 +62,12 @@ APIS: dict[int, Message] = {m.api_key: m for m in (
 # api_key -> (min_version, max_version) advertised in ApiVersions.
 SUPPORTED: dict[int, tuple[int, int]] = {
     ApiKey.API_VERSIONS: (0, 3),
-    ApiKey.METADATA: (0, 8),
+    ApiKey.METADATA: (0, 13),
     ApiKey.PRODUCE: (0, 7),         # v0-v2 only to refuse them (see messages/produce.py)
     ApiKey.FETCH: (4, 11),
     ApiKey.LIST_OFFSETS: (0, 5),
-    ApiKey.CREATE_TOPICS: (0, 4),
-    ApiKey.DELETE_TOPICS: (0, 3),
+    ApiKey.CREATE_TOPICS: (0, 7),
+    ApiKey.DELETE_TOPICS: (0, 6),
     ApiKey.INIT_PRODUCER_ID: (0, 1),
     ApiKey.OFFSET_FOR_LEADER_EPOCH: (0, 4),
     ApiKey.FIND_COORDINATOR: (0, 6),

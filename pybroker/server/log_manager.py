@@ -45,7 +45,7 @@ from pybroker import failpoints
 from pybroker.config import BrokerConfig, ConfigError
 from pybroker.coord.registry import ClusterState
 from pybroker.errors import CorruptLogError, LogSyncFailedError
-from pybroker.log import LogConfig, PartitionLog, checkpoint
+from pybroker.log import LogConfig, PartitionLog, checkpoint, partition_metadata
 from pybroker.log.partition_log import write_recovery_point
 from pybroker.protocol import ErrorCode
 from pybroker.server.partition_state import PartitionState
@@ -69,7 +69,7 @@ class Partition:
     offline when it is."""
 
     __slots__ = ("tp", "directory", "state", "log", "reason", "wanted", "delete", "successor",
-                 "leader_epoch", "replicated")
+                 "leader_epoch", "replicated", "topic_id")
 
     def __init__(self, tp: tuple[str, int], directory: str):
         self.tp = tp
@@ -82,6 +82,7 @@ class Partition:
         self.successor = None  # (partition, config) to open once this one has closed
         self.leader_epoch = None  # the epoch this node leads in when the open began
         self.replicated = False   # more than one replica: its high watermark is bounded
+        self.topic_id = None      # the topic's ID (None: a topic from before IDs, so far)
 
     @property
     def name(self) -> str:
@@ -161,14 +162,25 @@ class LogManager:
                 info = state.partitions[tp]
                 self._start_open(tp, configs[tp[0]],
                                  info.leader_epoch if info.leader == self.node_id else None,
-                                 len(info.replicas) > 1)
+                                 len(info.replicas) > 1, state.topic_ids.get(tp[0]))
                 changed = True
+            elif part.topic_id is None and tp[0] in state.topic_ids:
+                part.topic_id = state.topic_ids[tp[0]]   # just given one: record it
+                self._adopt_topic_id(part)
         for tp, plog in self.logs.items():
             config = configs[tp[0]]
             if config != plog.config:
                 plog.reconfigure(config)
                 log.info("node=%d tp=%s-%d config now %s", self.node_id, tp[0], tp[1], config)
         return changed
+
+    def _adopt_topic_id(self, part: Partition) -> None:
+        def done(fut):
+            if fut.exception() is not None:   # retried at the next open of the log
+                log.error("node=%d tp=%s: partition.metadata not written: %r", self.node_id,
+                          part.name, fut.exception())
+        self.run_storage(partition_metadata.adopt, part.directory,
+                         part.topic_id).add_done_callback(done)
 
     def _log_config(self, topic: str, state: ClusterState) -> LogConfig:
         """The broker's log settings under the topic's overrides; without the overrides
@@ -195,12 +207,14 @@ class LogManager:
     # --- opening ---------------------------------------------------------------------
 
     def _start_open(self, tp: tuple[str, int], config: LogConfig,
-                    leader_epoch: int | None = None, replicated: bool = False) -> None:
+                    leader_epoch: int | None = None, replicated: bool = False,
+                    topic_id=None) -> None:
         directory = partition_dir(self.data_dir, *tp)
         previous = self.partitions.get(tp)
         part = Partition(tp, directory)
         part.leader_epoch = leader_epoch
         part.replicated = replicated
+        part.topic_id = topic_id
         self.partitions[tp] = part
         log.info("node=%d tp=%s dir=%s opening", self.node_id, part.name, directory)
         if previous is not None:
@@ -220,6 +234,7 @@ class LogManager:
         """On the storage thread: recover the log and replay its producer state."""
         failpoints.hit("partition.open")
         tp = part.tp
+        partition_metadata.claim(part.directory, part.topic_id)  # a deleted topic's: aside
         # a replica shows nothing above its last known high watermark until its leader
         # (or, leading, its followers) say more is in the whole ISR
         bound = (checkpoint.read_high_watermark(part.directory) or 0) if part.replicated else None

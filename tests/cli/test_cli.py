@@ -34,7 +34,8 @@ def test_topics_lifecycle(broker):
     listed = run("topics", "list", *b)
     assert b"cli-t\t3" in listed.stdout
     described = run("topics", "describe", "cli-t", *b).stdout.decode()
-    assert "3 partition(s)" in described and "retention.ms=60000  (topic override)" in described
+    assert re.search(r"3 partition\(s\), topic id [A-Za-z0-9_-]{22}\n", described)
+    assert "retention.ms=60000  (topic override)" in described
     assert run("topics", "alter", "cli-t", "--config", "flush.ms=7", *b).returncode == 0
     deadline = time.monotonic() + 15
     while "flush.ms=7" not in run("topics", "describe", "cli-t", *b).stdout.decode():

@@ -31,8 +31,8 @@ class FileRange:
 # --- the advertised table ---------------------------------------------------------------
 
 def test_supported_table_is_exactly_the_brief():
-    assert SUPPORTED == {18: (0, 3), 3: (0, 8), 0: (0, 7), 1: (4, 11), 2: (0, 5),
-                         19: (0, 4), 20: (0, 3), 22: (0, 1), 10: (0, 6), 11: (0, 9),
+    assert SUPPORTED == {18: (0, 3), 3: (0, 13), 0: (0, 7), 1: (4, 11), 2: (0, 5),
+                         19: (0, 7), 20: (0, 6), 22: (0, 1), 10: (0, 6), 11: (0, 9),
                          14: (0, 5), 12: (0, 4), 13: (0, 5), 8: (0, 7), 9: (0, 5),
                          16: (0, 5), 15: (0, 6), 32: (0, 2), 33: (0, 2), 44: (0, 1),
                          23: (0, 4), 37: (0, 3), 43: (0, 2), 45: (0, 1),
@@ -280,16 +280,30 @@ def test_unsupported_version_of_a_known_api():
 def test_short_request_and_trailing_bytes():
     with pytest.raises(DecodeError, match="shorter than the 8-byte header"):
         decode_request(h("0012 0000 0000"))
-    with pytest.raises(DecodeError, match="left over") as info:
-        decode_request(h("0012 0000 00000003 ffff 00"))
+    with pytest.raises(DecodeError) as info:   # the body itself cut short
+        decode_request(h("0003 0001 00000003 ffff 0000"))
     e = info.value
-    assert (e.api_key, e.api_version, e.correlation_id) == (18, 0, 3)
-    assert "ApiVersionsRequest v0" in str(e)
+    assert (e.api_key, e.api_version, e.correlation_id) == (3, 1, 3)
+    assert "MetadataRequest v1" in str(e)
+    # bytes after the body are ignored, as Kafka ignores them
+    assert decode_request(h("0012 0000 00000003 ffff 00"))[0]["correlation_id"] == 3
+
+
+def test_librdkafka_all_topics_metadata_v13_with_its_trailing_placeholder_bytes():
+    """librdkafka 2.x writes a 4-byte placeholder for the topics array and, asking for
+    all topics (null), leaves it: a 0 (null) and three more zero bytes. Kafka reads
+    null, allow_auto_topic_creation and include_topic_authorized_operations false and
+    ignores the rest; so does the broker. (Bytes captured from confluent-kafka 2.16.)"""
+    header, body = decode_request(h("0003 000d 00000003 0007 72646b61666b61 00"
+                                    "00000000 01 00 00"))
+    assert (header["request_api_version"], header["client_id"]) == (13, "rdkafka")
+    assert body["topics"] is None
+    assert body["allow_auto_topic_creation"] is False
 
 
 def test_encode_refuses_unsupported_versions():
     with pytest.raises(EncodeError, match="outside the supported range"):
-        encode_response(1, 3, 9, {})
+        encode_response(1, 3, 14, {})
     with pytest.raises(EncodeError, match="unknown api key"):
         encode_response(1, 999, 0, {})
 

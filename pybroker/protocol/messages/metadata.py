@@ -39,13 +39,15 @@ API_VERSIONS = Message(
     ],
 )
 
-# Spec: validVersions 0-13, flexibleVersions 9+. We implement 0-8 (none flexible).
-# In v0 an empty topics array means "all topics"; from v1 null means all topics.
+# Spec: validVersions 0-13, flexibleVersions 9+. In v0 an empty topics array means "all
+# topics"; from v1 null means all topics. v10 adds topic IDs (KIP-516), which a request
+# may look topics up by from v12; v13 (KIP-1102) a top-level error code.
 METADATA = Message(
-    3, "Metadata", valid_versions="0-8", flexible_versions="9+",
+    3, "Metadata", valid_versions="0-13", flexible_versions="9+",
     request=[
         F("topics", Array(Struct(
             "MetadataRequestTopic",
+            F("topic_id", "uuid", "10+", ignorable=True),
             F("name", "string", "0+", nullable_versions="10+"),
         )), "0+", nullable_versions="1+"),
         F("allow_auto_topic_creation", "bool", "4+", default=True, ignorable=False),
@@ -67,6 +69,7 @@ METADATA = Message(
             "MetadataResponseTopic",
             F("error_code", "int16", "0+"),
             F("name", "string", "0+", nullable_versions="12+"),
+            F("topic_id", "uuid", "10+", ignorable=True),
             F("is_internal", "bool", "1+", default=False, ignorable=True),
             F("partitions", Array(Struct(
                 "MetadataResponsePartition",
@@ -81,5 +84,6 @@ METADATA = Message(
             F("topic_authorized_operations", "int32", "8+", default=-2147483648),
         )), "0+"),
         F("cluster_authorized_operations", "int32", "8-10", default=-2147483648),
+        F("error_code", "int16", "13+", ignorable=True),
     ],
 )

@@ -3,9 +3,10 @@
 from ..schema import Array, Field as F, Message, Struct
 
 # Spec: validVersions 2-7 (0-1 were removed in Kafka 4.0; their fields are still
-# described by the versions below), flexibleVersions 5+. We implement 0-4.
+# described by the versions below), flexibleVersions 5+. v5 answers the created topic's
+# partitions, replication factor and configs (KIP-525), v7 its topic ID (KIP-516).
 CREATE_TOPICS = Message(
-    19, "CreateTopics", valid_versions="0-4", flexible_versions="5+",
+    19, "CreateTopics", valid_versions="0-7", flexible_versions="5+",
     request=[
         F("topics", Array(Struct(
             "CreatableTopic",
@@ -31,17 +32,35 @@ CREATE_TOPICS = Message(
         F("topics", Array(Struct(
             "CreatableTopicResult",
             F("name", "string", "0+"),
+            F("topic_id", "uuid", "7+", ignorable=True),
             F("error_code", "int16", "0+"),
             F("error_message", "string", "1+", nullable_versions="0+", ignorable=True),
+            F("topic_config_error_code", "int16", "5+", tag=0, tagged_versions="5+",
+              ignorable=True),
+            F("num_partitions", "int32", "5+", default=-1, ignorable=True),
+            F("replication_factor", "int16", "5+", default=-1, ignorable=True),
+            F("configs", Array(Struct(
+                "CreatableTopicConfigs",
+                F("name", "string", "5+"),
+                F("value", "string", "5+", nullable_versions="5+"),
+                F("read_only", "bool", "5+"),
+                F("config_source", "int8", "5+", default=-1, ignorable=True),
+                F("is_sensitive", "bool", "5+"),
+            )), "5+", nullable_versions="5+", ignorable=True),
         )), "0+"),
     ],
 )
 
-# Spec: validVersions 1-6 (0 removed in Kafka 4.0), flexibleVersions 4+.
-# We implement 0-3 (none flexible).
+# Spec: validVersions 1-6 (0 removed in Kafka 4.0), flexibleVersions 4+. v6 names each
+# topic by name or by topic ID (KIP-516).
 DELETE_TOPICS = Message(
-    20, "DeleteTopics", valid_versions="0-3", flexible_versions="4+",
+    20, "DeleteTopics", valid_versions="0-6", flexible_versions="4+",
     request=[
+        F("topics", Array(Struct(
+            "DeleteTopicState",
+            F("name", "string", "6+", nullable_versions="6+", default=None),
+            F("topic_id", "uuid", "6+"),
+        )), "6+"),
         F("topic_names", Array("string"), "0-5", ignorable=True),
         F("timeout_ms", "int32", "0+"),
     ],
@@ -50,7 +69,10 @@ DELETE_TOPICS = Message(
         F("responses", Array(Struct(
             "DeletableTopicResult",
             F("name", "string", "0+", nullable_versions="6+"),
+            F("topic_id", "uuid", "6+", ignorable=True),
             F("error_code", "int16", "0+"),
+            F("error_message", "string", "5+", nullable_versions="5+", ignorable=True,
+              default=None),
         )), "0+"),
     ],
 )

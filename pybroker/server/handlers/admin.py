@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 
 from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
@@ -27,6 +28,8 @@ from pybroker.config import topic_config_error
 from pybroker.coord import placement
 from pybroker.coord.registry import TopicExists
 from pybroker.protocol import ErrorCode
+from pybroker.protocol.types import ZERO_UUID
+from pybroker.server.handlers.common import DYNAMIC_TOPIC_CONFIG, topic_config_entries
 
 log = logging.getLogger("pybroker.server")
 
@@ -123,13 +126,13 @@ def chain(fut: asyncio.Future, fn) -> asyncio.Future:
 
 
 def _create_all(registry, plans: list) -> list:
-    """On the ZooKeeper thread: create each planned topic; per topic None (created),
-    TopicExists, or the exception that stopped it (one failure does not stop the rest)."""
+    """On the ZooKeeper thread: create each planned topic; per topic its topic ID
+    (created), TopicExists, or the exception that stopped it (one failure does not stop
+    the rest)."""
     outcomes = []
     for name, assignment, configs in plans:
         try:
-            registry.create_topic(name, assignment, configs)
-            outcomes.append(None)
+            outcomes.append(registry.create_topic(name, assignment, configs))
         except Exception as exc:  # noqa: BLE001 - sorted out on the loop, per topic
             outcomes.append(exc)
     return outcomes
@@ -201,20 +204,20 @@ def plan_topic(worker, name: str, partitions: int, configs: dict,
 
 def create_topics(worker, plans: list) -> asyncio.Future:
     """Write planned topics [(name, assignment, configs)] to ZooKeeper; a Future of
-    {name: (error code, message)}, never of an exception."""
+    {name: (error code, message, topic ID or None)}, never of an exception."""
     def sort_out(outcome):
         code, message, results = outcome
         if code:
-            return {name: (code, message) for name, _, _ in plans}
+            return {name: (code, message, None) for name, _, _ in plans}
         answers = {}
         for (name, _, _), result in zip(plans, results):
-            if result is None:
-                answers[name] = (ErrorCode.NONE, None)
+            if isinstance(result, uuid.UUID):
+                answers[name] = (ErrorCode.NONE, None, result)
             elif isinstance(result, TopicExists):
                 answers[name] = (ErrorCode.TOPIC_ALREADY_EXISTS,
-                                 f"topic {name!r} already exists")
+                                 f"topic {name!r} already exists", None)
             else:
-                answers[name] = zk_error(worker, f"create of topic {name!r}", result)
+                answers[name] = (*zk_error(worker, f"create of topic {name!r}", result), None)
         return answers
     what = f"create of {len(plans)} topic(s)"
     return chain(zk_call(worker, what, _create_all, worker.registry, plans), sort_out)
@@ -282,17 +285,23 @@ def handle_create_topics(ctx, request):
         results.append({"name": topic["name"], "error_code": code, "error_message": message})
         if plan is not None:
             plans.append(plan)
+            if request.get("validate_only", False):   # v5+: what it would be
+                _describe_created(worker, results[-1], plan)
     response = {"throttle_time_ms": 0, "topics": results}
     if not plans or request.get("validate_only", False):
         return response
     wait_s = min(max(0, request["timeout_ms"]) / 1000, MAX_CLUSTER_WAIT_S)
+    planned = {plan[0]: plan for plan in plans}
 
     def answer(outcomes: dict):
         created = []
         for result in results:
             if result["error_code"] == ErrorCode.NONE and result["name"] in outcomes:
-                result["error_code"], result["error_message"] = outcomes[result["name"]]
-                if result["error_code"] == ErrorCode.NONE:
+                code, message, topic_id = outcomes[result["name"]]
+                result.update(error_code=code, error_message=message)
+                if code == ErrorCode.NONE:
+                    result["topic_id"] = topic_id
+                    _describe_created(worker, result, planned[result["name"]])
                     created.append(result["name"])
         if not created:
             return response
@@ -301,20 +310,57 @@ def handle_create_topics(ctx, request):
     return chain(create_topics(worker, plans), answer)
 
 
+def _describe_created(worker, result: dict, plan) -> None:
+    """v5+ (KIP-525): a created topic's partitions, replication factor and configs."""
+    _name, assignment, configs = plan
+    result["num_partitions"] = len(assignment)
+    result["replication_factor"] = len(next(iter(assignment.values())))
+    overrides = {k: v for k, v in configs.items() if v is not None}
+    entries = topic_config_entries(worker, "")   # the broker's defaults ...
+    for entry in entries:                        # ... with this topic's overrides
+        if entry["name"] in overrides:
+            entry.update(value=str(overrides[entry["name"]]),
+                         config_source=DYNAMIC_TOPIC_CONFIG)
+    result["configs"] = [{"name": e["name"], "value": e["value"], "read_only": False,
+                          "config_source": e["config_source"], "is_sensitive": False}
+                         for e in entries]
+
+
 # --- deleting ----------------------------------------------------------------------
+
+def _named_for_deletion(worker, request, version: int) -> list[dict]:
+    """The DeleteTopics results to fill, one per topic asked for: v6 names a topic by
+    name or by topic ID (not both); an ID this node does not know is UNKNOWN_TOPIC_ID."""
+    if version < 6:
+        return [{"name": name, "error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
+                for name in request["topic_names"] or []]
+    results = []
+    for topic in request["topics"]:
+        name, topic_id = topic["name"], topic["topic_id"]
+        if name is not None and topic_id != ZERO_UUID:
+            code, message = ErrorCode.INVALID_REQUEST, "give a topic name or an ID, not both"
+        elif name is None:
+            name = worker.cluster.topic_names.get(topic_id)
+            code, message = ((ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, None) if name else
+                             (ErrorCode.UNKNOWN_TOPIC_ID, f"no topic has ID {topic_id}"))
+        else:
+            code, message = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, None
+        results.append({"name": name, "topic_id": worker.cluster.topic_ids.get(name, topic_id)
+                        if name else topic_id, "error_code": code, "error_message": message})
+    return results
+
 
 def handle_delete_topics(ctx, request):
     worker = ctx.worker
-    names = request["topic_names"] or []
-    results, asked = [], {}   # a dict: ordered, and no quadratic search for duplicates
+    results = _named_for_deletion(worker, request, ctx.api_version)
+    asked = {}   # a dict: ordered, and no quadratic search for duplicates
     known = worker.cluster.topics
-    for name in names:
-        results.append({"name": name, "error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION})
+    for r in results:
         # As Kafka does, a topic this node does not know is unknown without a ZooKeeper
         # round trip: the ZooKeeper calls of one request are bounded by the topics that
         # exist, whatever count of names it declares.
-        if name in known:
-            asked[name] = None
+        if r["error_code"] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION and r["name"] in known:
+            asked[r["name"]] = None
     asked = list(asked)
     response = {"throttle_time_ms": 0, "responses": results}
     if not asked:
@@ -333,7 +379,8 @@ def handle_delete_topics(ctx, request):
                 codes[name] = (ErrorCode.NONE if result
                                else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
         for r in results:
-            r["error_code"] = codes.get(r["name"], r["error_code"])
+            if r["error_code"] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
+                r["error_code"] = codes.get(r["name"], r["error_code"])
         gone = [n for n, c in codes.items() if c == ErrorCode.NONE]
         if not gone:
             return response

@@ -12,29 +12,14 @@ answers its resources with the error code, never by dropping the connection.
 """
 from __future__ import annotations
 
-from pybroker.config import TOPIC_SETTINGS, topic_config_error
+from pybroker.config import topic_config_error
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.admin import MAX_CONFIG_ENTRIES, chain, zk_call
+from pybroker.server.handlers.common import DEFAULT_CONFIG, topic_config_entries
 
 TOPIC, BROKER = 2, 4                 # resource types
-DYNAMIC_TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 4, 5   # config sources
+STATIC_BROKER_CONFIG = 4             # config source (the others: handlers/common.py)
 SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3                             # operations
-
-
-def _topic_entries(worker, topic: str, keys) -> list[dict]:
-    overrides = worker.cluster.topic_configs.get(topic, {})
-    entries = []
-    for key in sorted(TOPIC_SETTINGS):
-        if keys is not None and key not in keys:
-            continue
-        overridden = key in overrides
-        value = overrides[key] if overridden else worker.config[TOPIC_SETTINGS[key].key]
-        source = DYNAMIC_TOPIC_CONFIG if overridden else DEFAULT_CONFIG
-        entries.append({"name": key, "value": str(value), "read_only": False,
-                        "config_source": source, "is_default": not overridden,
-                        "is_sensitive": False,
-                        "synonyms": [{"name": key, "value": str(value), "source": source}]})
-    return entries
 
 
 def _broker_entries(worker, keys) -> list[dict]:
@@ -72,7 +57,7 @@ def handle_describe(ctx, request) -> dict:
                 results.append(_result(res, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
                                        f"unknown topic {res['resource_name']!r}"))
             else:
-                results.append(_result(res, configs=_topic_entries(
+                results.append(_result(res, configs=topic_config_entries(
                     worker, res["resource_name"], keys)))
         elif res["resource_type"] == BROKER:
             results.append(_result(res, configs=_broker_entries(worker, keys)))

@@ -13,6 +13,7 @@ REQUEST_TIMED_OUT, which clients retry.
 from __future__ import annotations
 
 from pybroker.protocol import ErrorCode
+from pybroker.protocol.types import ZERO_UUID
 from pybroker.server.handlers.admin import chain, create_topics, plan_topic, topic_name_error
 
 NO_AUTHORIZED_OPERATIONS = -2147483648
@@ -49,18 +50,40 @@ def _topic(worker, state, name: str) -> dict:
             "isr_nodes": list(info.isr),
             "offline_replicas": [n for n in info.replicas
                                  if not _live(worker, state, n, name, index)]})
-    return {"error_code": ErrorCode.NONE, "name": name, "is_internal": False,
+    return {"error_code": ErrorCode.NONE, "name": name,
+            "topic_id": state.topic_ids.get(name, ZERO_UUID), "is_internal": False,
             "partitions": partitions, "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS}
 
 
-def _error_topic(name: str, code: ErrorCode) -> dict:
-    return {"error_code": code, "name": name, "is_internal": False, "partitions": [],
-            "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS}
+def _error_topic(name: str | None, code: ErrorCode, topic_id=ZERO_UUID) -> dict:
+    return {"error_code": code, "name": name, "topic_id": topic_id, "is_internal": False,
+            "partitions": [], "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS}
 
 
-def _response(worker, names: list[str] | None, errors: dict) -> dict:
+def _by_name(worker, version: int, requested: list) -> tuple[list[str], list[dict]]:
+    """The names asked for, and the answers of topics asked for by ID: v12+ may look a
+    topic up by ID (KIP-516; an ID no topic has is UNKNOWN_TOPIC_ID); v10-v11 carry the
+    field but, as in Kafka, may not use it."""
+    names, by_id = [], []
+    for t in requested:
+        name, topic_id = t["name"], t.get("topic_id", ZERO_UUID)
+        if name is not None and topic_id == ZERO_UUID:
+            names.append(name)
+        elif version < 12 or (name is not None and topic_id != ZERO_UUID):
+            # a name may be null from v12 only
+            by_id.append(_error_topic(name or ("" if version < 12 else None),
+                                      ErrorCode.INVALID_REQUEST, topic_id))
+        elif topic_id in worker.cluster.topic_names:
+            names.append(worker.cluster.topic_names[topic_id])
+        else:
+            by_id.append(_error_topic(None, ErrorCode.UNKNOWN_TOPIC_ID, topic_id))
+    return names, by_id
+
+
+def _response(worker, names: list[str] | None, errors: dict,
+              by_id: list[dict] = ()) -> dict:
     state = worker.cluster
-    topics = []
+    topics = list(by_id)
     for name in (sorted(state.topics) if names is None else names):
         if name in errors:
             topics.append(_error_topic(name, errors[name]))
@@ -79,7 +102,7 @@ def handle(ctx, request):
     requested = request["topics"]
     if requested is None or (ctx.api_version == 0 and not requested):
         return _response(worker, None, {})
-    names = [t["name"] for t in requested]
+    names, by_id = _by_name(worker, ctx.api_version, requested)
     auto = worker.config["auto.create.topics.enable"] and request.get(
         "allow_auto_topic_creation", True)
     partitions = worker.config["num.partitions"]
@@ -104,16 +127,16 @@ def handle(ctx, request):
                 errors[name] = code
     errors = {n: c for n, c in errors.items() if c is not None}
     if not plans:
-        return _response(worker, names, errors)
+        return _response(worker, names, errors, by_id)
 
     def written(outcomes: dict):
         created = []
-        for name, (code, _) in outcomes.items():
+        for name, (code, _message, _id) in outcomes.items():
             if code in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
                 created.append(name)
             else:
                 errors[name] = code
         wait = worker.when_cluster(lambda st: all(st.topic_served(t) for t in created),
                                    AUTO_CREATE_WAIT_S, None)
-        return chain(wait, lambda _: _response(worker, names, errors))
+        return chain(wait, lambda _: _response(worker, names, errors, by_id))
     return chain(create_topics(worker, plans), written)
