@@ -60,17 +60,20 @@ def record(benchmark):
     done by ONE call of the benchmarked function. targets: dicts such as
     {"metric": "MB/s", "min": 5000}, {"metric": "ns/op", "max": 2000} or
     {"vs": "os_write", "min": 0.5} (speed relative to the group's benchmark
-    test_os_write; 0.5 = "within 2x"). floor: a callable doing ONE call of the group's
-    floor on the same inputs; it is then timed before every round of this benchmark
-    (as many calls as the round makes), and the median per call is recorded as
-    extra_info["paired_floor"]: the floor measured at the same moments as the
-    benchmark, which is what scripts/bench-guard divides by; floor_max_factor caps its
-    calls per round at that many times the benchmark's (8: a floor writing to disk
-    must not flood the page cache). guard=False: the guard shows this benchmark but
-    never judges it (a baseline that is not pybroker code: zlib, bisect,
-    pread+sendall; a path with no floor it can be fairly divided by). guard_threshold: the ratio change (0.25 = 25%) below
-    which the guard does not flag this benchmark even when its --threshold is lower:
-    the spread its ratio shows between same-commit runs on the 2-core machine."""
+    test_os_write; 0.5 = "within 2x").
+    floor: a callable doing ONE call of the group's floor on the same inputs; it is
+    then timed before every round of this benchmark (for about as long as the last
+    round took), and its median per call is recorded as extra_info["paired_floor"]:
+    the floor measured at the same moments as the benchmark, which is what
+    scripts/bench-guard divides by. floor_max_factor caps its calls per round at that
+    many times the benchmark's (8: a floor writing to disk must not flood the page
+    cache).
+    guard=False: the guard shows this benchmark but never judges it (a baseline that
+    is not pybroker code: zlib, bisect, pread+sendall; a path with no floor it can
+    fairly be divided by).
+    guard_threshold: the ratio change (0.25 = 25%) below which the guard does not flag
+    this benchmark even when its --threshold is lower: the spread its ratio shows
+    between same-commit runs on the 2-core machine."""
     return functools.partial(_record, benchmark)
 
 

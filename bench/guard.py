@@ -28,10 +28,11 @@ larger of the two applies, and the table's "limit" column shows which. Floors ar
 never flagged: their raw change is shown so that a reader sees how much the machine
 itself moved, and neither are the baselines that are not pybroker code (zlib, bisect,
 pread+sendall, confluent-kafka: record(guard=False)), shown as "baseline", nor a path
-marked so ("not judged": the loop latency, whose floor is another broker's run). A group with several floors is
-divided by their geometric mean. A benchmark whose group has no floor in one file or
-both is reported "no floor" with the file named, and is not judged (--strict makes that
-fail too). Benchmarks found in only one file are listed and not judged.
+marked so ("not judged": the loop latency, whose floor is another broker's run). A
+group with several floors is divided by their geometric mean. A benchmark with neither
+a paired floor in both files nor a floor in its group in both is reported "no floor",
+the file named, and is not judged (--strict makes that fail too). Benchmarks found in
+only one file are listed and not judged.
 
 Exit status: 0 nothing flagged, 1 something flagged (or, with --strict, a benchmark left
 unjudged for want of a floor), 2 a file that cannot be read or is not pytest-benchmark
