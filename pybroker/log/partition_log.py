@@ -978,6 +978,23 @@ class PartitionLog:
                 return max(batch.base_offset, self.log_start_offset)
         return None
 
+    def max_timestamp_offset(self) -> tuple[int, int] | None:
+        """(timestamp, offset) of the record with the largest timestamp, the first of
+        them (ListOffsets -3, KIP-734); None if it is not below the high watermark or no
+        batch carries a timestamp."""
+        self._check_open()
+        best = None
+        for seg in self._segments:
+            if seg.base_offset >= self._hw:
+                break
+            if self._visible_end(seg) == 0:
+                continue
+            seg.ensure_indexes()
+            cursor = seg.cursor
+            if cursor.max_timestamp >= 0 and (best is None or cursor.max_timestamp > best[0]):
+                best = (cursor.max_timestamp, cursor.offset_of_max_timestamp)
+        return best if best is not None and best[1] < self._hw else None
+
     # --- retention (P11) -------------------------------------------------------------
 
     def enforce_retention(self, now_ms: int | None = None,

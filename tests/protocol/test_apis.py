@@ -31,10 +31,10 @@ class FileRange:
 # --- the advertised table ---------------------------------------------------------------
 
 def test_supported_table_is_exactly_the_brief():
-    assert SUPPORTED == {18: (0, 3), 3: (0, 13), 0: (0, 7), 1: (4, 11), 2: (0, 5),
-                         19: (0, 7), 20: (0, 6), 22: (0, 1), 10: (0, 6), 11: (0, 9),
-                         14: (0, 5), 12: (0, 4), 13: (0, 5), 8: (0, 7), 9: (0, 5),
-                         16: (0, 5), 15: (0, 6), 32: (0, 2), 33: (0, 2), 44: (0, 1),
+    assert SUPPORTED == {18: (0, 4), 3: (0, 13), 0: (0, 7), 1: (4, 11), 2: (0, 10),
+                         19: (0, 7), 20: (0, 6), 22: (0, 5), 10: (0, 6), 11: (0, 9),
+                         14: (0, 5), 12: (0, 4), 13: (0, 5), 8: (0, 9), 9: (0, 9),
+                         16: (0, 5), 15: (0, 6), 32: (0, 4), 33: (0, 2), 44: (0, 1),
                          23: (0, 4), 37: (0, 3), 43: (0, 2), 45: (0, 1),
                          46: (0, 0)}
 
@@ -117,11 +117,11 @@ def test_api_versions_v3_response_has_header_v0_and_tagged_fields():
 
 
 def test_api_versions_error_response_for_a_too_new_request():
-    request = h("0012 0004 0000002a 0001 63 00" "00 00 00")  # ApiVersions v4
+    request = h("0012 0005 0000002a 0001 63 00" "00 00 00")  # ApiVersions v5
     with pytest.raises(UnsupportedVersion) as info:
         decode_request(request)
     e = info.value
-    assert (e.api_key, e.api_version, e.correlation_id, e.supported) == (18, 4, 42, (0, 3))
+    assert (e.api_key, e.api_version, e.correlation_id, e.supported) == (18, 5, 42, (0, 4))
     entries = "".join(f"{k:04x}{lo:04x}{hi:04x}" for k, (lo, hi) in sorted(SUPPORTED.items()))
     expected = h("0000002a"    # response header v0: correlation id 42
                  "0023"        # error_code 35 UNSUPPORTED_VERSION

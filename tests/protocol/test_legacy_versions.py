@@ -59,9 +59,9 @@ def body_round_trip(message, version: int, kind: str, value: dict, data: bytes) 
 # --- the advertised ranges -----------------------------------------------------------------
 
 def test_advertised_ranges_reach_down_to_the_old_versions():
-    assert SUPPORTED[ApiKey.OFFSET_COMMIT] == APIS[8].version_range == (0, 7)
-    assert SUPPORTED[ApiKey.OFFSET_FETCH] == APIS[9].version_range == (0, 5)
-    assert SUPPORTED[ApiKey.LIST_OFFSETS] == APIS[2].version_range == (0, 5)
+    assert SUPPORTED[ApiKey.OFFSET_COMMIT] == APIS[8].version_range == (0, 9)
+    assert SUPPORTED[ApiKey.OFFSET_FETCH] == APIS[9].version_range == (0, 9)
+    assert SUPPORTED[ApiKey.LIST_OFFSETS] == APIS[2].version_range == (0, 10)
     assert SUPPORTED[ApiKey.PRODUCE] == APIS[0].version_range == (0, 7)
     assert SUPPORTED[ApiKey.METADATA][0] == 0
     advertised = {e["api_key"]: (e["min_version"], e["max_version"])
@@ -173,14 +173,15 @@ FETCH_RESPONSE_BYTES = array([string("orders") + array([
 
 def test_offset_fetch_v0_request():
     decoded = body_round_trip(APIS[9], 0, "request", FETCH_REQUEST, FETCH_REQUEST_BYTES)
-    assert decoded == FETCH_REQUEST
+    # and the defaults of the fields v0 lacks (v7's require_stable, v8's groups)
+    assert decoded == {**FETCH_REQUEST, "require_stable": False, "groups": []}
     with pytest.raises(EncodeError):   # a null topics array means "all" only from v2
         codec.encode(APIS[9].request, 0, {"group_id": "g1", "topics": None})
 
 
 def test_offset_fetch_v0_response():
     decoded = body_round_trip(APIS[9], 0, "response", FETCH_RESPONSE, FETCH_RESPONSE_BYTES)
-    assert decoded == FETCH_RESPONSE
+    assert decoded == {**FETCH_RESPONSE, "groups": []}
     # v0 and v1 have the same layout
     assert codec.encode(APIS[9].response, 1, FETCH_RESPONSE) == FETCH_RESPONSE_BYTES
 
@@ -212,7 +213,7 @@ LIST_RESPONSE_BYTES = array([string("orders") + array([
 
 def test_list_offsets_v0_request():
     decoded = body_round_trip(APIS[2], 0, "request", LIST_REQUEST, LIST_REQUEST_BYTES)
-    assert decoded == LIST_REQUEST
+    assert decoded == {**LIST_REQUEST, "timeout_ms": 0}   # v10's, absent from v0
 
 
 def test_list_offsets_v0_request_bytes_spelled_out():

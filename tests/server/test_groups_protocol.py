@@ -175,7 +175,8 @@ def commit(c, group: str, offsets: dict, version: int = 7, generation: int = -1,
 
 
 def fetch(c, group: str, partitions, version: int = 5) -> tuple[int, dict]:
-    """OffsetFetch; partitions None = all. (top error, {(t, p): (offset, meta, err)})."""
+    """OffsetFetch; partitions None = all. (top error, {(t, p): (offset, meta, err)});
+    v8+ asks in a batch of one group and reads its entry."""
     if partitions is None:
         topics = None
     else:
@@ -183,7 +184,14 @@ def fetch(c, group: str, partitions, version: int = 5) -> tuple[int, dict]:
         for t, p in partitions:
             by_topic.setdefault(t, []).append(p)
         topics = [{"name": t, "partition_indexes": ps} for t, ps in by_topic.items()]
-    body = c.request(ApiKey.OFFSET_FETCH, version, {"group_id": group, "topics": topics})
+    if version >= 8:
+        body = c.request(ApiKey.OFFSET_FETCH, version, {
+            "groups": [{"group_id": group, "topics": topics}], "require_stable": True})
+        [body] = body["groups"]
+        assert body["group_id"] == group
+    else:
+        body = c.request(ApiKey.OFFSET_FETCH, version, {"group_id": group, "topics": topics,
+                                                        "require_stable": version >= 7})
     return body["error_code"], {
         (t["name"], p["partition_index"]): (p["committed_offset"], p["metadata"],
                                             p["error_code"])
@@ -208,7 +216,7 @@ def test_api_versions_advertise_the_group_apis(gbroker):
                                                   "client_software_version": "1"})
     ranges = {k["api_key"]: (k["min_version"], k["max_version"]) for k in body["api_keys"]}
     assert {k: ranges.get(k) for k in (8, 9, 10, 11, 12, 13, 14, 15, 16)} == {
-        8: (0, 7), 9: (0, 5), 10: (0, 6), 11: (0, 9), 12: (0, 4), 13: (0, 5), 14: (0, 5),
+        8: (0, 9), 9: (0, 9), 10: (0, 6), 11: (0, 9), 12: (0, 4), 13: (0, 5), 14: (0, 5),
         15: (0, 6), 16: (0, 5)}
 
 
@@ -535,14 +543,14 @@ def test_static_member_rejoin_fences_the_old_id(gbroker, group):
 
 # --- offsets -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("commit_version", [2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("commit_version", [2, 3, 4, 5, 6, 7, 8, 9])
 def test_offset_commit_and_fetch_every_version(gbroker, zkc, group, commit_version):
     with gbroker.client(coordinator(gbroker, group)) as c:
         offsets = {(TOPIC, p): 100 * commit_version + p for p in range(PARTITIONS)}
         errors = commit(c, group, offsets, version=commit_version,
                         metadata=f"meta v{commit_version} ü")
         assert errors == {tp: 0 for tp in offsets}
-        for fetch_version in (1, 2, 3, 4, 5):
+        for fetch_version in range(1, 10):
             top, got = fetch(c, group, [(TOPIC, p) for p in range(PARTITIONS)] + [(TOPIC, 50)],
                              version=fetch_version)
             assert top == 0
@@ -552,13 +560,36 @@ def test_offset_commit_and_fetch_every_version(gbroker, zkc, group, commit_versi
             {"name": TOPIC, "partition_indexes": [0]}]})
         epoch = body["topics"][0]["partitions"][0]["committed_leader_epoch"]
         assert epoch == (7 if commit_version >= 6 else -1)
-        for fetch_version in (2, 3, 4, 5):   # null topics: everything committed
+        for fetch_version in range(2, 10):   # null topics: everything committed
             top, got = fetch(c, group, None, version=fetch_version)
             assert (top, set(got)) == (0, set(offsets))
     for (topic, p), off in offsets.items():
         assert zkc.get(f"/consumers/{group}/offsets/{topic}/{p}")[0] == str(off).encode()
         meta = json.loads(zkc.get(f"/consumers/{group}/offset-metadata/{topic}/{p}")[0])
         assert (meta["offset"], meta["metadata"]) == (off, f"meta v{commit_version} ü")
+
+
+def test_offset_fetch_v8_answers_each_group_of_a_batch(gbroker, group):
+    """v8+ (KIP-709): one entry per group, each with its own error; a group another
+    node coordinates is NOT_COORDINATOR there, as Kafka answers."""
+    worker = coordinator(gbroker, group)
+    elsewhere = next(f"{group}-{i}" for i in range(100)
+                     if coordinator(gbroker, f"{group}-{i}") != worker)
+    with gbroker.client(worker) as c:
+        assert commit(c, group, {(TOPIC, 0): 42}) == {(TOPIC, 0): 0}
+        body = c.request(ApiKey.OFFSET_FETCH, 9, {"groups": [
+            {"group_id": group, "member_id": None, "member_epoch": -1,
+             "topics": [{"name": TOPIC, "partition_indexes": [0, 1]}]},
+            {"group_id": elsewhere, "topics": None},
+            {"group_id": "", "topics": None}], "require_stable": True})
+    mine, other, bad = body["groups"]
+    assert mine["error_code"] == 0
+    [t] = mine["topics"]
+    assert [(p["partition_index"], p["committed_offset"], p["error_code"])
+            for p in t["partitions"]] == [(0, 42, 0), (1, -1, 0)]
+    assert (other["group_id"], other["error_code"], other["topics"]) == \
+        (elsewhere, ErrorCode.NOT_COORDINATOR, [])
+    assert bad["error_code"] == ErrorCode.INVALID_GROUP_ID
 
 
 def test_pipelined_commits_apply_in_order(gbroker, group):

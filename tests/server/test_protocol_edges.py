@@ -35,12 +35,12 @@ UNKNOWN_PRODUCER_ID = 59
 IMPLEMENTED = {
     0: (0, 7),     # Produce (v0-v2 as Kafka 4.0 lists them, refused: KAFKA-18659)
     1: (4, 11),    # Fetch
-    2: (0, 5),     # ListOffsets
+    2: (0, 10),    # ListOffsets
     3: (0, 13),    # Metadata
-    18: (0, 3),    # ApiVersions
+    18: (0, 4),    # ApiVersions
     19: (0, 7),    # CreateTopics
     20: (0, 6),    # DeleteTopics
-    22: (0, 1),    # InitProducerId
+    22: (0, 5),    # InitProducerId
     # replication
     23: (0, 4),    # OffsetForLeaderEpoch
     37: (0, 3),    # CreatePartitions
@@ -48,8 +48,8 @@ IMPLEMENTED = {
     45: (0, 1),    # AlterPartitionReassignments
     46: (0, 0),    # ListPartitionReassignments
     # consumer groups (issue 4)
-    8: (0, 7),     # OffsetCommit
-    9: (0, 5),     # OffsetFetch
+    8: (0, 9),     # OffsetCommit
+    9: (0, 9),     # OffsetFetch
     10: (0, 6),    # FindCoordinator
     11: (0, 9),    # JoinGroup
     12: (0, 4),    # Heartbeat
@@ -58,7 +58,7 @@ IMPLEMENTED = {
     15: (0, 6),    # DescribeGroups
     16: (0, 5),    # ListGroups
     # configuration (issue 5)
-    32: (0, 2),    # DescribeConfigs
+    32: (0, 4),    # DescribeConfigs
     33: (0, 2),    # AlterConfigs
     44: (0, 1),    # IncrementalAlterConfigs
 }

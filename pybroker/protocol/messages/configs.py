@@ -6,7 +6,7 @@ from ..schema import Array, Field as F, Message, Struct
 # Spec: validVersions 1-4 (0 removed in Kafka 4.0), flexibleVersions 4+.
 # We implement 0-2 (none flexible).
 DESCRIBE_CONFIGS = Message(
-    32, "DescribeConfigs", valid_versions="0-2", flexible_versions="4+",
+    32, "DescribeConfigs", valid_versions="0-4", flexible_versions="4+",
     request=[
         F("resources", Array(Struct(
             "DescribeConfigsResource",
@@ -15,6 +15,7 @@ DESCRIBE_CONFIGS = Message(
             F("configuration_keys", Array("string"), "0+", nullable_versions="0+"),
         )), "0+"),
         F("include_synonyms", "bool", "1+", default=False, ignorable=False),
+        F("include_documentation", "bool", "3+", default=False, ignorable=False),
     ],
     response=[
         F("throttle_time_ms", "int32", "0+"),
@@ -38,6 +39,9 @@ DESCRIBE_CONFIGS = Message(
                     F("value", "string", "1+", nullable_versions="0+"),
                     F("source", "int8", "1+"),
                 )), "1+", ignorable=True),
+                F("config_type", "int8", "3+", default=0, ignorable=True),
+                F("documentation", "string", "3+", nullable_versions="0+", ignorable=True,
+                  default=None),
             )), "0+"),
         )), "0+"),
     ],

@@ -63,7 +63,7 @@ FETCH = Message(
 # and is answered with an array of them (old_style_offsets); v1 returns one offset and
 # its timestamp.
 LIST_OFFSETS = Message(
-    2, "ListOffsets", valid_versions="0-5", flexible_versions="6+",
+    2, "ListOffsets", valid_versions="0-10", flexible_versions="6+",
     request=[
         F("replica_id", "int32", "0+"),
         F("isolation_level", "int8", "2+"),
@@ -78,6 +78,7 @@ LIST_OFFSETS = Message(
                 F("max_num_offsets", "int32", "0", default=1),
             )), "0+"),
         )), "0+"),
+        F("timeout_ms", "int32", "10+", ignorable=True),
     ],
     response=[
         F("throttle_time_ms", "int32", "2+", ignorable=True),

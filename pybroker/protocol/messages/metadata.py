@@ -2,11 +2,12 @@
 
 from ..schema import Array, Field as F, Message, Struct
 
-# Spec: validVersions 0-4, flexibleVersions 3+. We implement 0-3.
+# Spec: validVersions 0-4, flexibleVersions 3+; v4 is v3 again (KAFKA-17011: a feature
+# may now have min version 0).
 # ApiVersions responses always use response header v0 (see headers.py), and a
 # response with a non-zero error code is always encoded as v0 (see requests.py).
 API_VERSIONS = Message(
-    18, "ApiVersions", valid_versions="0-3", flexible_versions="3+",
+    18, "ApiVersions", valid_versions="0-4", flexible_versions="3+",
     request=[
         F("client_software_name", "string", "3+", ignorable=True),
         F("client_software_version", "string", "3+", ignorable=True),

@@ -40,12 +40,17 @@ PRODUCE = Message(
     ],
 )
 
-# Spec: validVersions 0-6, flexibleVersions 2+. We implement 0-1 (none flexible).
+# Spec: validVersions 0-6, flexibleVersions 2+. We implement 0-5 (v6 is KIP-939's
+# two-phase commit, after Kafka 4.1). v3+ carries the producer's current ID and epoch,
+# which a producer without a transactional id may send to have its epoch bumped
+# (KIP-360); as Kafka, a new producer ID is given to such a producer anyway.
 INIT_PRODUCER_ID = Message(
-    22, "InitProducerId", valid_versions="0-1", flexible_versions="2+",
+    22, "InitProducerId", valid_versions="0-5", flexible_versions="2+",
     request=[
         F("transactional_id", "string", "0+", nullable_versions="0+"),
         F("transaction_timeout_ms", "int32", "0+"),
+        F("producer_id", "int64", "3+", default=-1),
+        F("producer_epoch", "int16", "3+", default=-1),
     ],
     response=[
         F("throttle_time_ms", "int32", "0+", ignorable=True),

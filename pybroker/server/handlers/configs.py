@@ -12,7 +12,7 @@ answers its resources with the error code, never by dropping the connection.
 """
 from __future__ import annotations
 
-from pybroker.config import topic_config_error
+from pybroker.config import SETTINGS, TOPIC_SETTINGS, topic_config_error
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.admin import MAX_CONFIG_ENTRIES, chain, zk_call
 from pybroker.server.handlers.common import DEFAULT_CONFIG, topic_config_entries
@@ -23,7 +23,6 @@ SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3                             # operati
 
 
 def _broker_entries(worker, keys) -> list[dict]:
-    from pybroker.config import SETTINGS
     entries = []
     for setting in SETTINGS:
         if keys is not None and setting.key not in keys:
@@ -68,7 +67,25 @@ def handle_describe(ctx, request) -> dict:
         for result in results:
             for entry in result["configs"]:
                 entry["is_default"] = False
+    if ctx.api_version >= 3:
+        for res, result in zip(request["resources"], results):
+            _describe_settings(res["resource_type"], result["configs"],
+                               request["include_documentation"])
     return {"throttle_time_ms": 0, "results": results}
+
+
+# Kafka's ConfigEntry.ConfigType: what DescribeConfigs v3+ says a value is
+_CONFIG_TYPES = {bool: 1, str: 2, int: 5, float: 6}   # BOOLEAN, STRING, LONG, DOUBLE
+
+
+def _describe_settings(resource_type: int, entries: list, documentation: bool) -> None:
+    """v3+: each entry's type, and its documentation when asked for."""
+    settings = TOPIC_SETTINGS if resource_type == TOPIC else {s.key: s for s in SETTINGS}
+    for entry in entries:
+        setting = settings.get(entry["name"])
+        if setting is not None:
+            entry["config_type"] = _CONFIG_TYPES.get(setting.type, 0)
+            entry["documentation"] = setting.doc if documentation else None
 
 
 def _alter(ctx, request, incremental: bool):

@@ -214,10 +214,45 @@ def handle_offset_commit(ctx, request):
 
 
 def handle_offset_fetch(ctx, request):
-    worker = ctx.worker
-    group = request["group_id"]
-    topics = request["topics"]
-    v1 = ctx.api_version < 2   # v0 and v1
+    """v0-v7 ask for one group, v8+ for several (each answered as v7 would be, in a
+    `groups` entry). require_stable (v7+) needs nothing: no transaction is ever pending
+    here, so every committed offset is stable."""
+    if ctx.api_version < 8:
+        return _offset_fetch_group(ctx.worker, request["group_id"], request["topics"],
+                                   ctx.api_version < 2)
+    asked = request["groups"]
+    answers = [_offset_fetch_group(ctx.worker, g["group_id"], g["topics"], False)
+               for g in asked]
+
+    def combine(results):
+        return {"throttle_time_ms": 0, "groups": [
+            {"group_id": g["group_id"], "topics": r["topics"], "error_code": r["error_code"]}
+            for g, r in zip(asked, results)]}
+    return _then(_gathered(ctx.worker, answers), combine)
+
+
+def _gathered(worker, results: list):
+    """results (dicts, or Futures of them) as one list, or a Future of one."""
+    pending = [r for r in results if isinstance(r, asyncio.Future)]
+    if not pending:
+        return results
+    out = worker.loop.create_future()
+    left = [len(pending)]
+
+    def one_done(_):
+        left[0] -= 1
+        if left[0] == 0 and not out.done():
+            out.set_result([r.result() if isinstance(r, asyncio.Future) else r
+                            for r in results])
+    for fut in pending:
+        fut.add_done_callback(one_done)
+    out.add_done_callback(lambda o: o.cancelled() and [f.cancel() for f in pending])
+    return out
+
+
+def _offset_fetch_group(worker, group: str, topics, v1: bool):
+    """One group's OffsetFetch answer ({"topics", "error_code"}, or a Future of it);
+    v1: v0-v1, which have no group-level error code (every partition carries it)."""
     code = coordinator_for(worker).status(group)
     if code:   # v0-v1 have no group-level error: every partition carries it
         if v1:

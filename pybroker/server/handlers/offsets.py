@@ -1,4 +1,7 @@
-"""ListOffsets (key 2): earliest (-2), latest (-1) and by timestamp.
+"""ListOffsets (key 2): earliest (-2), latest (-1), by timestamp, and from v7 the record
+with the largest timestamp (-3, KIP-734), from v8 the earliest local offset (-4, KIP-405:
+the earliest, as nothing is tiered here), from v9 the latest tiered offset (-5: -1, as
+Kafka answers without tiered storage).
 
 Latest is the high watermark (= last stable offset: no transactions). By timestamp:
 the earliest offset whose record timestamp is >= the target, found with the time
@@ -27,6 +30,8 @@ from pybroker.server.handlers.common import partition_error
 
 EARLIEST = -2
 LATEST = -1
+MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -3, -4, -5
+SINCE_VERSION = {MAX_TIMESTAMP: 7, EARLIEST_LOCAL: 8, LATEST_TIERED: 9}
 CONSUMER_REPLICA_ID = -1
 
 
@@ -45,17 +50,25 @@ def offset_for_time(plog, timestamp: int) -> tuple[int, int]:
     return batch.base_offset, batch.max_timestamp
 
 
-def _partition(worker, topic: str, p: dict) -> dict:
+def _partition(worker, topic: str, p: dict, version: int) -> dict:
     answer = {"partition_index": p["partition_index"], "error_code": ErrorCode.NONE,
               "timestamp": -1, "offset": -1, "leader_epoch": -1}
     tp = (topic, p["partition_index"])
     code = partition_error(worker, *tp)
+    ts = p["timestamp"]
+    if not code and version < SINCE_VERSION.get(ts, 0):
+        code = ErrorCode.UNSUPPORTED_VERSION
     if code:
         answer["error_code"] = code
         return answer
     plog = worker.replicas.leader_logs[tp]
-    ts = p["timestamp"]
-    if ts == EARLIEST:
+    if ts == MAX_TIMESTAMP:
+        found = plog.max_timestamp_offset()
+        if found is not None:
+            answer["timestamp"], answer["offset"] = found
+    elif ts == LATEST_TIERED:
+        pass   # nothing is tiered: -1
+    elif ts in (EARLIEST, EARLIEST_LOCAL):
         answer["offset"] = plog.log_start_offset
     elif ts == LATEST:
         answer["offset"] = plog.high_watermark
@@ -124,6 +137,6 @@ def handle_list_offsets(ctx, request) -> dict:
             for t in request["topics"]]
     else:
         topics = [{"name": t["name"], "partitions": [
-            _partition(worker, t["name"], p) for p in t["partitions"]]}
+            _partition(worker, t["name"], p, ctx.api_version) for p in t["partitions"]]}
             for t in request["topics"]]
     return {"throttle_time_ms": 0, "topics": topics}
