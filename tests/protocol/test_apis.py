@@ -31,7 +31,7 @@ class FileRange:
 # --- the advertised table ---------------------------------------------------------------
 
 def test_supported_table_is_exactly_the_brief():
-    assert SUPPORTED == {18: (0, 4), 3: (0, 13), 0: (0, 7), 1: (4, 11), 2: (0, 10),
+    assert SUPPORTED == {18: (0, 4), 3: (0, 13), 0: (0, 7), 1: (4, 17), 2: (0, 10),
                          19: (0, 7), 20: (0, 6), 22: (0, 5), 10: (0, 6), 11: (0, 9),
                          14: (0, 5), 12: (0, 4), 13: (0, 5), 8: (0, 9), 9: (0, 9),
                          16: (0, 5), 15: (0, 6), 32: (0, 4), 33: (0, 2), 44: (0, 1),
@@ -274,7 +274,7 @@ def test_unknown_api_key():
 def test_unsupported_version_of_a_known_api():
     with pytest.raises(UnsupportedVersion) as info:
         decode_request(h("0001 0003 00000011 ffff"))  # Fetch v3: below our range
-    assert info.value.supported == (4, 11) and info.value.correlation_id == 17
+    assert info.value.supported == (4, 17) and info.value.correlation_id == 17
 
 
 def test_short_request_and_trailing_bytes():

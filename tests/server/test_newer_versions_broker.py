@@ -1,13 +1,15 @@
 """The newest versions of Kafka 4.1's specs that need more than a codec: ListOffsets
 v7-v10 (the max-timestamp, earliest-local and latest-tiered specs), InitProducerId v2-v5,
-DescribeConfigs v3-v4 (types and documentation), ApiVersions v4."""
+DescribeConfigs v3-v4 (types and documentation), ApiVersions v4, Fetch v12-v17 (topic
+IDs, replica_state, diverging epochs, the current leader and its endpoint)."""
 from __future__ import annotations
 
 import time
+import uuid
 
 from pybroker.config import TOPIC_SETTINGS
 from pybroker.protocol import ApiKey, ErrorCode
-from pybroker.records import build_batch
+from pybroker.records import build_batch, parse_batches, parse_records
 
 TOPIC = "newer"
 MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED, EARLIEST, LATEST = -3, -4, -5, -2, -1
@@ -102,3 +104,84 @@ def test_api_versions_v4_answers_as_v3(broker):
                                                 "client_software_version": "1"})
     assert v4["error_code"] == 0 and v4["api_keys"] == v3["api_keys"]
     assert {k["api_key"]: k["max_version"] for k in v4["api_keys"]}[18] == 4
+
+
+# --- Fetch v12-v17 -----------------------------------------------------------------------
+
+def fetch(c, version: int, topic: dict, partition: int = 0, offset: int = 0, **extra) -> dict:
+    body = c.request(ApiKey.FETCH, version, {
+        "replica_id": -1, "replica_state": {"replica_id": -1, "replica_epoch": -1},
+        "max_wait_ms": 0, "min_bytes": 0, "max_bytes": 1 << 20, "isolation_level": 0,
+        "session_id": 0, "session_epoch": -1, "forgotten_topics_data": [], "rack_id": "",
+        "topics": [{**topic, "partitions": [{
+            "partition": partition, "fetch_offset": offset, "partition_max_bytes": 1 << 20,
+            "current_leader_epoch": -1, "log_start_offset": -1, **extra}]}]})
+    return body
+
+
+def test_fetch_by_topic_id_and_the_newer_fields(broker):
+    broker.create_topic(TOPIC + "-f", 2)
+    broker.produce_one(TOPIC + "-f", 0, b"one")
+    with broker.client() as c:
+        topic_id = c.request(ApiKey.METADATA, 12, {
+            "topics": [{"name": TOPIC + "-f", "topic_id": uuid.UUID(int=0)}],
+            "allow_auto_topic_creation": False,
+            "include_topic_authorized_operations": False})["topics"][0]["topic_id"]
+    leader = broker._leader_worker(TOPIC + "-f", 0, time.monotonic() + 30)
+    with broker.client(leader) as c:
+        for v in (12, 13, 15, 16, 17):
+            named = ({"topic_id": topic_id} if v >= 13 else {"topic": TOPIC + "-f"})
+            body = fetch(c, v, named)
+            [t] = body["responses"]
+            [p] = t["partitions"]
+            assert (p["error_code"], p["high_watermark"]) == (0, 1), (v, p)
+            assert [r.value for b in parse_batches(p["records"]) for r in parse_records(b)] \
+                == [b"one"]
+            if v >= 13:
+                assert t["topic_id"] == topic_id
+            # an epoch this log never had: nothing diverged (the lookup is undefined)
+            [p] = fetch(c, v, named, last_fetched_epoch=9)["responses"][0]["partitions"]
+            assert p["error_code"] == 0 and p["diverging_epoch"]["epoch"] == -1
+        stranger = uuid.uuid4()
+        [t] = fetch(c, 13, {"topic_id": stranger})["responses"]
+        assert (t["topic_id"], t["partitions"][0]["error_code"]) == \
+            (stranger, ErrorCode.UNKNOWN_TOPIC_ID)
+        # v15+: the replica id comes in replica_state; an unregistered one is refused
+        body = c.request(ApiKey.FETCH, 15, {
+            "replica_state": {"replica_id": 4242, "replica_epoch": -1}, "max_wait_ms": 0,
+            "min_bytes": 0, "topics": [{"topic_id": topic_id, "partitions": [{
+                "partition": 0, "fetch_offset": 0, "partition_max_bytes": 100}]}],
+            "forgotten_topics_data": []})
+        assert body["responses"][0]["partitions"][0]["error_code"] == \
+            ErrorCode.TOPIC_AUTHORIZATION_FAILED
+    # KIP-951: asked of a node that does not lead it, the answer names the leader
+    other = next(i for i in range(broker.workers) if i != leader)
+    with broker.client(other) as c:
+        body = fetch(c, 16, {"topic_id": topic_id})
+        [p] = body["responses"][0]["partitions"]
+        assert p["error_code"] == ErrorCode.NOT_LEADER_OR_FOLLOWER
+        assert p["current_leader"]["leader_id"] == broker.node_ids[leader]
+        assert [(e["node_id"], e["port"]) for e in body["node_endpoints"]] == \
+            [(broker.node_ids[leader], broker.ports[leader])]
+
+
+def test_diverging_epoch_is_where_the_fetchers_epoch_ended_here(tmp_path):
+    """Kafka's check (Partition.readRecords): the fetcher's last epoch ended in this log
+    before its fetch offset, or this log's next lower epoch is older."""
+    from pybroker.log.leader_epochs import LeaderEpochCache
+    from pybroker.server.handlers.fetch import _diverging
+
+    class Log:   # what _diverging reads of a PartitionLog
+        epochs = LeaderEpochCache(str(tmp_path), "test")
+        log_end_offset = 30
+    Log.epochs.assign(0, 0)
+    Log.epochs.assign(2, 10)    # epoch 0 ran 0-9, epoch 2 from 10 to the log end
+    Log.epochs.assign(4, 20)
+
+    def check(epoch, offset):
+        return _diverging(Log, {"last_fetched_epoch": epoch, "fetch_offset": offset})
+    assert check(-1, 25) is None                              # not asked
+    assert check(4, 25) is None and check(2, 20) is None     # in step
+    assert check(0, 15) == {"epoch": 0, "end_offset": 10}    # epoch 0 ended at 10 here
+    assert check(3, 18) == {"epoch": 2, "end_offset": 20}    # no epoch 3 here: 2's end
+    assert check(2, 25) == {"epoch": 2, "end_offset": 20}

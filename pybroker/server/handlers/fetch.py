@@ -15,6 +15,14 @@ partition, as Kafka answers a replica fetch it does not authorize, CVE-2018-1288
 only for partitions it is a replica of. Its fetch offset reports what is durable on it
 (moving the high watermark); its answer reads up to the log end, flushed or not, and
 its long poll wakes on appends.
+
+Newer versions: v12+ may name the epoch of the last batch fetched; if this log's epoch
+history says the fetcher's log diverged from ours there (Kafka's Partition.readRecords
+check, the OffsetForLeaderEpoch lookup), the answer is the diverging epoch and its end
+offset instead of records. NOT_LEADER_OR_FOLLOWER and FENCED_LEADER_EPOCH carry the
+current leader and its epoch (v12+) and, from v16, its endpoint (KIP-951), so clients
+move without a Metadata round trip. v13+ names topics by topic ID (UNKNOWN_TOPIC_ID for
+an ID no topic has); v15+ carries the replica id in replica_state.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import time
 from pybroker.errors import OffsetOutOfRange
 from pybroker.protocol import ErrorCode
 from pybroker.server.handlers.common import partition_error
+from pybroker.server.handlers.leader_epoch import end_offset_for
 
 log = logging.getLogger("pybroker.server")
 
@@ -31,9 +40,7 @@ log = logging.getLogger("pybroker.server")
 def _partition(worker, topic: str, p: dict, budget: int, replica: int) -> tuple[dict, int]:
     """One partition's answer and the bytes of records it carries."""
     tp = (topic, p["partition"])
-    answer = {"partition_index": p["partition"], "error_code": ErrorCode.NONE,
-              "high_watermark": -1, "last_stable_offset": -1, "log_start_offset": -1,
-              "aborted_transactions": None, "preferred_read_replica": -1, "records": b""}
+    answer = _empty(p)
     if replica >= 0:  # a follower: also while a controlled shutdown hands the log over
         plog = worker.replicas.led_log(tp)
         code = partition_error(worker, *tp) if plog is None else ErrorCode.NONE
@@ -50,6 +57,10 @@ def _partition(worker, topic: str, p: dict, budget: int, replica: int) -> tuple[
     hw = plog.high_watermark
     answer["high_watermark"] = answer["last_stable_offset"] = hw
     answer["log_start_offset"] = plog.log_start_offset
+    diverging = _diverging(plog, p)
+    if diverging is not None:
+        answer["diverging_epoch"] = diverging
+        return answer, 0
     if budget <= 0:
         return answer, 0
     try:
@@ -65,6 +76,18 @@ def _partition(worker, topic: str, p: dict, budget: int, replica: int) -> tuple[
     return answer, piece.length
 
 
+def _diverging(plog, p: dict) -> dict | None:
+    """v12+: where the fetcher's log diverged from this one, if it did: the epoch of
+    its last fetched batch ended here before its fetch offset, or is not in this log."""
+    fetched_epoch = p.get("last_fetched_epoch", -1)
+    if fetched_epoch < 0:
+        return None
+    epoch, end_offset = end_offset_for(plog, fetched_epoch)
+    if end_offset < 0 or (end_offset >= p["fetch_offset"] and epoch >= fetched_epoch):
+        return None
+    return {"epoch": epoch, "end_offset": end_offset}
+
+
 def _epoch_error(worker, tp, current: int) -> ErrorCode:
     """KIP-320: a client's current_leader_epoch older than this leader's is fenced, a
     newer one is unknown here (this node's view is behind)."""
@@ -78,34 +101,85 @@ def _epoch_error(worker, tp, current: int) -> ErrorCode:
     return ErrorCode.NONE
 
 
-def _build(worker, request) -> tuple[dict, int]:
+_MOVED = (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.FENCED_LEADER_EPOCH)
+
+
+def _build(worker, request, version: int, replica: int) -> tuple[dict, int]:
     budget = request["max_bytes"]
-    replica = request.get("replica_id", -1)
     total = 0
-    responses = []
+    responses, leaders = [], set()
     for topic in request["topics"]:
+        name = topic["topic"]
         parts = []
         for p in topic["partitions"]:
+            if name is None:   # v13+: an ID no topic has
+                parts.append(_empty(p, ErrorCode.UNKNOWN_TOPIC_ID))
+                continue
             # the first data may exceed max_bytes by one batch; after it, the budget binds
-            answer, size = _partition(worker, topic["topic"], p, budget if total else
+            answer, size = _partition(worker, name, p, budget if total else
                                       max(budget, 1), replica)
+            if version >= 12 and answer["error_code"] in _MOVED:
+                _current_leader(worker, name, answer, leaders)
             total += size
             budget -= size
             parts.append(answer)
-        responses.append({"topic": topic["topic"], "partitions": parts})
-    return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "session_id": 0,
-            "responses": responses}, total
+        responses.append({"topic": name, "topic_id": topic.get("topic_id"),
+                          "partitions": parts})
+    response = {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "session_id": 0,
+                "responses": responses}
+    if version >= 16 and leaders:
+        response["node_endpoints"] = _endpoints(worker, leaders)
+    return response, total
+
+
+def _empty(p: dict, code: ErrorCode = ErrorCode.NONE) -> dict:
+    """A partition's answer without records (or offsets, until filled in)."""
+    return {"partition_index": p["partition"], "error_code": code,
+            "high_watermark": -1, "last_stable_offset": -1, "log_start_offset": -1,
+            "aborted_transactions": None, "preferred_read_replica": -1, "records": b""}
+
+
+def _current_leader(worker, topic: str, answer: dict, leaders: set) -> None:
+    """KIP-951: the leader this node knows of, for a fetcher told it is not here."""
+    info = worker.cluster.partition(topic, answer["partition_index"])
+    if info is not None and info.leader >= 0 and info.leader in worker.cluster.nodes:
+        answer["current_leader"] = {"leader_id": info.leader,
+                                    "leader_epoch": info.leader_epoch}
+        leaders.add(info.leader)
+
+
+def _endpoints(worker, nodes) -> list[dict]:
+    return [{"node_id": n, "host": worker.cluster.nodes[n][0],
+             "port": worker.cluster.nodes[n][1], "rack": worker.cluster.racks.get(n)}
+            for n in sorted(nodes)]
+
+
+def _by_name(worker, request, version: int) -> dict:
+    """The request with v13+'s topic IDs turned into names (None: no topic has it)."""
+    if version < 13:
+        return request
+    names = worker.cluster.topic_names
+    topics = [{**t, "topic": names.get(t["topic_id"])} for t in request["topics"]]
+    return {**request, "topics": topics}
+
+
+def _replica_id(request, version: int) -> int:
+    if version >= 15:
+        return request["replica_state"]["replica_id"]
+    return request.get("replica_id", -1)
 
 
 def handle(ctx, request):
     worker = ctx.worker
+    version = ctx.api_version
     if request.get("session_id", 0) != 0:
         return {"throttle_time_ms": 0, "error_code": ErrorCode.FETCH_SESSION_ID_NOT_FOUND,
                 "session_id": 0, "responses": []}
-    replica = request.get("replica_id", -1)
+    replica = _replica_id(request, version)
     if replica >= 0 and replica not in worker.cluster.nodes:
         return _refused(worker, request, replica)
-    response, total = _build(worker, request)
+    request = _by_name(worker, request, version)
+    response, total = _build(worker, request, version, replica)
     if total >= request["min_bytes"] or request["max_wait_ms"] <= 0:
         return response
     tps = [(t["topic"], p["partition"]) for t in request["topics"] for p in t["partitions"]
@@ -123,7 +197,7 @@ def handle(ctx, request):
     def woken(_f):
         if result.done():
             return
-        response, total = _build(worker, request)
+        response, total = _build(worker, request, version, replica)
         if total >= request["min_bytes"] or time.monotonic() >= deadline or worker.stopping:
             result.set_result(response)
         else:
@@ -138,9 +212,6 @@ def _refused(worker, request, replica: int) -> dict:
     log.warning("node=%d refused a replica fetch claiming node id %d, which is not "
                 "registered", worker.node_id, replica)
     return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "session_id": 0,
-            "responses": [{"topic": t["topic"], "partitions": [
-                {"partition_index": p["partition"],
-                 "error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED, "high_watermark": -1,
-                 "last_stable_offset": -1, "log_start_offset": -1,
-                 "aborted_transactions": None, "preferred_read_replica": -1,
-                 "records": b""} for p in t["partitions"]]} for t in request["topics"]]}
+            "responses": [{"topic": t["topic"], "topic_id": t.get("topic_id"), "partitions": [
+                _empty(p, ErrorCode.TOPIC_AUTHORIZATION_FAILED) for p in t["partitions"]]}
+                for t in request["topics"]]}
