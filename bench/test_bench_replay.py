@@ -96,8 +96,11 @@ def test_pread(benchmark, record, replay_log):
 
 
 def test_c_walk(benchmark, record, replay_log):
+    # the walk reads 207 MB just copied, through a cache other tenants of the host
+    # share; over ten same-commit runs its ratio ranged 3.3-5.2 (one run) while the
+    # pread floor stayed put: flagged beyond +60% only
     record("replay", "reference", nbytes=replay_log.nbytes, messages=replay_log.batches,
-           floor=_reader(replay_log), floor_max_factor=100)
+           floor=_reader(replay_log), floor_max_factor=100, guard_threshold=0.6)
     infos = core.BatchInfos(REPLAY_READ_BYTES)
 
     def walk():
