@@ -41,17 +41,28 @@ def test_groups_of_both_kinds_list_and_describe(broker, zk_connect):
         listed = run("groups", "list", *z, *b)
         assert listed.returncode == 0, listed.stderr
         assert {b"paper-g", b"kafka-g"} <= set(listed.stdout.split())
+        kinds = {line.split()[0]: line.split()[1:] for line in listed.stdout.decode().splitlines()}
+        assert kinds["paper-g"] == ["zookeeper", "Empty"]   # its consumer has exited
+        assert kinds["kafka-g"] == ["kafka", "Stable"]
+        # from the bootstrap address alone the paper group shows as offsets on a broker
+        alone = run("groups", "list", *b, "--data-dir", "/nonexistent")
+        assert alone.returncode == 0, alone.stderr
+        kinds = {line.split()[0]: line.split()[1:] for line in alone.stdout.decode().splitlines()}
+        assert kinds["paper-g"] == ["kafka", "Empty"] and kinds["kafka-g"] == ["kafka", "Stable"]
 
         kafka = run("groups", "describe", "kafka-g", *z, *b).stdout.decode()
         row = next(line for line in kafka.splitlines() if line.startswith("grouped-0 "))
         assert row.split()[-3:] == ["70", "100", "30"]  # committed, log end, lag
         assert "Kafka group member" in kafka
+        assert "kind: kafka\nstate: Stable\n" in kafka
     finally:
         consumer.close()
 
     paper_view = run("groups", "describe", "paper-g", *z, *b).stdout.decode()
     row = next(line for line in paper_view.splitlines() if line.startswith("grouped-0 "))
     assert row.split()[-3:] == ["40", "100", "60"]
+    assert "kind: zookeeper\nstate: Empty\n" in paper_view
 
     missing = run("groups", "describe", "no-such-group", *z, *b)
     assert missing.returncode == 1 and b"no-such-group" in missing.stderr
+    assert len(missing.stderr.splitlines()) == 1 and b"Traceback" not in missing.stderr
