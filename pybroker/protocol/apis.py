@@ -63,7 +63,7 @@ APIS: dict[int, Message] = {m.api_key: m for m in (
 SUPPORTED: dict[int, tuple[int, int]] = {
     ApiKey.API_VERSIONS: (0, 4),
     ApiKey.METADATA: (0, 13),
-    ApiKey.PRODUCE: (0, 7),         # v0-v2 only to refuse them (see messages/produce.py)
+    ApiKey.PRODUCE: (0, 8),         # v0-v2 only to refuse them (see messages/produce.py)
     ApiKey.FETCH: (4, 17),
     ApiKey.LIST_OFFSETS: (0, 10),
     ApiKey.CREATE_TOPICS: (0, 7),

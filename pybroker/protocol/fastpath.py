@@ -2,8 +2,9 @@
 
 The generic codec walks the schema of any message; at one produce request per
 message (a producer batching 1) it costs about half of the broker's time per request.
-These functions do the same work with a few struct calls for Produce v3-v7 (none of
-them flexible). They are held to the generic codec: tests/protocol/test_fastpath.py
+These functions do the same work with a few struct calls for Produce v3-v8 (none of
+them flexible; v8's request is v7's, its answer adds per-partition record errors and an
+error message, written here only when there are none). They are held to the generic codec: tests/protocol/test_fastpath.py
 checks byte-identical encoding and equal decoding on random messages of every
 version, and bench/test_bench_protocol.py measures the gain. Anything unexpected
 (bounds, trailing bytes, a version outside 3-7) falls back to the generic codec, which
@@ -22,7 +23,8 @@ _I32 = struct.Struct(">i")
 _PARTITION = struct.Struct(">ii")      # index, records length
 _PART_V3 = struct.Struct(">ihqq")      # index, error, base offset, log append time
 _PART_V5 = struct.Struct(">ihqqq")     # + log start offset
-FAST_VERSIONS = range(3, 8)
+_NO_RECORD_ERRORS = b"\x00\x00\x00\x00\xff\xff"   # v8: record_errors [], error_message null
+FAST_VERSIONS = range(3, 9)
 
 
 class _Fallback(Exception):
@@ -43,7 +45,7 @@ def _string(mv, pos: int) -> tuple[str | None, int]:
 
 
 def decode_produce_request(mv: memoryview) -> tuple[dict, dict] | None:
-    """(header, body) of a Produce v3-v7 request frame body, as the generic codec would
+    """(header, body) of a Produce v3-v8 request frame body, as the generic codec would
     decode it; None when the generic codec must handle it (errors included)."""
     try:
         api_key, version, correlation_id = _HEADER_PREFIX.unpack_from(mv, 0)
@@ -93,8 +95,9 @@ def decode_produce_request(mv: memoryview) -> tuple[dict, dict] | None:
 
 
 def encode_produce_response(correlation_id: int, version: int, body: dict) -> list | None:
-    """The framed chunks of a Produce v3-v7 response, as the generic codec would write
-    them; None for other versions."""
+    """The framed chunks of a Produce v3-v8 response, as the generic codec would write
+    them; None for other versions, and for a v8 answer carrying record errors or an
+    error message."""
     if version not in FAST_VERSIONS:
         return None
     out = bytearray(8)  # size prefix + correlation id, filled in last
@@ -110,6 +113,10 @@ def encode_produce_response(correlation_id: int, version: int, body: dict) -> li
             if version >= 5:
                 out += _PART_V5.pack(p["index"], p["error_code"], p["base_offset"],
                                      p["log_append_time_ms"], p["log_start_offset"])
+                if version >= 8:
+                    if p.get("record_errors") or p.get("error_message") is not None:
+                        return None
+                    out += _NO_RECORD_ERRORS
             else:
                 out += _PART_V3.pack(p["index"], p["error_code"], p["base_offset"],
                                      p["log_append_time_ms"])

@@ -98,7 +98,7 @@ def test_other_apis_and_versions_are_left_to_the_generic_codec():
             "include_topic_authorized_operations": False}
     metadata = bytearray(b"".join(encode_request(ApiKey.METADATA, 8, 1, "c", body, framed=False)))
     assert fastpath.decode_produce_request(memoryview(metadata)) is None
-    assert fastpath.encode_produce_response(1, 8, {}) is None
+    assert fastpath.encode_produce_response(1, 9, {}) is None   # flexible: generic
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -114,3 +114,18 @@ def test_response_bytes_equal_the_generic_codec(version):
             for t in range(rng.randint(0, 3))]}
         fast = b"".join(fastpath.encode_produce_response(i, version, body))
         assert fast == generic_response(i, version, body)
+
+
+def test_v8_record_errors_and_messages_go_to_the_generic_codec():
+    part = {"index": 0, "error_code": 87, "base_offset": -1, "log_append_time_ms": -1,
+            "log_start_offset": 0}
+    plain = {"throttle_time_ms": 0, "responses": [{"name": "t", "partition_responses": [part]}]}
+    assert b"".join(fastpath.encode_produce_response(1, 8, plain)) == \
+        generic_response(1, 8, plain)
+    for extra in ({"error_message": "bad record"},
+                  {"record_errors": [{"batch_index": 2, "batch_index_error_message": "x"}]}):
+        body = {**plain, "responses": [{"name": "t", "partition_responses": [
+            {**part, **extra}]}]}
+        assert fastpath.encode_produce_response(1, 8, body) is None
+        assert b"bad record" in generic_response(1, 8, body) or \
+            b"\x00\x00\x00\x02\x00\x01x" in generic_response(1, 8, body)

@@ -33,7 +33,7 @@ UNKNOWN_PRODUCER_ID = 59
 
 # What the brief says the broker implements, and so must advertise (and nothing else).
 IMPLEMENTED = {
-    0: (0, 7),     # Produce (v0-v2 as Kafka 4.0 lists them, refused: KAFKA-18659)
+    0: (0, 8),     # Produce (v0-v2 as Kafka 4.0 lists them, refused: KAFKA-18659)
     1: (4, 17),    # Fetch
     2: (0, 10),    # ListOffsets
     3: (0, 13),    # Metadata

@@ -3,12 +3,13 @@
 from ..schema import Array, Field as F, Message, Struct
 
 # Spec: validVersions 3-13 in Kafka 4.x (0-11 in 3.x), flexibleVersions 9+. We
-# implement 0-7 (none flexible). v3 is the first version carrying RecordBatch v2, the only
+# implement 0-8 (none flexible; v8 answers per-batch record errors and an error
+# message, KIP-467). v3 is the first version carrying RecordBatch v2, the only
 # format we store; v0-v2 (message formats v0/v1) are decoded only to be answered with
 # UNSUPPORTED_FOR_MESSAGE_FORMAT. They are advertised as Kafka 4.0 advertises them
 # (KAFKA-18659): librdkafka before 2.1 compresses only if ApiVersions lists Produce v0.
 PRODUCE = Message(
-    0, "Produce", valid_versions="0-7", flexible_versions="9+",
+    0, "Produce", valid_versions="0-8", flexible_versions="9+",
     request=[
         F("transactional_id", "string", "3+", nullable_versions="3+", default=None),
         F("acks", "int16", "0+"),
@@ -34,6 +35,14 @@ PRODUCE = Message(
                 F("base_offset", "int64", "0+"),
                 F("log_append_time_ms", "int64", "2+", default=-1, ignorable=True),
                 F("log_start_offset", "int64", "5+", default=-1, ignorable=True),
+                F("record_errors", Array(Struct(
+                    "BatchIndexAndErrorMessage",
+                    F("batch_index", "int32", "8+"),
+                    F("batch_index_error_message", "string", "8+", nullable_versions="8+",
+                      default=None),
+                )), "8+", ignorable=True),
+                F("error_message", "string", "8+", nullable_versions="8+", default=None,
+                  ignorable=True),
             )), "0+"),
         )), "0+"),
         F("throttle_time_ms", "int32", "1+", ignorable=True, default=0),
