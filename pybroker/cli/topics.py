@@ -16,12 +16,39 @@ SET, DELETE = 0, 1
 
 
 def _admin(args) -> tuple[Cluster, object]:
-    reach(args.bootstrap, min(args.timeout, 10))
+    """The cluster and a connection to the controller the Metadata names, or, when it
+    does not answer (ApiVersions within 10 s), to the first other node that does."""
+    probe = min(args.timeout, 10)
+    reach(args.bootstrap, probe)
     cluster = Cluster(args.bootstrap, client_id="pybroker-cli", timeout=args.timeout,
                       allow_auto_create=False)
     cluster.refresh([])
-    node = min(cluster.nodes)
-    return cluster, cluster.connection(node)
+    controller = _controller_id(cluster, probe)
+    errors = []
+    for node in sorted(cluster.nodes, key=lambda n: (n != controller, n)):
+        conn = cluster.connection(node)
+        try:
+            conn.request(ApiKey.API_VERSIONS, 0, {}, timeout=probe)
+            return cluster, conn
+        except KafkaError as exc:
+            conn.close()
+            errors.append(f"node {node}: {exc}")
+    raise CommandError("no node answered: " + "; ".join(errors))
+
+
+def _controller_id(cluster: Cluster, timeout: float) -> int:
+    """controller_id from the first node that answers Metadata (-1: none did)."""
+    for node in sorted(cluster.nodes):
+        conn = cluster.connection(node)
+        try:
+            return conn.request(ApiKey.METADATA, 4, {"topics": [],
+                                "allow_auto_topic_creation": False},
+                                timeout=timeout)["controller_id"]
+        except KafkaError:
+            continue
+        finally:
+            conn.close()
+    return -1
 
 
 def _check(code: int, message, what: str) -> None:

@@ -145,3 +145,41 @@ def test_nothing_to_ask_is_a_usage_error(tmp_path):
     out = run("groups", "list", "--bootstrap", "", cwd=tmp_path)
     assert out.returncode == 2
     assert len(out.stderr.splitlines()) == 1 and b"Traceback" not in out.stderr
+
+
+def test_admin_requests_go_to_the_controller_else_a_live_node(broker):
+    """(topics commands' routing, kept here with the other Kafka-protocol CLI lookups)"""
+    import argparse
+    import signal
+
+    from pybroker.cli.topics import _admin
+    from pybroker.protocol import ApiKey
+
+    def controller():
+        with broker.client() as c:
+            return c.request(ApiKey.METADATA, 4, {"topics": [],
+                             "allow_auto_topic_creation": False})["controller_id"]
+    args = argparse.Namespace(bootstrap=broker.bootstrap_all, timeout=2.0)
+    wanted = controller()
+    assert wanted in broker.node_ids
+    cluster, conn = _admin(args)
+    try:
+        assert conn.node_id == wanted
+    finally:
+        conn.close()
+        cluster.close()
+
+    # the controller's worker stuck (SIGSTOP): the other node answers instead
+    stuck = broker.node_ids.index(wanted)
+    pid = broker.worker_pids()[stuck]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        cluster, conn = _admin(args)
+        try:
+            assert conn.node_id != wanted
+            assert conn.request(ApiKey.API_VERSIONS, 0, {})["error_code"] == 0
+        finally:
+            conn.close()
+            cluster.close()
+    finally:
+        os.kill(pid, signal.SIGCONT)
