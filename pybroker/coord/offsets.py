@@ -179,6 +179,21 @@ def committed_partitions(zk, group: str) -> list[tuple[str, int]]:
     return sorted(found)
 
 
+def delete_group(zk, group: str) -> str:
+    """Delete a group's registry entry (its committed offsets), unless paper consumers
+    are registered in it: "deleted", "absent" or "members"."""
+    path = group_path(group)
+    if zk.exists(path) is None:   # (kazoo's recursive delete says nothing when absent)
+        return "absent"
+    try:
+        if zk.get_children(f"{path}/ids"):
+            return "members"
+    except NoNodeError:
+        pass
+    zk.delete(path, recursive=True)
+    return "deleted"
+
+
 def group_exists(zk, group: str) -> bool:
     """The group has a registry entry (committed offsets or paper consumers)."""
     return zk.exists(group_path(group)) is not None

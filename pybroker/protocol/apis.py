@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from .messages.configs import ALTER_CONFIGS, DESCRIBE_CONFIGS, INCREMENTAL_ALTER_CONFIGS
 from .messages.fetch import FETCH, LIST_OFFSETS
-from .messages.groups import (DESCRIBE_GROUPS, FIND_COORDINATOR, HEARTBEAT, JOIN_GROUP,
-                              LEAVE_GROUP, LIST_GROUPS, SYNC_GROUP)
-from .messages.metadata import API_VERSIONS, METADATA
+from .messages.groups import (DELETE_GROUPS, DESCRIBE_GROUPS, FIND_COORDINATOR, HEARTBEAT,
+                              JOIN_GROUP, LEAVE_GROUP, LIST_GROUPS, SYNC_GROUP)
+from .messages.metadata import API_VERSIONS, DESCRIBE_CLUSTER, METADATA
 from .messages.offsets import OFFSET_COMMIT, OFFSET_FETCH
 from .messages.partitions import (ALTER_PARTITION_REASSIGNMENTS, CREATE_PARTITIONS,
                                   ELECT_LEADERS, LIST_PARTITION_REASSIGNMENTS)
@@ -46,9 +46,11 @@ class ApiKey:
     ALTER_CONFIGS = 33
     CREATE_PARTITIONS = 37
     ELECT_LEADERS = 43
+    DELETE_GROUPS = 42
     INCREMENTAL_ALTER_CONFIGS = 44
     ALTER_PARTITION_REASSIGNMENTS = 45
     LIST_PARTITION_REASSIGNMENTS = 46
+    DESCRIBE_CLUSTER = 60
 
 
 APIS: dict[int, Message] = {m.api_key: m for m in (
@@ -57,6 +59,7 @@ APIS: dict[int, Message] = {m.api_key: m for m in (
     API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH,
     DESCRIBE_CONFIGS, ALTER_CONFIGS, INCREMENTAL_ALTER_CONFIGS, CREATE_PARTITIONS,
     ELECT_LEADERS, ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS,
+    DELETE_GROUPS, DESCRIBE_CLUSTER,
 )}
 
 # api_key -> (min_version, max_version) advertised in ApiVersions.
@@ -86,6 +89,8 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     ApiKey.ELECT_LEADERS: (0, 2),
     ApiKey.ALTER_PARTITION_REASSIGNMENTS: (0, 1),
     ApiKey.LIST_PARTITION_REASSIGNMENTS: (0, 0),
+    ApiKey.DELETE_GROUPS: (0, 2),
+    ApiKey.DESCRIBE_CLUSTER: (0, 2),
 }
 
 

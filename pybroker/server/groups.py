@@ -606,6 +606,11 @@ class GroupCoordinator:
         return {g.group_id: (g.protocol_type or "", g.state.value)
                 for g in self.groups.values()}
 
+    def has_members(self, group_id: str) -> bool:
+        """The group held here has members, or members joining."""
+        group = self.groups.get(group_id)
+        return group is not None and bool(group.members or group.pending)
+
     def protocol(self, group_id: str) -> tuple[str | None, str | None]:
         """(protocol type, protocol name) of a group held here, or (None, None)."""
         group = self.groups.get(group_id)

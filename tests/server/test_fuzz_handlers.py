@@ -188,6 +188,10 @@ def well_formed_requests() -> list[bytes]:
             {"timeout_ms": 1000, "topics": None},
             {"timeout_ms": 1000, "topics": [{"name": TOPIC, "partition_indexes": list(parts)}]}],
         ApiKey.FIND_COORDINATOR: [{"key": GROUP, "key_type": 0}],
+        ApiKey.DELETE_GROUPS: [{"groups_names": [GROUP, GROUP + "-absent", ""]}],
+        ApiKey.DESCRIBE_CLUSTER: [{"include_cluster_authorized_operations": False,
+                                   "endpoint_type": kind, "include_fenced_brokers": True}
+                                  for kind in (1, 2)],
         ApiKey.JOIN_GROUP: [{"group_id": GROUP, "session_timeout_ms": 1000,
                              "rebalance_timeout_ms": 1000, "member_id": "",
                              "group_instance_id": None, "protocol_type": "consumer",

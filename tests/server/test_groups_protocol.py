@@ -592,6 +592,38 @@ def test_offset_fetch_v8_answers_each_group_of_a_batch(gbroker, group):
     assert bad["error_code"] == ErrorCode.INVALID_GROUP_ID
 
 
+def test_delete_groups(gbroker, zkc, group):
+    """DeleteGroups: refused while the group has members or is another node's; its
+    committed offsets deleted once it is empty; GROUP_ID_NOT_FOUND for one with none."""
+    worker = coordinator(gbroker, group)
+    elsewhere = next(f"{group}-{i}" for i in range(100)
+                     if coordinator(gbroker, f"{group}-{i}") != worker)
+    with gbroker.client(worker) as c:
+        body = join(c, group)
+        me = body["member_id"]
+        sync(c, group, body["generation_id"], me, [(me, b"a")])
+        assert commit(c, group, {(TOPIC, 0): 5}, generation=body["generation_id"],
+                      member_id=me) == {(TOPIC, 0): 0}
+
+        def delete(*groups, version=2):
+            answer = c.request(ApiKey.DELETE_GROUPS, version, {"groups_names": list(groups)})
+            return [(r["group_id"], r["error_code"]) for r in answer["results"]]
+        assert delete(group, elsewhere, "") == [
+            (group, ErrorCode.NON_EMPTY_GROUP), (elsewhere, ErrorCode.NOT_COORDINATOR),
+            ("", ErrorCode.INVALID_GROUP_ID)]
+        c.request(ApiKey.LEAVE_GROUP, 3, {"group_id": group, "members": [
+            {"member_id": me, "group_instance_id": None}]})
+        assert zkc.exists(f"/consumers/{group}/offsets/{TOPIC}/0")
+        for version in (0, 1):
+            assert delete(group + "-never", version=version) == \
+                [(group + "-never", ErrorCode.GROUP_ID_NOT_FOUND)] or \
+                coordinator(gbroker, group + "-never") != worker
+        assert delete(group) == [(group, ErrorCode.NONE)]
+        assert zkc.exists(f"/consumers/{group}") is None
+        assert fetch(c, group, [(TOPIC, 0)])[1][(TOPIC, 0)][0] == -1
+        assert delete(group) == [(group, ErrorCode.GROUP_ID_NOT_FOUND)]
+
+
 def test_pipelined_commits_apply_in_order(gbroker, group):
     """Commits are written to ZooKeeper one at a time in arrival order: the last of
     many pipelined commits of one partition is the one that stays."""

@@ -185,3 +185,65 @@ def test_diverging_epoch_is_where_the_fetchers_epoch_ended_here(tmp_path):
     assert check(0, 15) == {"epoch": 0, "end_offset": 10}    # epoch 0 ended at 10 here
     assert check(3, 18) == {"epoch": 2, "end_offset": 20}    # no epoch 3 here: 2's end
     assert check(2, 25) == {"epoch": 2, "end_offset": 20}
+
+
+def test_describe_cluster_and_internal_topic_names(broker):
+    with broker.client() as c:
+        meta = c.request(ApiKey.METADATA, 12, {"topics": None, "allow_auto_topic_creation":
+                                               False,
+                                               "include_topic_authorized_operations": False})
+        for v in (0, 1, 2):
+            body = c.request(ApiKey.DESCRIBE_CLUSTER, v, {
+                "include_cluster_authorized_operations": False, "endpoint_type": 1,
+                "include_fenced_brokers": v >= 2})
+            assert (body["error_code"], body["cluster_id"], body["controller_id"]) == \
+                (0, meta["cluster_id"], meta["controller_id"])
+            assert [(b["broker_id"], b["host"], b["port"]) for b in body["brokers"]] == \
+                [(b["node_id"], b["host"], b["port"]) for b in meta["brokers"]]
+            assert not any(b["is_fenced"] for b in body["brokers"])
+        body = c.request(ApiKey.DESCRIBE_CLUSTER, 1, {
+            "include_cluster_authorized_operations": False, "endpoint_type": 2})
+        assert body["error_code"] == ErrorCode.UNSUPPORTED_ENDPOINT_TYPE
+        # Kafka's internal topics are never made as ordinary ones (Burrow asks for one)
+        for name in ("__consumer_offsets", "__transaction_state"):
+            [t] = c.request(ApiKey.METADATA, 12, {
+                "topics": [{"name": name, "topic_id": uuid.UUID(int=0)}],
+                "allow_auto_topic_creation": True,
+                "include_topic_authorized_operations": False})["topics"]
+            assert t["error_code"] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            [r] = c.request(ApiKey.CREATE_TOPICS, 7, {"topics": [
+                {"name": name, "num_partitions": 1, "replication_factor": 1,
+                 "assignments": [], "configs": []}], "timeout_ms": 5000,
+                "validate_only": False})["topics"]
+            assert (r["error_code"], r["error_message"]) == \
+                (ErrorCode.INVALID_REQUEST, f"Creation of internal topic {name} is prohibited.")
+
+
+def test_real_admin_clients_describe_the_cluster_and_delete_groups(broker):
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient
+    from kafka import KafkaAdminClient
+    broker.create_topic(TOPIC + "-g", 1)
+    broker.produce_one(TOPIC + "-g", 0, b"x")
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "to-delete",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([TOPIC + "-g"])
+    deadline = time.monotonic() + 60
+    while (msg := consumer.poll(0.5)) is None or msg.error():
+        assert time.monotonic() < deadline, "no message consumed"
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    cluster = admin.describe_cluster().result(30)
+    assert sorted(n.id for n in cluster.nodes) == sorted(broker.node_ids)
+    [(group, fut)] = admin.delete_consumer_groups(["to-delete"]).items()
+    assert (group, fut.result(30)) == ("to-delete", None)
+    kp = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        assert sorted(b["broker_id"] for b in kp.describe_cluster()["brokers"]) == \
+            sorted(broker.node_ids)
+        # gone: deleting it again is GROUP_ID_NOT_FOUND
+        result = kp.delete_groups(["to-delete"])
+        assert "GroupIdNotFound" in repr(result), result
+    finally:
+        kp.close()

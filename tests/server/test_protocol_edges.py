@@ -47,6 +47,7 @@ IMPLEMENTED = {
     43: (0, 2),    # ElectLeaders
     45: (0, 1),    # AlterPartitionReassignments
     46: (0, 0),    # ListPartitionReassignments
+    60: (0, 2),    # DescribeCluster
     # consumer groups (issue 4)
     8: (0, 9),     # OffsetCommit
     9: (0, 9),     # OffsetFetch
@@ -57,6 +58,7 @@ IMPLEMENTED = {
     14: (0, 5),    # SyncGroup
     15: (0, 6),    # DescribeGroups
     16: (0, 5),    # ListGroups
+    42: (0, 2),    # DeleteGroups
     # configuration (issue 5)
     32: (0, 4),    # DescribeConfigs
     33: (0, 2),    # AlterConfigs

@@ -1,5 +1,5 @@
 """Group membership APIs: FindCoordinator (10), JoinGroup (11), Heartbeat (12),
-LeaveGroup (13), SyncGroup (14), DescribeGroups (15), ListGroups (16)."""
+LeaveGroup (13), SyncGroup (14), DescribeGroups (15), ListGroups (16), DeleteGroups (42)."""
 
 from ..schema import Array, Field as F, Message, Struct
 
@@ -188,6 +188,22 @@ LIST_GROUPS = Message(
             F("protocol_type", "string", "0+"),
             F("group_state", "string", "4+", ignorable=True),
             F("group_type", "string", "5+", ignorable=True),
+        )), "0+"),
+    ],
+)
+
+# Spec: validVersions 0-2, flexibleVersions 2+.
+DELETE_GROUPS = Message(
+    42, "DeleteGroups", valid_versions="0-2", flexible_versions="2+",
+    request=[
+        F("groups_names", Array("string"), "0+"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "0+"),
+        F("results", Array(Struct(
+            "DeletableGroupResult",
+            F("group_id", "string", "0+"),
+            F("error_code", "int16", "0+"),
         )), "0+"),
     ],
 )

@@ -1,4 +1,5 @@
-"""ApiVersions (key 18) and Metadata (key 3): how a client discovers the cluster."""
+"""ApiVersions (key 18), Metadata (key 3) and DescribeCluster (key 60): how a client
+discovers the cluster."""
 
 from ..schema import Array, Field as F, Message, Struct
 
@@ -86,5 +87,33 @@ METADATA = Message(
         )), "0+"),
         F("cluster_authorized_operations", "int32", "8-10", default=-2147483648),
         F("error_code", "int16", "13+", ignorable=True),
+    ],
+)
+
+# Spec: validVersions 0-2, flexibleVersions 0+. v1 asks for broker or (KRaft) controller
+# endpoints, v2 may include fenced brokers (KRaft; none are fenced here).
+DESCRIBE_CLUSTER = Message(
+    60, "DescribeCluster", valid_versions="0-2", flexible_versions="0+",
+    request=[
+        F("include_cluster_authorized_operations", "bool", "0+"),
+        F("endpoint_type", "int8", "1+", default=1),
+        F("include_fenced_brokers", "bool", "2+"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "0+"),
+        F("error_code", "int16", "0+"),
+        F("error_message", "string", "0+", nullable_versions="0+", default=None),
+        F("endpoint_type", "int8", "1+", default=1),
+        F("cluster_id", "string", "0+"),
+        F("controller_id", "int32", "0+", default=-1),
+        F("brokers", Array(Struct(
+            "DescribeClusterBroker",
+            F("broker_id", "int32", "0+"),
+            F("host", "string", "0+"),
+            F("port", "int32", "0+"),
+            F("rack", "string", "0+", nullable_versions="0+", default=None),
+            F("is_fenced", "bool", "2+"),
+        )), "0+"),
+        F("cluster_authorized_operations", "int32", "0+", default=-2147483648),
     ],
 )

@@ -38,4 +38,6 @@ HANDLERS = {
     ApiKey.ELECT_LEADERS: elections.handle,
     ApiKey.ALTER_PARTITION_REASSIGNMENTS: reassignments.handle_alter,
     ApiKey.LIST_PARTITION_REASSIGNMENTS: reassignments.handle_list,
+    ApiKey.DELETE_GROUPS: groups.handle_delete_groups,
+    ApiKey.DESCRIBE_CLUSTER: metadata.handle_describe_cluster,
 }

@@ -51,6 +51,10 @@ _RETRIABLE_ZK_ERRORS = (ConnectionLoss, OperationTimeoutError, SessionExpiredErr
                         KazooTimeoutError)
 
 
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state",
+                             "__share_group_state"})   # Kafka's Topic.isInternal
+
+
 def topic_name_error(name) -> str | None:
     """Why Kafka would refuse this topic name, or None."""
     if not name:
@@ -240,6 +244,9 @@ def requested_partitions(topics: list, default: int) -> int:
 def _check_topic(worker, topic: dict, seen: set):
     """(error code, message, plan or None) for one CreatableTopic."""
     name = topic["name"]
+    if name in INTERNAL_TOPICS:   # Kafka's own state: never an ordinary topic
+        return (ErrorCode.INVALID_REQUEST, f"Creation of internal topic {name} is "
+                "prohibited.", None)
     partitions = topic["num_partitions"]
     if partitions == -1:
         partitions = worker.config["num.partitions"]

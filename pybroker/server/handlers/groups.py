@@ -1,6 +1,6 @@
 """Consumer group APIs for standard Kafka clients: FindCoordinator (10), JoinGroup (11),
 Heartbeat (12), LeaveGroup (13), SyncGroup (14), DescribeGroups (15), ListGroups (16),
-OffsetCommit (8) and OffsetFetch (9).
+DeleteGroups (42), OffsetCommit (8) and OffsetFetch (9).
 
 Membership is the worker's GroupCoordinator (pybroker.server.groups), created on first
 use by coordinator_for(). Committed offsets are the ZooKeeper offset registry
@@ -384,4 +384,45 @@ def handle_list_groups(ctx, request):
              "group_type": "classic"}
             for g, (kind, state) in sorted(groups.items())
             if not states or state.lower() in states]}
+    return _then(fut, answer)
+
+
+# --- DeleteGroups ------------------------------------------------------------------------
+
+_DELETED = {"deleted": ErrorCode.NONE, "absent": ErrorCode.GROUP_ID_NOT_FOUND,
+            "members": ErrorCode.NON_EMPTY_GROUP}
+
+
+def handle_delete_groups(ctx, request):
+    """Each group: answered by its coordinator only (NOT_COORDINATOR elsewhere);
+    NON_EMPTY_GROUP while it has members (Kafka-protocol ones here, or paper consumers
+    registered in ZooKeeper); else its committed offsets are deleted from the registry,
+    GROUP_ID_NOT_FOUND when it had none."""
+    worker = ctx.worker
+    coordinator = coordinator_for(worker)
+    results, deleting = [], []
+    for group_id in request["groups_names"]:
+        code = coordinator.status(group_id)
+        if not code and coordinator.has_members(group_id):
+            code = ErrorCode.NON_EMPTY_GROUP
+        results.append({"group_id": group_id, "error_code": code})
+        if not code:
+            deleting.append(results[-1])
+    response = {"throttle_time_ms": 0, "results": results}
+    if not deleting:
+        return response
+
+    def delete_all():
+        return [registry.delete_group(worker.registry.zk, r["group_id"]) for r in deleting]
+    fut = _in_executor(worker, "delete groups", delete_all)
+
+    def answer(outcomes):
+        for r, outcome in zip(deleting, [None] * len(deleting) if outcomes is _FAILED
+                              else outcomes):
+            r["error_code"] = (ErrorCode.COORDINATOR_NOT_AVAILABLE if outcome is None
+                               else _DELETED[outcome])
+            if r["error_code"] == ErrorCode.NONE:
+                log.info("node=%d group=%s deleted (its committed offsets)",
+                         worker.node_id, r["group_id"])
+        return response
     return _then(fut, answer)

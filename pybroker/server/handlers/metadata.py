@@ -1,4 +1,5 @@
-"""Metadata (key 3): nodes, controller, cluster id, and topic/partition leaders.
+"""Metadata (key 3): nodes, controller, cluster id, and topic/partition leaders; and
+DescribeCluster (key 60), the same nodes for admin clients.
 
 Every answer lists at least the answering node. Replicas, ISR and leader epoch come
 from the partition's state znode; a replica that is not registered (or says it has
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 from pybroker.protocol import ErrorCode
 from pybroker.protocol.types import ZERO_UUID
-from pybroker.server.handlers.admin import chain, create_topics, plan_topic, topic_name_error
+from pybroker.server.handlers.admin import (INTERNAL_TOPICS, chain, create_topics, plan_topic,
+                                            topic_name_error)
 
 NO_AUTHORIZED_OPERATIONS = -2147483648
 AUTO_CREATE_WAIT_S = 5.0
@@ -113,7 +115,7 @@ def handle(ctx, request):
             continue
         if topic_name_error(name):
             errors[name] = ErrorCode.INVALID_TOPIC_EXCEPTION
-        elif not auto:
+        elif not auto or name in INTERNAL_TOPICS:   # Kafka's own state: never made here
             errors[name] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
         elif budget < partitions:
             errors[name] = ErrorCode.LEADER_NOT_AVAILABLE   # created by a later request
@@ -140,3 +142,25 @@ def handle(ctx, request):
                                    AUTO_CREATE_WAIT_S, None)
         return chain(wait, lambda _: _response(worker, names, errors, by_id))
     return chain(create_topics(worker, plans), written)
+
+
+def handle_describe_cluster(ctx, request) -> dict:
+    """The brokers Metadata lists. Only broker endpoints (endpoint type 1): KRaft's
+    controller endpoints (2) are UNSUPPORTED_ENDPOINT_TYPE, as a ZooKeeper-mode Kafka
+    answers; no broker is ever fenced (a KRaft notion)."""
+    worker = ctx.worker
+    state = worker.cluster
+    endpoint_type = request.get("endpoint_type", 1)
+    answer = {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "error_message": None,
+              "endpoint_type": endpoint_type, "cluster_id": state.cluster_id or "",
+              "controller_id": state.controller_id if state.controller_id >= 0
+              else worker.node_id, "brokers": [],
+              "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS}
+    if endpoint_type != 1:
+        answer.update(error_code=ErrorCode.UNSUPPORTED_ENDPOINT_TYPE,
+                      error_message=f"endpoint type {endpoint_type}: only brokers (1)")
+        return answer
+    answer["brokers"] = [{"broker_id": b["node_id"], "host": b["host"], "port": b["port"],
+                          "rack": b["rack"], "is_fenced": False}
+                         for b in _brokers(worker, state)]
+    return answer
