@@ -179,6 +179,17 @@ def committed_partitions(zk, group: str) -> list[tuple[str, int]]:
     return sorted(found)
 
 
+def delete_offsets(zk, group: str, partitions) -> None:
+    """Delete the committed offsets (and their metadata) of these (topic, partition)s
+    of group; absent ones are no error."""
+    for tp in partitions:
+        for path in (offset_path(group, *tp), metadata_path(group, *tp)):
+            try:
+                zk.delete(path)
+            except NoNodeError:
+                pass
+
+
 def delete_group(zk, group: str) -> str:
     """Delete a group's registry entry (its committed offsets), unless paper consumers
     are registered in it: "deleted", "absent" or "members"."""

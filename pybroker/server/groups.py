@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import struct
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,40 @@ class GroupState(enum.Enum):
     COMPLETING = "CompletingRebalance"
     STABLE = "Stable"
     DEAD = "Dead"
+
+
+class _Everything(frozenset):
+    """Every topic (a member whose subscription cannot be read subscribes to all)."""
+
+    def __contains__(self, item) -> bool:
+        return True
+
+    def __bool__(self) -> bool:
+        return True
+
+
+ALL_TOPICS = _Everything()
+_SUBSCRIPTION_HEAD = struct.Struct(">hi")   # version, topic count
+_SHORT = struct.Struct(">h")
+
+
+def consumer_subscription(metadata: bytes) -> set[str] | None:
+    """The topics of a consumer protocol Subscription (ConsumerProtocolSubscription: a
+    version, then its topics in every version), or None if metadata is not one."""
+    try:
+        _version, count = _SUBSCRIPTION_HEAD.unpack_from(metadata, 0)
+        if count < 0 or count > len(metadata):
+            return None
+        pos, topics = _SUBSCRIPTION_HEAD.size, set()
+        for _ in range(count):
+            (n,) = _SHORT.unpack_from(metadata, pos)
+            if n < 0 or pos + 2 + n > len(metadata):
+                return None
+            topics.add(bytes(metadata[pos + 2:pos + 2 + n]).decode())
+            pos += 2 + n
+        return topics
+    except (struct.error, UnicodeDecodeError):
+        return None
 
 
 def coordinator_node(group_id: str, node_ids) -> int | None:
@@ -605,6 +640,22 @@ class GroupCoordinator:
         """{group id: (protocol type, state)} of the groups held here."""
         return {g.group_id: (g.protocol_type or "", g.state.value)
                 for g in self.groups.values()}
+
+    def subscribed_topics(self, group_id: str) -> set[str]:
+        """The topics the members of a group held here subscribe to (the consumer
+        protocol's subscriptions in their join metadata; a member whose metadata is not
+        one subscribes to everything, so nothing of the group may be deleted)."""
+        group = self.groups.get(group_id)
+        if group is None or not group.members:
+            return set()
+        topics: set[str] = set()
+        for member in group.members.values():
+            for _name, metadata in member.protocols:
+                parsed = consumer_subscription(metadata)
+                if parsed is None:
+                    return ALL_TOPICS
+                topics |= parsed
+        return topics
 
     def has_members(self, group_id: str) -> bool:
         """The group held here has members, or members joining."""

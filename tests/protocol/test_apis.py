@@ -36,7 +36,7 @@ def test_supported_table_is_exactly_the_brief():
                          14: (0, 5), 12: (0, 4), 13: (0, 5), 8: (0, 9), 9: (0, 9),
                          16: (0, 5), 15: (0, 6), 32: (0, 4), 33: (0, 2), 44: (0, 1),
                          23: (0, 4), 37: (0, 3), 43: (0, 2), 45: (0, 1),
-                         46: (0, 0), 42: (0, 2), 60: (0, 2)}
+                         46: (0, 0), 42: (0, 2), 60: (0, 2), 35: (0, 4), 47: (0, 0)}
 
 
 def test_every_schema_implements_exactly_its_advertised_range():
@@ -48,8 +48,12 @@ def test_every_schema_implements_exactly_its_advertised_range():
 def test_first_flexible_versions_match_the_spec():
     first_flexible = {18: 3, 3: 9, 0: 9, 1: 12, 2: 6, 19: 5, 20: 4, 22: 2, 10: 3, 11: 6,
                       14: 4, 12: 4, 13: 4, 8: 8, 9: 6, 16: 3, 15: 5, 32: 4, 33: 2, 44: 1,
-                      23: 4, 37: 2, 43: 2, 45: 0, 46: 0, 42: 2, 60: 0}
+                      23: 4, 37: 2, 43: 2, 45: 0, 46: 0, 42: 2, 60: 0, 35: 2,
+                      47: None}   # OffsetDelete has no flexible version
     for key, message in APIS.items():
+        if first_flexible[key] is None:
+            assert message.flexible_versions.text == "none", message.name
+            continue
         assert message.flexible_versions.low == first_flexible[key], message.name
         assert message.flexible_versions.high >= 0x7FFF
 
@@ -125,7 +129,7 @@ def test_api_versions_error_response_for_a_too_new_request():
     entries = "".join(f"{k:04x}{lo:04x}{hi:04x}" for k, (lo, hi) in sorted(SUPPORTED.items()))
     expected = h("0000002a"    # response header v0: correlation id 42
                  "0023"        # error_code 35 UNSUPPORTED_VERSION
-                 "0000001b"    # api_keys: 27 entries, v0 layout (int32 count)
+                 "0000001d"    # api_keys: 29 entries, v0 layout (int32 count)
                  + entries)
     assert encode_api_versions_error(42) == [struct.pack(">i", len(expected)) + expected]
     # any requested version: an error body is always laid out as v0
@@ -134,7 +138,7 @@ def test_api_versions_error_response_for_a_too_new_request():
         encode_api_versions_error(42)
     _, body = decode_response(18, 3, expected)
     assert body["error_code"] == ErrorCode.UNSUPPORTED_VERSION
-    assert len(body["api_keys"]) == 27
+    assert len(body["api_keys"]) == 29
 
 
 METADATA_V0_RESPONSE = (
@@ -499,7 +503,12 @@ def test_byte_identical_to_kafka_python(case):
         assert ours == theirs
 
 
+# kafka-python's hand-written DescribeLogDirsRequest (key 35) declares each topic's
+# partitions as one int32, not an array of them (the spec, and its own JSON-driven
+# classes, which KP_CASES compare with, have the array): not an oracle there.
+KP_OLD_WRONG = {(35, v, "request") for v in range(2)}
 KP_OLD_CASES = [c for c in CASES if (c[0], c[1], c[2]) in KP_OLD
+                and (c[0], c[1], c[2]) not in KP_OLD_WRONG
                 and not APIS[c[0]].is_flexible(c[1])]
 
 

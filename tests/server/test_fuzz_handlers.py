@@ -189,6 +189,10 @@ def well_formed_requests() -> list[bytes]:
             {"timeout_ms": 1000, "topics": [{"name": TOPIC, "partition_indexes": list(parts)}]}],
         ApiKey.FIND_COORDINATOR: [{"key": GROUP, "key_type": 0}],
         ApiKey.DELETE_GROUPS: [{"groups_names": [GROUP, GROUP + "-absent", ""]}],
+        ApiKey.OFFSET_DELETE: [{"group_id": GROUP, "topics": [
+            {"name": TOPIC, "partitions": [{"partition_index": p} for p in parts]}]}],
+        ApiKey.DESCRIBE_LOG_DIRS: [{"topics": None},
+                                   {"topics": [{"topic": TOPIC, "partitions": list(parts)}]}],
         ApiKey.DESCRIBE_CLUSTER: [{"include_cluster_authorized_operations": False,
                                    "endpoint_type": kind, "include_fenced_brokers": True}
                                   for kind in (1, 2)],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import struct
 import time
 
 import pytest
@@ -622,6 +623,38 @@ def test_delete_groups(gbroker, zkc, group):
         assert zkc.exists(f"/consumers/{group}") is None
         assert fetch(c, group, [(TOPIC, 0)])[1][(TOPIC, 0)][0] == -1
         assert delete(group) == [(group, ErrorCode.GROUP_ID_NOT_FOUND)]
+
+
+def test_offset_delete(gbroker, zkc, group):
+    """OffsetDelete: refused for a topic the group's members subscribe to; deletes the
+    rest; GROUP_ID_NOT_FOUND for a group with no offsets."""
+    worker = coordinator(gbroker, group)
+
+    def delete(c, g, partitions):
+        body = c.request(ApiKey.OFFSET_DELETE, 0, {"group_id": g, "topics": [
+            {"name": t, "partitions": [{"partition_index": p}]} for t, p in partitions]})
+        return body["error_code"], [(t["name"], p["partition_index"], p["error_code"])
+                                    for t in body["topics"] for p in t["partitions"]]
+    with gbroker.client(worker) as c:
+        assert commit(c, group, {(TOPIC, 0): 7, (TOPIC, 1): 8}) == {(TOPIC, 0): 0,
+                                                                   (TOPIC, 1): 0}
+        # a member subscribing to TOPIC (a consumer protocol Subscription v0)
+        subscription = struct.pack(">hih", 0, 1, len(TOPIC)) + TOPIC.encode() + b"\0\0\0\0"
+        body = join(c, group, protocols=[("range", subscription)])
+        me = body["member_id"]
+        assert delete(c, group, [(TOPIC, 0)]) == \
+            (0, [(TOPIC, 0, ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC)])
+        c.request(ApiKey.LEAVE_GROUP, 3, {"group_id": group, "members": [
+            {"member_id": me, "group_instance_id": None}]})
+        assert delete(c, group, [(TOPIC, 0), (TOPIC, 99), ("no-such-topic", 0)]) == (0, [
+            (TOPIC, 0, 0), (TOPIC, 99, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+            ("no-such-topic", 0, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)])
+        assert zkc.exists(f"/consumers/{group}/offsets/{TOPIC}/0") is None
+        _top, got = fetch(c, group, [(TOPIC, 0), (TOPIC, 1)])
+        assert (got[(TOPIC, 0)][0], got[(TOPIC, 1)][0]) == (-1, 8)
+        never = next(f"{group}-{i}" for i in range(100)
+                     if coordinator(gbroker, f"{group}-{i}") == worker)
+        assert delete(c, never, [(TOPIC, 0)])[0] == ErrorCode.GROUP_ID_NOT_FOUND
 
 
 def test_pipelined_commits_apply_in_order(gbroker, group):

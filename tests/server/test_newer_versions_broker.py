@@ -247,3 +247,41 @@ def test_real_admin_clients_describe_the_cluster_and_delete_groups(broker):
         assert "GroupIdNotFound" in repr(result), result
     finally:
         kp.close()
+
+
+def test_describe_log_dirs(broker):
+    broker.create_topic(TOPIC + "-d", 2)
+    for i in range(3):
+        broker.produce_one(TOPIC + "-d", 0, b"x" * 100)
+    stored = {}
+    for worker in range(broker.workers):
+        with broker.client(worker) as c:
+            for v in range(5):
+                body = c.request(ApiKey.DESCRIBE_LOG_DIRS, v, {"topics": None})
+                [result] = body["results"]
+                assert result["error_code"] == 0
+                assert result["log_dir"] == str(broker.data_dir.resolve())
+                if v >= 4:
+                    assert 0 < result["usable_bytes"] <= result["total_bytes"]
+                for t in result["topics"]:
+                    for p in t["partitions"]:
+                        assert p["offset_lag"] == 0 and p["is_future_key"] is False
+                        stored[(t["name"], p["partition_index"])] = p["partition_size"]
+            only = c.request(ApiKey.DESCRIBE_LOG_DIRS, 4, {"topics": [
+                {"topic": TOPIC + "-d", "partitions": [1]}]})["results"][0]["topics"]
+            assert all(t["name"] == TOPIC + "-d" and
+                       [p["partition_index"] for p in t["partitions"]] == [1] for t in only)
+    # every partition is stored by one worker; sizes are the segments' bytes on disk
+    assert {tp for tp in stored if tp[0] == TOPIC + "-d"} == {(TOPIC + "-d", 0),
+                                                               (TOPIC + "-d", 1)}
+    on_disk = sum(f.stat().st_size for f in (broker.data_dir / f"{TOPIC}-d-0").glob("*.log"))
+    assert stored[(TOPIC + "-d", 0)] == on_disk > 300
+    assert stored[(TOPIC + "-d", 1)] == 0
+    # kafka-python's admin client asks every node and reads the same
+    from kafka import KafkaAdminClient
+    kp = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        answers = kp.describe_log_dirs()
+    finally:
+        kp.close()
+    assert str(on_disk) in repr(answers) and TOPIC + "-d" in repr(answers), answers

@@ -48,6 +48,7 @@ IMPLEMENTED = {
     45: (0, 1),    # AlterPartitionReassignments
     46: (0, 0),    # ListPartitionReassignments
     60: (0, 2),    # DescribeCluster
+    35: (0, 4),    # DescribeLogDirs
     # consumer groups (issue 4)
     8: (0, 9),     # OffsetCommit
     9: (0, 9),     # OffsetFetch
@@ -59,6 +60,7 @@ IMPLEMENTED = {
     15: (0, 6),    # DescribeGroups
     16: (0, 5),    # ListGroups
     42: (0, 2),    # DeleteGroups
+    47: (0, 0),    # OffsetDelete
     # configuration (issue 5)
     32: (0, 4),    # DescribeConfigs
     33: (0, 2),    # AlterConfigs

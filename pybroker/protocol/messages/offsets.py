@@ -1,4 +1,5 @@
-"""Committed consumer offsets: OffsetCommit (key 8) and OffsetFetch (key 9)."""
+"""Committed consumer offsets: OffsetCommit (key 8), OffsetFetch (key 9) and
+OffsetDelete (key 47)."""
 
 from ..schema import Array, Field as F, Message, Struct
 
@@ -104,5 +105,34 @@ OFFSET_FETCH = Message(
             )), "8+"),
             F("error_code", "int16", "8+", default=0),
         )), "8+"),
+    ],
+)
+
+# Spec: validVersions 0, no flexible version.
+OFFSET_DELETE = Message(
+    47, "OffsetDelete", valid_versions="0", flexible_versions="none",
+    request=[
+        F("group_id", "string", "0+"),
+        F("topics", Array(Struct(
+            "OffsetDeleteRequestTopic",
+            F("name", "string", "0+"),
+            F("partitions", Array(Struct(
+                "OffsetDeleteRequestPartition",
+                F("partition_index", "int32", "0+"),
+            )), "0+"),
+        )), "0+"),
+    ],
+    response=[
+        F("error_code", "int16", "0+"),
+        F("throttle_time_ms", "int32", "0+", ignorable=True),
+        F("topics", Array(Struct(
+            "OffsetDeleteResponseTopic",
+            F("name", "string", "0+"),
+            F("partitions", Array(Struct(
+                "OffsetDeleteResponsePartition",
+                F("partition_index", "int32", "0+"),
+                F("error_code", "int16", "0+"),
+            )), "0+"),
+        )), "0+"),
     ],
 )

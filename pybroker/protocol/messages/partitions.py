@@ -1,5 +1,6 @@
 """Partition administration: CreatePartitions (key 37), ElectLeaders (key 43),
-AlterPartitionReassignments (key 45) and ListPartitionReassignments (key 46).
+AlterPartitionReassignments (key 45), ListPartitionReassignments (key 46) and
+DescribeLogDirs (key 35).
 
 CreatePartitions raises a topic's partition count (never lowers it), optionally with
 an explicit replica assignment for the new partitions only. ElectLeaders moves a
@@ -136,6 +137,42 @@ LIST_PARTITION_REASSIGNMENTS = Message(
                 F("adding_replicas", Array("int32"), "0+"),
                 F("removing_replicas", Array("int32"), "0+"),
             )), "0+"),
+        )), "0+"),
+    ],
+)
+
+# Spec: validVersions 1-5 (v0, removed in Kafka 4.0, is v1's layout), flexibleVersions
+# 2+. We implement 0-4 (Kafka 4.1's; v5 adds KIP-1066's cordoned directories). v3 adds a
+# top-level error code, v4 the directory's total and usable bytes.
+DESCRIBE_LOG_DIRS = Message(
+    35, "DescribeLogDirs", valid_versions="0-4", flexible_versions="2+",
+    request=[
+        F("topics", Array(Struct(
+            "DescribableLogDirTopic",
+            F("topic", "string", "0+"),
+            F("partitions", Array("int32"), "0+"),
+        )), "0+", nullable_versions="0+"),
+    ],
+    response=[
+        F("throttle_time_ms", "int32", "0+"),
+        F("error_code", "int16", "3+", ignorable=True),
+        F("results", Array(Struct(
+            "DescribeLogDirsResult",
+            F("error_code", "int16", "0+"),
+            F("log_dir", "string", "0+"),
+            F("topics", Array(Struct(
+                "DescribeLogDirsTopic",
+                F("name", "string", "0+"),
+                F("partitions", Array(Struct(
+                    "DescribeLogDirsPartition",
+                    F("partition_index", "int32", "0+"),
+                    F("partition_size", "int64", "0+"),
+                    F("offset_lag", "int64", "0+"),
+                    F("is_future_key", "bool", "0+"),
+                )), "0+"),
+            )), "0+"),
+            F("total_bytes", "int64", "4+", ignorable=True, default=-1),
+            F("usable_bytes", "int64", "4+", ignorable=True, default=-1),
         )), "0+"),
     ],
 )

@@ -10,7 +10,7 @@ its keys (with the ranges in pybroker.protocol.SUPPORTED).
 from pybroker.protocol import ApiKey
 
 from . import (admin, api_versions, configs, elections, fetch, groups, leader_epoch,
-               metadata, offsets, partitions, produce, reassignments)
+               log_dirs, metadata, offsets, partitions, produce, reassignments)
 
 HANDLERS = {
     ApiKey.API_VERSIONS: api_versions.handle,
@@ -40,4 +40,6 @@ HANDLERS = {
     ApiKey.LIST_PARTITION_REASSIGNMENTS: reassignments.handle_list,
     ApiKey.DELETE_GROUPS: groups.handle_delete_groups,
     ApiKey.DESCRIBE_CLUSTER: metadata.handle_describe_cluster,
+    ApiKey.DESCRIBE_LOG_DIRS: log_dirs.handle,
+    ApiKey.OFFSET_DELETE: groups.handle_offset_delete,
 }

@@ -1,6 +1,6 @@
 """Consumer group APIs for standard Kafka clients: FindCoordinator (10), JoinGroup (11),
 Heartbeat (12), LeaveGroup (13), SyncGroup (14), DescribeGroups (15), ListGroups (16),
-DeleteGroups (42), OffsetCommit (8) and OffsetFetch (9).
+DeleteGroups (42), OffsetCommit (8), OffsetFetch (9) and OffsetDelete (47).
 
 Membership is the worker's GroupCoordinator (pybroker.server.groups), created on first
 use by coordinator_for(). Committed offsets are the ZooKeeper offset registry
@@ -424,5 +424,54 @@ def handle_delete_groups(ctx, request):
             if r["error_code"] == ErrorCode.NONE:
                 log.info("node=%d group=%s deleted (its committed offsets)",
                          worker.node_id, r["group_id"])
+        return response
+    return _then(fut, answer)
+
+
+# --- OffsetDelete ------------------------------------------------------------------------
+
+def handle_offset_delete(ctx, request):
+    """A group's committed offsets of some partitions, deleted (Kafka's
+    handleDeleteOffsets): group errors as for a commit, GROUP_ID_NOT_FOUND for a group
+    with no offsets; while the group has members, a partition of a topic one of them
+    subscribes to is GROUP_SUBSCRIBED_TO_TOPIC; a partition that does not exist is
+    UNKNOWN_TOPIC_OR_PARTITION."""
+    worker = ctx.worker
+    group = request["group_id"]
+    coordinator = coordinator_for(worker)
+    code = coordinator.status(group)
+    if code:
+        return {"error_code": code, "throttle_time_ms": 0, "topics": []}
+    subscribed = coordinator.subscribed_topics(group)
+    known = worker.cluster.topics
+    answers, deleting = [], []
+    for t in request["topics"]:
+        parts = []
+        for p in t["partitions"]:
+            index = p["partition_index"]
+            if t["name"] in subscribed:
+                code = ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC
+            elif index not in known.get(t["name"], ()):
+                code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            else:
+                code = ErrorCode.NONE
+                deleting.append((t["name"], index))
+            parts.append({"partition_index": index, "error_code": code})
+        answers.append({"name": t["name"], "partitions": parts})
+    response = {"error_code": ErrorCode.NONE, "throttle_time_ms": 0, "topics": answers}
+
+    def delete():
+        if not registry.group_exists(worker.registry.zk, group):
+            return False
+        registry.delete_offsets(worker.registry.zk, group, deleting)
+        return True
+    fut = _in_executor(worker, f"group={group} offset delete", delete)
+
+    def answer(existed):
+        if existed is _FAILED:
+            return {**response, "error_code": ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                    "topics": []}
+        if not existed and not subscribed:
+            return {**response, "error_code": ErrorCode.GROUP_ID_NOT_FOUND, "topics": []}
         return response
     return _then(fut, answer)
