@@ -50,7 +50,10 @@ def _nonneg(v) -> bool:
 SETTINGS: tuple[Setting, ...] = (
     Setting("broker.id", int, 0, "Broker id; worker i is Kafka node broker.id*100+i.",
             lambda v: 0 <= v <= 20_000_000, "0..20000000"),
-    Setting("log.dirs", str, "./pybroker-data", "Data directory (one per broker)."),
+    # Kafka takes a comma-separated list; a broker here stores in one directory, so a
+    # list is refused rather than taken for one directory named "/a,/b"
+    Setting("log.dirs", str, "./pybroker-data", "Data directory (one per broker).",
+            lambda v: bool(v) and "," not in v, "one directory (no comma-separated list)"),
     Setting("port", int, 9092, "Base port; worker i listens on port+i.",
             lambda v: 0 <= v <= 65535, "0..65535"),
     Setting("listeners.host", str, "127.0.0.1", "Address the workers bind to."),

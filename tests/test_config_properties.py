@@ -210,3 +210,11 @@ def test_a_bad_value_in_a_file_names_the_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"server\.properties:1: log\.roll\.hours='0' "
                                           r"as log\.roll\.ms=0: allowed >= 1"):
         BrokerConfig.load(str(path))
+
+
+def test_log_dirs_list_is_refused_not_taken_for_one_directory():
+    """Kafka's log.dirs may list several directories; pybroker stores in one."""
+    from pybroker.config import BrokerConfig, ConfigError
+    with pytest.raises(ConfigError, match="log.dirs='/a,/b': allowed one directory"):
+        BrokerConfig.load(None, {"log.dirs": "/a,/b"})
+    assert BrokerConfig.load(None, {"log.dirs": "/data/kafka"})["log.dirs"] == "/data/kafka"
