@@ -29,7 +29,7 @@ from pybroker.coord import placement
 from pybroker.coord.registry import TopicExists
 from pybroker.protocol import ErrorCode
 from pybroker.protocol.types import ZERO_UUID
-from pybroker.server.handlers.common import DYNAMIC_TOPIC_CONFIG, topic_config_entries
+from pybroker.server.handlers.common import topic_config_entries
 
 log = logging.getLogger("pybroker.server")
 
@@ -319,15 +319,11 @@ def handle_create_topics(ctx, request):
 
 def _describe_created(worker, result: dict, plan) -> None:
     """v5+ (KIP-525): a created topic's partitions, replication factor and configs."""
-    _name, assignment, configs = plan
+    name, assignment, configs = plan
     result["num_partitions"] = len(assignment)
     result["replication_factor"] = len(next(iter(assignment.values())))
-    overrides = {k: v for k, v in configs.items() if v is not None}
-    entries = topic_config_entries(worker, "")   # the broker's defaults ...
-    for entry in entries:                        # ... with this topic's overrides
-        if entry["name"] in overrides:
-            entry.update(value=str(overrides[entry["name"]]),
-                         config_source=DYNAMIC_TOPIC_CONFIG)
+    entries = topic_config_entries(worker, name, overrides={
+        k: v for k, v in configs.items() if v is not None})
     result["configs"] = [{"name": e["name"], "value": e["value"], "read_only": False,
                           "config_source": e["config_source"], "is_sensitive": False}
                          for e in entries]

@@ -26,10 +26,12 @@ def partition_error(worker, topic: str, partition: int) -> ErrorCode:
     return ErrorCode.NOT_LEADER_OR_FOLLOWER
 
 
-def topic_config_entries(worker, topic: str, keys=None) -> list[dict]:
+def topic_config_entries(worker, topic: str, keys=None, overrides=None) -> list[dict]:
     """A topic's configs as DescribeConfigs lists them (its overrides, the broker's
-    defaults for the rest); keys: only these (None: all)."""
-    overrides = worker.cluster.topic_configs.get(topic, {})
+    defaults for the rest); keys: only these (None: all); overrides: these instead of
+    the ones in the cluster view (a topic being created is not in it yet)."""
+    if overrides is None:
+        overrides = worker.cluster.topic_configs.get(topic, {})
     entries = []
     for key in sorted(TOPIC_SETTINGS):
         if keys is not None and key not in keys:
